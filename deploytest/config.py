@@ -1,0 +1,307 @@
+"""Reading and validating the ``deploytest`` key of Fabric's config: pure, no host needed.
+
+Everything a user wrote is checked here, before any host is touched: unknown keys, wrong types and
+missing required keys are refused with one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence, Union
+
+from .errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class GitSource:
+    """A git repository cloned on each host at ``ref``."""
+
+    url: str
+    ref: str = "HEAD"
+
+
+Source = Union[str, GitSource]
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """"Eventually" semantics: re-check what is red every ``interval`` until ``timeout`` seconds."""
+
+    timeout: float = 30.0
+    interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How hosts are switched: batches (first = canary), failures tolerated, connections at once."""
+
+    batches: tuple[Union[int, str], ...] = (1, "100%")
+    max_fail: int = 0
+    parallel: int = 10
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated ``deploytest`` configuration."""
+
+    deploy_to: str
+    app: str = "app"
+    source: Source | None = None
+    keep_releases: int = 5
+    shared: tuple[str, ...] = ()
+    build_hooks: tuple[str, ...] = ()
+    restart_hooks: tuple[str, ...] = ()
+    checks: tuple[Any, ...] = ()
+    verify: VerifySettings = field(default_factory=VerifySettings)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    sudo: bool = False
+    connect_timeout: float = 10.0
+    min_free_mb: int = 1
+    base_dir: str = "."
+
+    @property
+    def releases_dir(self) -> str:
+        """``<deploy_to>/releases``."""
+        return posixpath.join(self.deploy_to, "releases")
+
+    @property
+    def shared_dir(self) -> str:
+        """``<deploy_to>/shared``."""
+        return posixpath.join(self.deploy_to, "shared")
+
+    @property
+    def current(self) -> str:
+        """``<deploy_to>/current``, the symlink to the live release."""
+        return posixpath.join(self.deploy_to, "current")
+
+    @property
+    def state_dir(self) -> str:
+        """``<deploy_to>/.deploytest``: the lock and the audit log."""
+        return posixpath.join(self.deploy_to, ".deploytest")
+
+
+_TOP_KEYS = {
+    "app",
+    "deploy_to",
+    "source",
+    "keep_releases",
+    "shared",
+    "hooks",
+    "checks",
+    "verify",
+    "rollout",
+    "sudo",
+    "connect_timeout",
+    "min_free_mb",
+}
+
+
+def _type_name(value: object) -> str:
+    return {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list",
+            dict: "a mapping", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _fail(key: str, expected: str, value: object = ...) -> ConfigError:
+    got = "" if value is ... else f", got {_type_name(value)} {value!r}"[:120]
+    return ConfigError(f"config deploytest.{key}: expected {expected}{got}. Nothing was changed.")
+
+
+def _string(data: Mapping[str, Any], key: str, where: str, *, required: bool = False,
+            default: str | None = None) -> str | None:
+    if key not in data or data[key] is None:
+        if required:
+            raise ConfigError(f"config deploytest.{where}{key}: missing (required). Nothing was changed.")
+        return default
+    value = data[key]
+    if not isinstance(value, str) or not value.strip():
+        raise _fail(where + key, "a non-empty string", value)
+    if "\x00" in value or "\n" in value:
+        raise _fail(where + key, "a single line of text", value)
+    return value
+
+
+def _number(data: Mapping[str, Any], key: str, where: str, default: float, *, minimum: float = 0,
+            integer: bool = False) -> float:
+    if key not in data or data[key] is None:
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise _fail(where + key, "a whole number" if integer else "a number", value)
+    if value < minimum:
+        raise _fail(where + key, f"a number >= {minimum:g}", value)
+    return value
+
+
+def _string_list(data: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = data.get(key)
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _fail(where + key, "a list of strings", value)
+    return tuple(value)
+
+
+def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            names = ", ".join(sorted(allowed))
+            raise ConfigError(
+                f"config deploytest.{where}{key}: unknown key (expected one of: {names}). Nothing was changed."
+            )
+
+
+def clean_relative_path(path: str, key: str) -> str:
+    """A path that stays inside its base directory (no absolute path, no ``..``)."""
+    normal = posixpath.normpath(path)
+    if posixpath.isabs(path) or normal == "." or normal.startswith("..") or "\x00" in path or "\n" in path:
+        raise _fail(key, "a relative path inside the release (no '..', not absolute)", path)
+    return normal
+
+
+def _deploy_to(value: str) -> str:
+    normal = posixpath.normpath(value)
+    if not posixpath.isabs(value) or "\x00" in value or "\n" in value or normal == "/":
+        raise _fail("deploy_to", "an absolute directory path other than /", value)
+    if ".." in value.split("/"):
+        raise _fail("deploy_to", "a path without '..'", value)
+    return normal
+
+
+def _source(value: object) -> Source | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, dict):
+        _check_keys(value, {"git", "ref"}, "source.")
+        url = _string(value, "git", "source.", required=True)
+        ref = _string(value, "ref", "source.", default="HEAD")
+        assert url is not None and ref is not None
+        if url.startswith("-") or ref.startswith("-"):
+            raise _fail("source.git", "a git URL and ref that do not start with '-'", value)
+        return GitSource(url, ref)
+    raise _fail("source", "a local directory, a .tar.gz file, or {git: URL, ref: REF}", value)
+
+
+def _batches(value: object) -> tuple[Union[int, str], ...]:
+    if not isinstance(value, list) or not value:
+        raise _fail("rollout.batches", 'a non-empty list of host counts or percentages like [1, "50%"]', value)
+    out: list[Union[int, str]] = []
+    for item in value:
+        if isinstance(item, bool):
+            raise _fail("rollout.batches", "host counts (1) or percentages (\"50%\")", item)
+        if isinstance(item, int) and item >= 1:
+            out.append(item)
+        elif isinstance(item, str) and re.fullmatch(r"\d{1,3}(\.\d+)?%", item.strip()) and \
+                0 < float(item.strip()[:-1]) <= 100:
+            out.append(item.strip())
+        else:
+            raise _fail("rollout.batches", 'host counts >= 1 or percentages like "50%"', item)
+    return tuple(out)
+
+
+def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bool = False) -> Settings:
+    """Validate the ``deploytest`` config mapping and return :class:`Settings`.
+
+    :param data: the ``deploytest`` key of Fabric's config (a mapping).
+    :param base_dir: the directory relative ``source`` paths are resolved against.
+    :param need_source: refuse a config without ``source`` (deploy needs one; verify does not).
+    :raises ConfigError: with one line naming the bad key and what was expected.
+    """
+    from .checks import parse_checks  # the check catalog owns its own schema
+
+    if data is None or (hasattr(data, "__len__") and len(data) == 0):
+        raise ConfigError(
+            "config deploytest: missing. Add a 'deploytest:' section to fabric.yaml beside your fabfile"
+            " (at least deploy_to). Nothing was changed."
+        )
+    if not isinstance(data, Mapping):
+        raise _fail("", "a mapping", data)
+    data = dict(data)
+    _check_keys(data, _TOP_KEYS, "")
+    deploy_to = _string(data, "deploy_to", "", required=True)
+    assert deploy_to is not None
+    app = _string(data, "app", "", default="app") or "app"
+    if not _NAME.match(app):
+        raise _fail("app", "a name of letters, digits, '.', '_' or '-'", app)
+    source = _source(data.get("source"))
+    if need_source and source is None:
+        raise ConfigError("config deploytest.source: missing (required to deploy). Nothing was changed.")
+    shared = tuple(clean_relative_path(p, "shared") for p in _string_list(data, "shared", ""))
+
+    hooks = data.get("hooks") or {}
+    if not isinstance(hooks, Mapping):
+        raise _fail("hooks", "a mapping with build and/or restart lists", hooks)
+    _check_keys(hooks, {"build", "restart"}, "hooks.")
+
+    verify_data = data.get("verify") or {}
+    if not isinstance(verify_data, Mapping):
+        raise _fail("verify", "a mapping like {timeout: 30, interval: 1}", verify_data)
+    _check_keys(verify_data, {"timeout", "interval"}, "verify.")
+    verify = VerifySettings(
+        timeout=float(_number(verify_data, "timeout", "verify.", 30.0)),
+        interval=float(_number(verify_data, "interval", "verify.", 1.0, minimum=0.05)),
+    )
+
+    rollout_data = data.get("rollout") or {}
+    if not isinstance(rollout_data, Mapping):
+        raise _fail("rollout", "a mapping like {batches: [1, \"50%\"], max_fail: 0, parallel: 10}", rollout_data)
+    _check_keys(rollout_data, {"batches", "max_fail", "parallel"}, "rollout.")
+    rollout = RolloutSettings(
+        batches=_batches(rollout_data["batches"]) if "batches" in rollout_data else (1, "100%"),
+        max_fail=int(_number(rollout_data, "max_fail", "rollout.", 0, integer=True)),
+        parallel=int(_number(rollout_data, "parallel", "rollout.", 10, minimum=1, integer=True)),
+    )
+
+    sudo = data.get("sudo", False)
+    if not isinstance(sudo, bool):
+        raise _fail("sudo", "true or false", sudo)
+
+    return Settings(
+        deploy_to=_deploy_to(deploy_to),
+        app=app,
+        source=source,
+        keep_releases=int(_number(data, "keep_releases", "", 5, minimum=1, integer=True)),
+        shared=shared,
+        build_hooks=_string_list(hooks, "build", "hooks."),
+        restart_hooks=_string_list(hooks, "restart", "hooks."),
+        checks=tuple(parse_checks(data.get("checks"))),
+        verify=verify,
+        rollout=rollout,
+        sudo=sudo,
+        connect_timeout=float(_number(data, "connect_timeout", "", 10.0, minimum=1)),
+        min_free_mb=int(_number(data, "min_free_mb", "", 1, integer=True)),
+        base_dir=base_dir,
+    )
+
+
+def plan_batches(hosts: Sequence[str], batches: Sequence[Union[int, str]]) -> list[list[str]]:
+    """Split hosts into rollout batches, like Ansible's ``serial``; the last size repeats.
+
+    ``[1, "50%"]`` over 5 hosts gives ``[[h1], [h2, h3], [h4, h5]]``: one canary, then half of the
+    rest at a time. A percentage is of the hosts left when the first percentage batch starts,
+    rounded up, and at least one host.
+    """
+    remaining = list(hosts)
+    out: list[list[str]] = []
+    base: int | None = None
+    index = 0
+    while remaining:
+        spec = batches[min(index, len(batches) - 1)]
+        if isinstance(spec, str):
+            if base is None:
+                base = len(remaining)
+            size = -(-round(float(spec[:-1]) * base) // 100)
+        else:
+            size = spec
+        size = max(1, size)
+        out.append(remaining[:size])
+        remaining = remaining[size:]
+        index += 1
+    return out

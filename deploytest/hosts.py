@@ -1,0 +1,335 @@
+"""Where commands run: a host over SSH or the local machine, one remote session per call.
+
+Every remote interaction of deploytest goes through :meth:`Target.run`, which opens exactly one SSH
+session (one ``exec`` channel) per call. That is what makes round trips countable: a verify attempt
+is one call, a deploy step is one call, whatever the number of checks or files.
+
+Fabric's ``Connection`` accepts any host key (it installs ``AutoAddPolicy``); :func:`connect` fixes
+that: keys are checked against the ``UserKnownHostsFile`` / ``GlobalKnownHostsFile`` of ssh_config
+(OpenSSH defaults otherwise) and an unknown or changed key is refused, as OpenSSH would, unless
+ssh_config says ``StrictHostKeyChecking no`` (or ``accept-new`` for an unknown key).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import select
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from abc import ABC, abstractmethod
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence, TypeVar
+
+import paramiko
+from fabric import Connection
+from invoke.config import Config
+
+from .errors import HostKeyError, HostUnreachable
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+LOCAL = "local"
+_DEFAULT_CONNECT_TIMEOUT = 10
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one command run on one host gave back."""
+
+    host: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0
+
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of stderr (or stdout when stderr is empty), for error messages."""
+        text = (self.stderr.strip() or self.stdout.strip()).splitlines()
+        return " | ".join(text[-lines:])
+
+
+class CommandTimeout(Exception):
+    """A command ran past its time limit; the session was closed."""
+
+
+class Target(ABC):
+    """A machine deploytest acts on: a host over SSH, or the local machine."""
+
+    name: str
+
+    @property
+    def is_local(self) -> bool:
+        """True for the local machine."""
+        return False
+
+    @abstractmethod
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        """Run ``script`` with ``/bin/sh`` in one session; never raises on a non-zero exit.
+
+        :param script: POSIX shell text; callers quote everything they interpolate.
+        :param stdin: bytes fed to the script's standard input (an upload archive, a password).
+        :param timeout: seconds before the session is closed and :class:`CommandTimeout` raised.
+        :raises HostUnreachable: the host cannot be reached or the connection dropped.
+        """
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect now (no-op for the local machine)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection, if any."""
+
+    @property
+    def user(self) -> str:
+        """The login user on the target."""
+        return getpass.getuser()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class LocalTarget(Target):
+    """The local machine, run through ``/bin/sh`` (``fab TASK`` without ``-H``)."""
+
+    def __init__(self, name: str = LOCAL) -> None:
+        self.name = name
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                ["/bin/sh", "-c", script],
+                input=stdin if stdin is not None else b"",
+                capture_output=True,
+                timeout=timeout,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimeout(f"{self.name}: command ran past {timeout}s") from exc
+        return RunResult(
+            self.name,
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+            time.monotonic() - started,
+        )
+
+
+class SSHTarget(Target):
+    """A host over SSH, through a Fabric ``Connection`` whose host key was checked."""
+
+    def __init__(self, connection: Connection, name: str | None = None) -> None:
+        self.connection = connection
+        self.name = name or connection.original_host
+        self._lock = threading.Lock()
+
+    @property
+    def user(self) -> str:
+        return str(self.connection.user)
+
+    def open(self) -> None:
+        with self._lock:
+            if self.connection.is_connected:
+                return
+            try:
+                self.connection.open()
+            except paramiko.BadHostKeyException as exc:
+                raise HostKeyError(
+                    f"{self.name}: host key does not match known_hosts (got {exc.key.get_name()});"
+                    " refusing to connect. Nothing was changed.",
+                    hosts=[self.name],
+                    next_step=f"check the host, then fix its entry with ssh-keygen -R {self.connection.host}",
+                ) from exc
+            except paramiko.SSHException as exc:
+                if "not found in known_hosts" in str(exc):
+                    raise HostKeyError(
+                        f"{self.name}: host key is not in known_hosts; refusing to connect."
+                        " Nothing was changed.",
+                        hosts=[self.name],
+                        next_step=f"verify the key, then: ssh-keyscan -p {self.connection.port}"
+                        f" {self.connection.host} >> ~/.ssh/known_hosts",
+                    ) from exc
+                raise HostUnreachable(self.name, _describe(exc)) from exc
+            except (OSError, EOFError) as exc:
+                raise HostUnreachable(self.name, _describe(exc)) from exc
+
+    def close(self) -> None:
+        try:
+            self.connection.close()
+        except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
+            pass
+
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        self.open()
+        started = time.monotonic()
+        transport = self.connection.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise HostUnreachable(self.name, "connection lost")
+        try:
+            channel = transport.open_session(timeout=_DEFAULT_CONNECT_TIMEOUT)
+            channel.exec_command("/bin/sh -c " + shlex.quote(script))
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            out, err = _drain(channel, started, timeout, self.name, transport)
+            code = channel.recv_exit_status()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise HostUnreachable(self.name, _describe(exc)) from exc
+        if code == -1:
+            raise HostUnreachable(self.name, "connection lost while the command ran")
+        return RunResult(
+            self.name,
+            code,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            time.monotonic() - started,
+        )
+
+
+def _drain(
+    channel: paramiko.Channel,
+    started: float,
+    timeout: float | None,
+    name: str,
+    transport: paramiko.Transport,
+) -> tuple[bytes, bytes]:
+    out: list[bytes] = []
+    err: list[bytes] = []
+    while True:
+        while channel.recv_ready():
+            out.append(channel.recv(65536))
+        while channel.recv_stderr_ready():
+            err.append(channel.recv_stderr(65536))
+        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+            break
+        if not transport.is_active():
+            raise HostUnreachable(name, "connection lost while the command ran")
+        if timeout is not None and time.monotonic() - started > timeout:
+            channel.close()
+            raise CommandTimeout(f"{name}: command ran past {timeout}s")
+        select.select([channel], [], [], 0.05)
+    return b"".join(out), b"".join(err)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "connection timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return "connection refused"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"authentication failed ({exc})"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def _known_hosts_files(ssh_config: dict[str, Any]) -> list[str]:
+    files: list[str] = []
+    for key, default in (
+        ("userknownhostsfile", "~/.ssh/known_hosts ~/.ssh/known_hosts2"),
+        ("globalknownhostsfile", "/etc/ssh/ssh_known_hosts /etc/ssh/ssh_known_hosts2"),
+    ):
+        value = ssh_config.get(key, default)
+        words = value if isinstance(value, list) else str(value).split()
+        files.extend(os.path.expanduser(word) for word in words if word.lower() != "none")
+    return files
+
+
+def connect(host: str, config: Config | None = None, *, connect_timeout: float | None = None) -> SSHTarget:
+    """A :class:`SSHTarget` for ``host`` (``[user@]host[:port]`` or an ssh_config alias).
+
+    The host key is checked against known_hosts as OpenSSH does; the connection opens lazily.
+    """
+    kwargs: dict[str, Any] = {}
+    if config is not None:
+        kwargs["config"] = config
+    connection = Connection(host, **kwargs)
+    if connection.connect_timeout is None:
+        connection.connect_timeout = int(connect_timeout or _DEFAULT_CONNECT_TIMEOUT)
+    ssh_config = connection.ssh_config
+    client = connection.client
+    for path in _known_hosts_files(ssh_config):
+        if os.path.isfile(path):
+            try:
+                client.load_host_keys(path)
+            except (OSError, paramiko.SSHException):
+                pass
+    strict = str(ssh_config.get("stricthostkeychecking", "yes")).lower()
+    if strict in ("no", "off", "false"):
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    elif strict == "accept-new":
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    else:
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    if strict not in ("no", "off", "false"):
+        # load_host_keys() also makes paramiko save new keys there; keep known_hosts read-only for "yes".
+        client._host_keys_filename = None  # noqa: SLF001
+    return SSHTarget(connection, name=host)
+
+
+def targets_for(hosts: Sequence[str], config: Config | None = None) -> list[Target]:
+    """Targets for host strings; no hosts means the local machine."""
+    if not hosts:
+        return [LocalTarget()]
+    seen: list[str] = []
+    for host in hosts:
+        if host and host not in seen:
+            seen.append(host)
+    return [connect(host, config) for host in seen]
+
+
+def in_parallel(
+    items: Iterable[T],
+    fn: Callable[[T], R],
+    *,
+    limit: int = 10,
+) -> list[tuple[T, R | BaseException]]:
+    """Run ``fn`` over ``items`` with at most ``limit`` at once; results in input order.
+
+    Exceptions are returned, not raised, so one host's failure never hides another's result. The
+    calling thread waits in short slices so Ctrl-C reaches it; on Ctrl-C it waits for the calls
+    already running to end (they are remote commands that must not be orphaned mid-step), drops
+    the ones not started, and re-raises ``KeyboardInterrupt``.
+    """
+    items = list(items)
+    if not items:
+        return []
+    if len(items) == 1:
+        try:
+            return [(items[0], fn(items[0]))]
+        except Exception as exc:  # noqa: BLE001 - returned to the caller
+            return [(items[0], exc)]
+    results: dict[int, R | BaseException] = {}
+    pool = ThreadPoolExecutor(max_workers=max(1, min(limit, len(items))))
+    futures: dict[Future[R], int] = {pool.submit(fn, item): index for index, item in enumerate(items)}
+    try:
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            for future in done:
+                error = future.exception()
+                results[futures[future]] = error if error is not None else future.result()
+    except KeyboardInterrupt:
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True)
+        raise
+    pool.shutdown(wait=True)
+    return [(item, results[index]) for index, item in enumerate(items)]
