@@ -1,0 +1,76 @@
+"""Shared pytest fixtures of the deploytest test suite."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import testbed  # noqa: E402
+
+# ==================================================================================================
+# SSH test bed fixtures (tests/testbed.py): real OpenSSH servers to deploy to.
+#
+#   ssh_host                      a TestBed with one Host: sshd on 127.0.0.1:<free port> (function scope)
+#   make_hosts(n, prefix="web")   a TestBed with n namespaced hosts <prefix>1..<prefix>n, each with its own
+#                                 198.18.x.y address on port 22, hostname and /srv (function scope; all beds
+#                                 made in a test are torn down after it)
+#
+# They FAIL (never skip) with one line naming what is missing when the machine cannot run them.
+# ==================================================================================================
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: a slower integration test (still run in CI)")
+    config.addinivalue_line("markers", "testbed: uses the real SSH test bed (root, sshd, namespaces)")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Leftovers of earlier runs that died without cleaning up (SIGKILL, power loss...).
+    if os.geteuid() == 0:
+        try:
+            testbed.sweep_stale()
+        except Exception as exc:  # never block the run on housekeeping
+            print(f"testbed: sweeping stale test beds failed: {exc}", file=sys.stderr)
+
+
+def _start(factory: Callable[[], testbed.TestBed]) -> testbed.TestBed:
+    try:
+        return factory()
+    except testbed.TestBedError as exc:
+        pytest.fail(f"SSH test bed unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def ssh_host() -> Iterator[testbed.TestBed]:
+    """One sshd on 127.0.0.1 (own /srv and hostname "local"): a TestBed with a single Host."""
+    bed = _start(testbed.start_local)
+    try:
+        yield bed
+    finally:
+        bed.close()
+
+
+@pytest.fixture
+def make_hosts() -> Iterator[Callable[..., testbed.TestBed]]:
+    """Factory: ``make_hosts(n, prefix="web")`` -> TestBed with hosts <prefix>1..<prefix>n."""
+    beds: List[testbed.TestBed] = []
+
+    def make(n: int, prefix: str = "web") -> testbed.TestBed:
+        bed = _start(lambda: testbed.start_hosts(n, prefix=prefix))
+        beds.append(bed)
+        return bed
+
+    try:
+        yield make
+    finally:
+        for bed in beds:
+            bed.close()
+
+
+# ============================================ end of SSH test bed fixtures ========================

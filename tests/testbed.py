@@ -1,0 +1,882 @@
+"""A real SSH test bed: OpenSSH servers the integration tests deploy to.
+
+Two shapes, one interface (:class:`TestBed` holding :class:`Host` objects):
+
+* :func:`start_local` -- one ``sshd`` on 127.0.0.1 on a free port.
+* :func:`start_hosts` -- N hosts, each in its own network, mount and UTS namespaces: its own
+  address in the benchmark range 198.18.0.0/15 (a /30 point-to-point veth link per host), its own
+  hostname (= its ssh alias) and its own ``/srv`` (a per-host directory bind-mounted at /srv).
+
+Every host runs ``/usr/sbin/sshd -D -e`` at ``LogLevel VERBOSE`` logging to ``Host.log``, with its own
+ed25519 host key.  All hosts of a bed share one client key, one ssh_config (``Host <alias>`` blocks with
+HostName/Port/User root/IdentityFile/IdentitiesOnly/UserKnownHostsFile/StrictHostKeyChecking yes) and
+one known_hosts file, so both Fabric (``fab -S <ssh_config>``) and OpenSSH's ``ssh -F`` can use them.
+
+Namespaces: per host a small *holder* process (``sleep infinity``) owns the mount and UTS namespaces
+(and sits in the host's network namespace); sshd is started into the holder's namespaces with
+``nsenter``.  So stopping/starting sshd keeps /srv, the hostname and a :meth:`Host.tiny_disk` mount,
+and :meth:`Host.sh` works while sshd is stopped.
+
+Cleanup: :meth:`TestBed.close` kills every process of the bed (by pid: holders, sshds, and whatever
+ran in the hosts' namespaces), deletes the network namespaces and veths and removes the temp
+directory.  Beds still open at interpreter exit are closed by an ``atexit`` hook, and
+:func:`sweep_stale` removes leftovers of earlier runs whose process is gone (names and process
+environments carry the run token ``<pid>-<random>``).
+
+Requires root, /usr/sbin/sshd, ``ip`` (iproute2), ``unshare``/``nsenter`` (util-linux) and
+``mount``; :func:`check_requirements` names what is missing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+SSHD = "/usr/sbin/sshd"
+ENV_MARK = "DEPLOYTEST_TESTBED"  # set in the environment of every process the bed starts
+NETNS_PREFIX = "dtb-"  # netns names: dtb-<pid>-<rand>-<bed>-<host>
+LINK_PREFIX = "dt"  # root-side veth names: dt<6 hex bed id><host number>
+NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmark range
+BASE_DIR = Path(tempfile.gettempdir()) / "deploytest-testbed"
+LOCK_FILE = BASE_DIR / ".lock"
+SESSION_LINE = "Starting session: command"
+INSTALL_HINT = "apt-get install -y openssh-server iproute2 util-linux mount"
+
+RUN_TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"
+_OPEN_BEDS: List[TestBed] = []
+_BED_COUNTER = [0]
+_LOCK = threading.Lock()
+
+
+class TestBedError(RuntimeError):
+    """The test bed could not be built (the message is one line saying why and what to do)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _run(args: Sequence[str], check: bool = True, input: Optional[str] = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(list(args), input=input, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise TestBedError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def _ip_batch(lines: Sequence[str], check: bool = True) -> None:
+    if lines:
+        # -force: carry on after an error (cleanup), still exiting non-zero.
+        args = ["ip", "-force", "-batch", "-"] if not check else ["ip", "-batch", "-"]
+        _run(args, check=check, input="\n".join(lines) + "\n")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": the state follows the last ')'.
+    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X", b"")
+
+
+def _kill(pids: Sequence[int], sig: int = signal.SIGKILL) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: Sequence[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if _pid_alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.01)
+        left = [p for p in left if _pid_alive(p)]
+
+
+def _proc_pids() -> Iterator[int]:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            yield int(entry)
+
+
+def _ns_inode(pid: int, kind: str) -> Optional[str]:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _pids_in_ns(kind: str, ident: str) -> List[int]:
+    """Pids whose /proc/PID/ns/<kind> is ``ident`` (e.g. ``mnt:[4026532]``)."""
+    return [p for p in _proc_pids() if p != os.getpid() and _ns_inode(p, kind) == ident]
+
+
+def _pids_with_mark(pred: Any) -> List[int]:
+    """Pids whose environment carries ENV_MARK=<token> with pred(token) true."""
+    out = []
+    needle = (ENV_MARK + "=").encode()
+    for pid in _proc_pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(needle):
+                if pred(item[len(needle):].decode(errors="replace")):
+                    out.append(pid)
+                break
+    return out
+
+
+def _token_pid(token: str) -> Optional[int]:
+    m = re.match(r"(\d+)-[0-9a-f]+", token)
+    return int(m.group(1)) if m else None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(address: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _ed25519_keypair(comment: str) -> tuple[bytes, str]:
+    """(private key in OpenSSH PEM format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                           serialization.PublicFormat.OpenSSH).decode()
+    return private, f"{public} {comment}"
+
+
+def _write_key(path: Path, comment: str) -> str:
+    private, public = _ed25519_keypair(comment)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(private)
+    path.with_name(path.name + ".pub").write_text(public + "\n")
+    return public
+
+
+def known_hosts_line(address: str, port: int, public_key: str) -> str:
+    """A known_hosts entry as OpenSSH writes it (``[addr]:port`` for ports other than 22)."""
+    host = address if port == 22 else f"[{address}]:{port}"
+    keytype, blob = public_key.split()[:2]
+    return f"{host} {keytype} {blob}"
+
+
+# --------------------------------------------------------------------------------------------------
+# requirements
+
+
+def check_requirements(netns: bool = True) -> Optional[str]:
+    """None when this machine can run the bed, else one line saying what is missing and the fix."""
+    if os.geteuid() != 0:
+        return ("the SSH test bed needs root (namespaces, sshd on port 22, mounts): "
+                "run the tests as root, e.g. in a container or with sudo")
+    missing = []
+    if not os.access(SSHD, os.X_OK):
+        missing.append(f"{SSHD} (openssh-server)")
+    tools = {"nsenter": "util-linux", "unshare": "util-linux", "mount": "mount", "sleep": "coreutils"}
+    if netns:
+        tools["ip"] = "iproute2"
+    for tool, package in tools.items():
+        if shutil.which(tool) is None:
+            missing.append(f"{tool} ({package})")
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        missing.append("python cryptography (pip install cryptography)")
+    if missing:
+        return f"the SSH test bed needs {', '.join(missing)}: {INSTALL_HINT}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# hosts
+
+
+SSHD_CONFIG = """\
+# generated by tests/testbed.py
+Port {port}
+ListenAddress {address}
+HostKey {host_key}
+PidFile {pid_file}
+AuthorizedKeysFile {authorized_keys}
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+StrictModes no
+UsePAM no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+MaxStartups 200
+MaxSessions 100
+AcceptEnv LANG LC_*
+"""
+
+
+class Host:
+    """One SSH host of a :class:`TestBed`.
+
+    Attributes: ``name`` (ssh alias = hostname inside), ``address``, ``port``, ``srv`` (directory on
+    the root filesystem seen as /srv inside the host), ``log`` (sshd's log), ``dir`` (its config dir),
+    ``netns`` (network namespace name, None for the local host), ``public_key`` (its host key line).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, bed: TestBed, name: str, address: str, port: int, directory: Path,
+                 netns: Optional[str] = None, link: Optional[str] = None) -> None:
+        self.bed = bed
+        self.name = name
+        self.address = address
+        self.port = port
+        self.dir = directory
+        self.netns = netns
+        self.link = link  # root-side veth
+        self.srv = directory / "srv"
+        self.log = directory / "sshd.log"
+        self.sshd_config = directory / "sshd_config"
+        self.host_key = directory / "ssh_host_ed25519_key"
+        self.pid_file = directory / "sshd.pid"
+        self.public_key = ""
+        self.holder: Optional[subprocess.Popen[str]] = None
+        self.sshd: Optional[subprocess.Popen[bytes]] = None
+        self._mnt_ns: Optional[str] = None
+
+    def __repr__(self) -> str:
+        return f"<Host {self.name} {self.address}:{self.port}>"
+
+    # -- setup -------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(parents=True)
+        self.srv.mkdir()
+        self.public_key = _write_key(self.host_key, f"root@{self.name}")
+        self.sshd_config.write_text(SSHD_CONFIG.format(
+            port=self.port, address=self.address, host_key=self.host_key, pid_file=self.pid_file,
+            authorized_keys=self.bed.authorized_keys))
+
+    def _holder_script(self) -> str:
+        steps = []
+        if self.netns is not None:
+            steps += [f"ip addr add {self.address}/30 dev eth0", "ip link set eth0 up", "ip link set lo up"]
+        steps += [f"mount --bind {self.srv} /srv", f"hostname {self.name}", "echo ready",
+                  "exec sleep infinity"]
+        return " && ".join(steps)
+
+    def _spawn_holder(self) -> None:
+        prefix = [] if self.netns is None else ["nsenter", f"--net=/run/netns/{self.netns}"]
+        args = prefix + ["unshare", "--mount", "--uts", "--propagation", "private",
+                         "sh", "-c", self._holder_script()]
+        self.holder = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, env=self.bed.process_env(),
+                                       start_new_session=True)
+        self.bed._pids.add(self.holder.pid)
+
+    def _await_holder(self, timeout: float = 30) -> None:
+        assert self.holder is not None and self.holder.stdout is not None
+        line = self.holder.stdout.readline()  # "ready", or "" when the script failed
+        if line.strip() != "ready":
+            try:
+                _, err = self.holder.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                err = "(no output)"
+            raise TestBedError(f"{self.name}: namespace setup failed: {err.strip()}")
+        self.holder.stdout.close()
+        self._mnt_ns = _ns_inode(self.holder.pid, "mnt")
+
+    # -- sshd --------------------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> Optional[int]:
+        """Pid of the listening sshd (None when stopped)."""
+        if self.sshd is None or self.sshd.poll() is not None:
+            return None
+        return self.sshd.pid
+
+    def _nsenter(self) -> List[str]:
+        assert self.holder is not None
+        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u"]
+
+    def _spawn_sshd(self) -> None:
+        if self.pid is not None:
+            raise TestBedError(f"{self.name}: sshd already running (pid {self.pid})")
+        err = open(self.dir / "sshd.stderr", "ab")
+        try:
+            # nsenter without a pid namespace execs sshd in place: the Popen pid IS sshd's pid.
+            self.sshd = subprocess.Popen(
+                self._nsenter() + [SSHD, "-D", "-e", "-f", str(self.sshd_config), "-E", str(self.log)],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=self.bed.process_env(),
+                start_new_session=True)
+        finally:
+            err.close()
+        self.bed._pids.add(self.sshd.pid)
+
+    def _await_port(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.sshd is not None and self.sshd.poll() is not None:
+                raise TestBedError(f"{self.name}: sshd exited with {self.sshd.returncode}: "
+                                   f"{self._tail()}")
+            if port_open(self.address, self.port):
+                return
+            if time.monotonic() > deadline:
+                raise TestBedError(f"{self.name}: sshd not listening on {self.address}:{self.port} "
+                                   f"after {timeout}s: {self._tail()}")
+            time.sleep(0.02)
+
+    def _tail(self) -> str:
+        text = ""
+        for f in (self.log, self.dir / "sshd.stderr"):
+            with contextlib.suppress(OSError):
+                text += f.read_text(errors="replace")
+        return " | ".join(text.strip().splitlines()[-3:]) or "(no log)"
+
+    def stop_sshd(self) -> None:
+        """Kill the listening sshd (by pid); new connections are refused.  Sessions already open
+        keep running, as with a real ``systemctl stop ssh``."""
+        if self.sshd is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.sshd.send_signal(signal.SIGTERM)
+        try:
+            self.sshd.wait(5)
+        except subprocess.TimeoutExpired:
+            self.sshd.kill()
+            self.sshd.wait(5)
+        self.bed._pids.discard(self.sshd.pid)
+        self.sshd = None
+
+    def start_sshd(self, timeout: float = 20) -> None:
+        """Start sshd again in the same namespaces (same address, /srv, hostname, tiny_disk)."""
+        self._spawn_sshd()
+        self._await_port(timeout)
+
+    def restart_sshd(self) -> None:
+        self.stop_sshd()
+        self.start_sshd()
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def cut(self) -> None:
+        """Drop the host off the network: its link goes down, packets to it vanish, so new TCP
+        connections (and established ones) time out rather than being refused."""
+        if self.netns is None:
+            raise NotImplementedError("cut() needs a namespaced host (make_hosts), not the local one")
+        _run(["ip", "-n", self.netns, "link", "set", "eth0", "down"])
+
+    def heal(self) -> None:
+        """Undo :meth:`cut`."""
+        if self.netns is None:
+            raise NotImplementedError("heal() needs a namespaced host (make_hosts), not the local one")
+        _run(["ip", "-n", self.netns, "link", "set", "eth0", "up"])
+
+    def tiny_disk(self, size: str = "512k") -> None:
+        """Mount a size-limited tmpfs over /srv inside the host (the current /srv content is hidden,
+        ``srv`` no longer reflects it).  Survives stop/start_sshd; undone by :meth:`restore_disk`."""
+        _run(self._nsenter_mnt() + ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", "/srv"])
+
+    def restore_disk(self) -> None:
+        """Unmount the :meth:`tiny_disk` tmpfs: /srv is the ``srv`` directory again."""
+        _run(self._nsenter_mnt() + ["umount", "/srv"])
+
+    def _nsenter_mnt(self) -> List[str]:
+        assert self.holder is not None
+        return ["nsenter", "-t", str(self.holder.pid), "-m"]
+
+    def sh(self, cmd: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run ``sh -c cmd`` inside the host's namespaces (net, mount, uts), not over SSH: for test
+        setup and assertions.  Does not count as an SSH session."""
+        return subprocess.run(self._nsenter() + ["sh", "-c", cmd], capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    # -- observation -------------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def sessions(self) -> int:
+        """Remote command sessions (``exec`` requests) this host received so far.  sshd logs the line
+        before it answers the request, so the count is current once the client's command started;
+        use :meth:`wait_sessions` when another process did the work."""
+        return self.log_text().count(SESSION_LINE)
+
+    def wait_sessions(self, n: int, timeout: float = 5.0) -> int:
+        """Wait until :meth:`sessions` >= n; return the count (which may be below n after timeout)."""
+        deadline = time.monotonic() + timeout
+        count = self.sessions()
+        while count < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+            count = self.sessions()
+        return count
+
+    def logins(self) -> int:
+        """Successful SSH authentications (connections) this host received."""
+        return self.log_text().count("Accepted publickey")
+
+    # -- teardown ----------------------------------------------------------------------------------
+
+    def _all_pids(self) -> List[int]:
+        pids = set()
+        if self._mnt_ns is not None:
+            pids.update(_pids_in_ns("mnt", self._mnt_ns))
+        if self.netns is not None:
+            out = _run(["ip", "netns", "pids", self.netns], check=False).stdout
+            pids.update(int(p) for p in out.split() if p.isdigit())
+        for proc in (self.holder, self.sshd):
+            if proc is not None:
+                pids.add(proc.pid)
+        pids.discard(os.getpid())
+        return sorted(pids)
+
+
+class TestBed:
+    """A set of SSH hosts sharing one client key, ssh_config and known_hosts."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, directory: Path, token: str) -> None:
+        self.dir = directory
+        self.token = token
+        self.hosts: List[Host] = []
+        self.ssh_config = directory / "ssh_config"
+        self.known_hosts = directory / "known_hosts"
+        self.client_key = directory / "id_ed25519"
+        self.authorized_keys = directory / "authorized_keys"
+        self.home = directory / "home"
+        self.bring_up_seconds = 0.0
+        self._pids: set[int] = set()
+        self._links: List[str] = []
+        self._netns: List[str] = []
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<TestBed {self.token} {self.names}>"
+
+    def __enter__(self) -> TestBed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Host]:
+        return iter(self.hosts)
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def __getitem__(self, key: int | str) -> Host:
+        """``bed[0]`` or ``bed["web1"]``."""
+        if isinstance(key, str):
+            return self.host(key)
+        return self.hosts[key]
+
+    @property
+    def names(self) -> List[str]:
+        return [h.name for h in self.hosts]
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def process_env(self) -> Dict[str, str]:
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C",
+               ENV_MARK: self.token}
+        return env
+
+    def env(self) -> Dict[str, str]:
+        """Environment for a subprocess such as ``fab -S <ssh_config> ...``: PATH (this Python's bin
+        directory first) and a temporary HOME with an empty ~/.ssh, so the user's keys and config are
+        not used."""
+        bindir = str(Path(sys.executable).parent)
+        path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        env = {"PATH": f"{bindir}:{path}" if bindir not in path.split(":") else path,
+               "HOME": str(self.home), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "PYTHONUNBUFFERED": "1"}
+        for key in ("VIRTUAL_ENV", "PYTHONPATH", "TMPDIR"):
+            if key in os.environ:
+                env[key] = os.environ[key]
+        return env
+
+    def fabric_config(self) -> Any:
+        import fabric
+
+        return fabric.Config(runtime_ssh_path=str(self.ssh_config))
+
+    def connection(self, name: str, **kwargs: Any) -> Any:
+        """``fabric.Connection(name, config=fabric_config(), **kwargs)``.  Note: Fabric itself does
+        not check host keys (AutoAddPolicy); see :meth:`strict_connection`."""
+        import fabric
+
+        return fabric.Connection(name, config=self.fabric_config(), **kwargs)
+
+    def strict_connection(self, name: str, known_hosts: Optional[Path] = None, **kwargs: Any) -> Any:
+        """A Connection that checks the host key against known_hosts (RejectPolicy) when opened."""
+        import paramiko
+
+        conn = self.connection(name, **kwargs)
+        conn.client.load_host_keys(str(known_hosts or self.known_hosts))
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        return conn
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        self.dir.mkdir(parents=True)
+        (self.home / ".ssh").mkdir(parents=True, mode=0o700)
+        public = _write_key(self.client_key, f"deploytest-testbed-{self.token}")
+        self.authorized_keys.write_text(public + "\n")
+
+    def _write_client_files(self) -> None:
+        blocks = []
+        for h in self.hosts:
+            blocks.append(
+                f"Host {h.name}\n"
+                f"    HostName {h.address}\n"
+                f"    Port {h.port}\n"
+                f"    User root\n"
+                f"    IdentityFile {self.client_key}\n"
+                f"    IdentitiesOnly yes\n"
+                f"    UserKnownHostsFile {self.known_hosts}\n"
+                f"    StrictHostKeyChecking yes\n")
+        self.ssh_config.write_text("# generated by tests/testbed.py\n" + "\n".join(blocks))
+        self.known_hosts.write_text(
+            "".join(known_hosts_line(h.address, h.port, h.public_key) + "\n" for h in self.hosts))
+
+    # -- teardown ----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Kill every process of the bed, delete its namespaces and links, remove its directory.
+        Idempotent; never raises for things already gone."""
+        if self._closed:
+            return
+        self._closed = True
+        pids = set(self._pids)
+        for h in self.hosts:
+            pids.update(h._all_pids())
+        pids.update(_pids_with_mark(lambda t: t == self.token))
+        pids.discard(os.getpid())
+        _kill(sorted(pids))
+        for h in self.hosts:
+            for proc in (h.holder, h.sshd):
+                if proc is not None:
+                    with contextlib.suppress(Exception):
+                        proc.wait(5)
+        _wait_gone(sorted(pids))
+        lines = [f"link del {link}" for link in self._links if Path(f"/sys/class/net/{link}").exists()]
+        lines += [f"netns del {ns}" for ns in self._netns if Path(f"/run/netns/{ns}").exists()]
+        with contextlib.suppress(Exception):
+            _ip_batch(lines, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with _LOCK:
+            if self in _OPEN_BEDS:
+                _OPEN_BEDS.remove(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# building beds
+
+
+def _new_bed() -> TestBed:
+    BASE_DIR.mkdir(parents=True, exist_ok=True)
+    with _LOCK:
+        _BED_COUNTER[0] += 1
+        number = _BED_COUNTER[0]
+    token = RUN_TOKEN
+    bed = TestBed(BASE_DIR / f"{token}-{number}", token)
+    bed._bed_number = number  # type: ignore[attr-defined]
+    with _LOCK:
+        _OPEN_BEDS.append(bed)
+    _install_exit_handlers()
+    return bed
+
+
+def _bring_up(bed: TestBed) -> None:
+    """Start holders, then sshds, of all hosts concurrently; wait for all ports."""
+    for h in bed.hosts:
+        h._spawn_holder()
+    for h in bed.hosts:
+        h._await_holder()
+    for h in bed.hosts:
+        h._spawn_sshd()
+    deadline = time.monotonic() + 30
+    pending = list(bed.hosts)
+    while pending:
+        still = []
+        for h in pending:
+            if h.sshd is not None and h.sshd.poll() is not None:
+                raise TestBedError(f"{h.name}: sshd exited with {h.sshd.returncode}: {h._tail()}")
+            if not port_open(h.address, h.port, timeout=0.2):
+                still.append(h)
+        pending = still
+        if pending:
+            if time.monotonic() > deadline:
+                raise TestBedError(f"sshd not listening after 30s on {', '.join(h.name for h in pending)}: "
+                                   f"{pending[0]._tail()}")
+            time.sleep(0.02)
+
+
+def start_local(name: str = "local") -> TestBed:
+    """One sshd on 127.0.0.1 on a free port, in private mount+UTS namespaces (own /srv, hostname
+    ``name``), sharing the machine's network.  ``cut``/``heal`` raise NotImplementedError."""
+    problem = check_requirements(netns=False)
+    if problem:
+        raise TestBedError(problem)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    Path("/srv").mkdir(exist_ok=True)
+    bed = _new_bed()
+    t0 = time.monotonic()
+    try:
+        bed._prepare()
+        for attempt in range(5):
+            host = Host(bed, name, "127.0.0.1", free_port(), bed.dir / name)
+            if attempt:
+                shutil.rmtree(host.dir, ignore_errors=True)
+            host._prepare()
+            bed.hosts = [host]
+            host._spawn_holder()
+            host._await_holder()
+            host._spawn_sshd()
+            try:
+                host._await_port()
+                break
+            except TestBedError:
+                # The free port may have been taken meanwhile: try another one.
+                if attempt == 4 or "Address already in use" not in host._tail():
+                    raise
+                _kill(host._all_pids())
+                bed.hosts = []
+        bed._write_client_files()
+    except BaseException:
+        bed.close()
+        raise
+    bed.bring_up_seconds = time.monotonic() - t0
+    return bed
+
+
+def _used_addresses() -> set[ipaddress.IPv4Address]:
+    out = _run(["ip", "-j", "-4", "addr", "show"], check=False).stdout or "[]"
+    used = set()
+    for link in json.loads(out):
+        for a in link.get("addr_info", []):
+            with contextlib.suppress(ValueError):
+                used.add(ipaddress.ip_address(a["local"]))
+    return used  # type: ignore[return-value]
+
+
+def _existing_links() -> set[str]:
+    try:
+        return set(os.listdir("/sys/class/net"))
+    except OSError:
+        return set()
+
+
+def start_hosts(n: int, prefix: str = "web") -> TestBed:
+    """N hosts ``<prefix>1..<prefix>N``, each in its own network/mount/UTS namespaces with its own
+    198.18.0.0/15 address (port 22), hostname and /srv."""
+    if not 1 <= n <= 250:
+        raise ValueError("start_hosts: n must be between 1 and 250")
+    problem = check_requirements(netns=True)
+    if problem:
+        raise TestBedError(problem)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    Path("/srv").mkdir(exist_ok=True)
+    bed = _new_bed()
+    t0 = time.monotonic()
+    try:
+        bed._prepare()
+        number = bed._bed_number  # type: ignore[attr-defined]
+        # Allocation of link names and addresses is serialised across runs with a file lock, so two
+        # runs starting at the same time never pick the same /30s.
+        with open(LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            links = _existing_links()
+            while True:
+                bid = secrets.token_hex(3)
+                if not any(name.startswith(LINK_PREFIX + bid) for name in links):
+                    break
+            used = _used_addresses()
+            slots = NETWORK.num_addresses // 4
+            start = secrets.randbelow(slots)
+            chosen: List[int] = []
+            k = start
+            while len(chosen) < n:
+                base = NETWORK.network_address + 4 * (k % slots)
+                if base + 1 not in used and base + 2 not in used:
+                    chosen.append(k % slots)
+                k += 1
+                if k - start > slots:
+                    raise TestBedError("no free /30 left in 198.18.0.0/15")
+            root_cmds: List[str] = []
+            for i in range(1, n + 1):
+                name = f"{prefix}{i}"
+                base = NETWORK.network_address + 4 * chosen[i - 1]
+                netns = f"{NETNS_PREFIX}{bed.token}-{number}-{i}"
+                link = f"{LINK_PREFIX}{bid}{i}"
+                host = Host(bed, name, str(base + 2), 22, bed.dir / name, netns=netns, link=link)
+                bed.hosts.append(host)
+                bed._netns.append(netns)
+                bed._links.append(link)
+                mac_in = f"02:{bid[0:2]}:{bid[2:4]}:{bid[4:6]}:{i >> 8:02x}:{i & 0xff:02x}"
+                mac_out = f"06:{bid[0:2]}:{bid[2:4]}:{bid[4:6]}:{i >> 8:02x}:{i & 0xff:02x}"
+                root_cmds += [
+                    f"netns add {netns}",
+                    f"link add {link} address {mac_out} type veth peer name eth0 address {mac_in} "
+                    f"netns {netns}",
+                    f"link set {link} alias {NETNS_PREFIX}{bed.token}",
+                    f"addr add {base + 1}/30 dev {link}",
+                    f"link set {link} up",
+                    # A permanent neighbour entry: when the host is cut, packets are silently
+                    # dropped (connect times out) instead of failing fast on ARP.
+                    f"neigh replace {base + 2} lladdr {mac_in} dev {link} nud permanent",
+                ]
+            _ip_batch(root_cmds)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda h: h._prepare(), bed.hosts))
+        bed._write_client_files()
+        _bring_up(bed)
+    except BaseException:
+        bed.close()
+        raise
+    bed.bring_up_seconds = time.monotonic() - t0
+    return bed
+
+
+# --------------------------------------------------------------------------------------------------
+# sweeping
+
+
+def _stale(token: str) -> bool:
+    pid = _token_pid(token)
+    return pid is not None and pid != os.getpid() and not _pid_alive(pid)
+
+
+def sweep_stale() -> List[str]:
+    """Remove what earlier, dead runs left behind (their pid is gone): processes, network
+    namespaces, veths, directories.  Returns a description of what was removed."""
+    removed: List[str] = []
+    pids = _pids_with_mark(_stale)
+    # sshd overwrites its environment (process title), but its command line names its config file,
+    # which lives in the bed's directory <BASE_DIR>/<token>-<n>/.
+    cmd_re = re.compile(re.escape(str(BASE_DIR)).encode() + rb"/(\d+-[0-9a-f]+)-\d+/")
+    for pid in _proc_pids():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                found = cmd_re.search(fh.read())
+        except OSError:
+            continue
+        if found and _stale(found.group(1).decode()):
+            pids.append(pid)
+    # ... and whatever runs in those processes' private mount namespaces (sessions, daemons).
+    own = {_ns_inode(os.getpid(), "mnt"), _ns_inode(1, "mnt"), None}
+    spaces = {_ns_inode(p, "mnt") for p in pids} - own
+    if spaces:
+        pids.extend(p for p in _proc_pids() if p != os.getpid() and _ns_inode(p, "mnt") in spaces)
+    token_re = re.compile(re.escape(NETNS_PREFIX) + r"(\d+-[0-9a-f]+)-")
+    netns_dead = []
+    with contextlib.suppress(OSError):
+        for ns in os.listdir("/run/netns"):
+            m = token_re.match(ns)
+            if m and _stale(m.group(1)):
+                netns_dead.append(ns)
+                out = _run(["ip", "netns", "pids", ns], check=False).stdout
+                pids.extend(int(p) for p in out.split() if p.isdigit())
+    links_dead = []
+    if shutil.which("ip"):
+        out = _run(["ip", "-j", "link", "show"], check=False).stdout or "[]"
+        with contextlib.suppress(ValueError):
+            for link in json.loads(out):
+                alias = link.get("ifalias", "")
+                if alias.startswith(NETNS_PREFIX) and _stale(alias[len(NETNS_PREFIX):]):
+                    links_dead.append(link["ifname"])
+    if pids:
+        _kill(sorted(set(pids)))
+        _wait_gone(pids)
+        removed.append(f"{len(set(pids))} processes")
+    lines = [f"link del {x}" for x in links_dead] + [f"netns del {x}" for x in netns_dead]
+    if lines:
+        with contextlib.suppress(Exception):
+            _ip_batch(lines, check=False)
+        removed += links_dead + netns_dead
+    with contextlib.suppress(OSError):
+        for entry in BASE_DIR.iterdir():
+            m = re.match(r"(\d+-[0-9a-f]+)-\d+$", entry.name)
+            if m and _stale(m.group(1)):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+    return removed
+
+
+def close_all() -> None:
+    """Close every bed this process still has open (atexit, signals)."""
+    with _LOCK:
+        beds = list(_OPEN_BEDS)
+    for bed in beds:
+        with contextlib.suppress(Exception):
+            bed.close()
+
+
+_HANDLERS_INSTALLED = [False]
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    close_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _install_exit_handlers() -> None:
+    """atexit covers normal exits and Ctrl-C (pytest turns it into KeyboardInterrupt and runs the
+    finalizers anyway); SIGTERM/SIGHUP, whose default action skips atexit, clean up first."""
+    if _HANDLERS_INSTALLED[0]:
+        return
+    _HANDLERS_INSTALLED[0] = True
+    atexit.register(close_all)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(ValueError, OSError):
+                if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                    signal.signal(sig, _on_signal)
