@@ -1,0 +1,338 @@
+"""The deploy lock on a host, and the one way deploytest runs its own scripts there.
+
+The lock is ``<deploy_to>/.deploytest/lock``: one line of JSON naming who holds it (user, the machine
+they deploy from, pid, when it started) and a random token. It is taken atomically by writing a
+temporary file and hard-linking it to ``lock`` (``ln`` fails if ``lock`` exists), so the lock never
+exists without its owner. It is released only by the owner whose token it holds; ``force_unlock``
+(the ``unlock`` task) removes it whoever holds it and says whose it was.
+
+:func:`run_script` is how every script of :mod:`deploytest.release` and of this module runs: in one
+:meth:`Target.run` (one remote session), through ``sudo`` when the config says so, with failures
+reported by the script as ``@@dt fail`` lines turned into :class:`RemoteCommandFailed`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shlex
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from .config import Settings
+from .errors import LockHeld, RemoteCommandFailed, UsageError
+from .hosts import RunResult, Target
+
+MARK = "@@dt"
+"""Prefix of the control lines deploytest's scripts print on stdout."""
+
+FAILED_EXIT = 97
+REFUSED_EXIT = 96
+
+PRELUDE = r"""set -u
+LC_ALL=C; export LC_ALL
+dt_clean() { printf '%s' "$1" | tr '\n\t' '| ' | cut -c1-600; }
+dt_fail() { printf '@@dt fail\t%s\t%s\n' "$1" "$(dt_clean "$2")"; exit 97; }
+dt_refuse() { printf '@@dt refused\t%s\n' "$(dt_clean "$1")"; exit 96; }
+"""
+
+
+def utc_now() -> str:
+    """The current UTC time as ``2026-11-25T10:00:01Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def prelude(settings: Settings) -> str:
+    """Shell text every script starts with: strict mode, helpers, ``D`` and ``S`` set."""
+    return PRELUDE + f"D={shlex.quote(settings.deploy_to)}\nS=\"$D/.deploytest\"\n"
+
+
+# -- running scripts ---------------------------------------------------------------------------
+
+
+def sudo_password(target: Target) -> str | None:
+    """The sudo password from the target's Fabric config (``sudo.password``), if any."""
+    config = getattr(getattr(target, "connection", None), "config", None)
+    try:
+        value = config.sudo.password if config is not None else None
+    except AttributeError:
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def wrap_sudo(script: str) -> str:
+    """``script`` run as root through ``sudo``; the first stdin line is the password (may be empty).
+
+    Without a password sudo must not be asked for one (``sudo -n``); with one, it is fed through
+    ``sudo -S`` (which reads it byte by byte, so the rest of stdin reaches the script untouched).
+    """
+    inner = shlex.quote(script)
+    return (
+        "IFS= read -r dt_pw || dt_pw=''\n"
+        f"if sudo -n true 2>/dev/null; then exec sudo -n -- /bin/sh -c {inner}; fi\n"
+        'if [ -z "$dt_pw" ]; then echo "sudo: a password is required (set sudo.password)" >&2; exit 95; fi\n'
+        f"{{ printf '%s\\n' \"$dt_pw\"; exec cat; }} | sudo -S -p '' -- /bin/sh -c {inner}\n"
+    )
+
+
+def run_script(
+    target: Target,
+    settings: Settings,
+    script: str,
+    step: str,
+    *,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+) -> tuple[RunResult, dict[str, list[str]]]:
+    """Run one deploytest script on ``target`` (one session); return the result and its ``@@dt`` lines.
+
+    :param step: names the step in error messages ("prepare", "switch", ...).
+    :returns: the run result and the control lines by key: ``{"previous": ["<value>"], ...}``.
+    :raises RemoteCommandFailed: the script reported a failure or exited non-zero.
+    :raises UsageError: the script refused (e.g. removing the live release); nothing was changed.
+    :raises HostUnreachable: from :meth:`Target.run`.
+    """
+    result, marks = execute(target, settings, script, stdin=stdin, timeout=timeout)
+    raise_for(target, settings, result, marks, step)
+    return result, marks
+
+
+def execute(
+    target: Target,
+    settings: Settings,
+    script: str,
+    *,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+) -> tuple[RunResult, dict[str, list[str]]]:
+    """Like :func:`run_script` without raising on failure (see :func:`raise_for`)."""
+    if settings.sudo:
+        password = sudo_password(target) or ""
+        script = wrap_sudo(script)
+        stdin = password.encode() + b"\n" + (stdin or b"")
+    result = target.run(script, stdin=stdin, timeout=timeout)
+    return result, parse_marks(result.stdout)
+
+
+def raise_for(target: Target, settings: Settings, result: RunResult, marks: dict[str, list[str]],
+              step: str) -> None:
+    """Raise what a script's failure means: :class:`RemoteCommandFailed` or :class:`UsageError`."""
+    if "fail" in marks:
+        where, _, detail = marks["fail"][0].partition("\t")
+        detail = detail.strip(" |") or f"exit {result.exit_code}"
+        raise RemoteCommandFailed(target.name, where or step, detail)
+    if "refused" in marks:
+        raise UsageError(f"{target.name}: {marks['refused'][0].strip(' |')}; nothing was changed.",
+                         hosts=[target.name])
+    if result.exit_code != 0:
+        detail = result.tail(3) or "no output"
+        if settings.sudo and "sudo" in detail:
+            raise RemoteCommandFailed(target.name, "sudo", detail)
+        raise RemoteCommandFailed(target.name, step, f"exit {result.exit_code}: {detail}")
+
+
+def parse_marks(stdout: str) -> dict[str, list[str]]:
+    """The ``@@dt KEY<TAB>VALUE`` lines of a script's stdout, by key, in order."""
+    marks: dict[str, list[str]] = {}
+    for line in stdout.splitlines():
+        if not line.startswith(MARK + " "):
+            continue
+        key, _, value = line[len(MARK) + 1:].partition("\t")
+        marks.setdefault(key.strip(), []).append(value)
+    return marks
+
+
+# -- the lock ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a host's deploy lock, as written in the lock file."""
+
+    user: str
+    host: str
+    pid: int
+    started: str
+    token: str = ""
+    release: str = ""
+
+    @property
+    def holder(self) -> str:
+        """``alice@laptop (pid 4242)``."""
+        return f"{self.user}@{self.host} (pid {self.pid})"
+
+    def describe(self) -> str:
+        """``alice@laptop (pid 4242) since 2026-11-25T10:00:01Z``."""
+        return f"{self.holder} since {self.started}"
+
+    def looks_dead(self) -> bool:
+        """True when the holder ran on this machine and its process is gone (a stale lock)."""
+        if self.host != socket.gethostname() or self.pid <= 0:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+
+    @classmethod
+    def parse(cls, text: str) -> LockInfo:
+        """A lock from its file content; a damaged file gives a lock held by "unknown"."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError(text)
+            pid = data.get("pid", 0)
+            return cls(
+                user=str(data.get("user", "unknown")),
+                host=str(data.get("host", "unknown")),
+                pid=pid if isinstance(pid, int) else 0,
+                started=str(data.get("started", "unknown")),
+                token=str(data.get("token", "")),
+                release=str(data.get("release", "") or ""),
+            )
+        except ValueError:
+            return cls(user="unknown", host="unknown", pid=0, started="unknown")
+
+
+@dataclass(frozen=True)
+class LockOwner(LockInfo):
+    """This deploy, as it writes itself into the locks it takes."""
+
+    @classmethod
+    def new(cls, release: str = "") -> LockOwner:
+        """The current process: local user and hostname, pid, now (UTC), a fresh random token."""
+        return cls(
+            user=getpass.getuser(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            started=utc_now(),
+            token=secrets.token_hex(16),
+            release=release,
+        )
+
+    @property
+    def who(self) -> str:
+        """``alice@laptop``: what release metadata and the log record as "who"."""
+        return f"{self.user}@{self.host}"
+
+    def to_json(self) -> str:
+        """The lock file's one line."""
+        return json.dumps(
+            {"user": self.user, "host": self.host, "pid": self.pid, "started": self.started,
+             "token": self.token, "release": self.release},
+            sort_keys=True,
+        )
+
+
+def _check_token(token: str) -> str:
+    if not token or not all(c in "0123456789abcdef" for c in token):
+        raise UsageError(f"lock token {token!r} is not a hex string")
+    return token
+
+
+def script_for_acquire_lock(settings: Settings, owner: LockOwner) -> str:
+    """Shell text that takes the lock, or prints the holder; one session."""
+    token = _check_token(owner.token)
+    return prelude(settings) + f"""\
+out=$(mkdir -p -- "$S" 2>&1) || dt_fail lock "cannot create $S: $out"
+tmp="$S/lock.{token}"
+printf '%s\\n' {shlex.quote(owner.to_json())} > "$tmp" \\
+  || {{ rm -f -- "$tmp"; dt_fail lock "cannot write $tmp"; }}
+if ln -- "$tmp" "$S/lock" 2>/dev/null; then rm -f -- "$tmp"; printf '@@dt locked\\n'; exit 0; fi
+rm -f -- "$tmp"
+if grep -q '"token": "{token}"' "$S/lock" 2>/dev/null; then printf '@@dt locked\\n'; exit 0; fi
+printf '@@dt held\\t'; head -n 1 "$S/lock" 2>/dev/null; echo
+"""
+
+
+def acquire_lock(target: Target, settings: Settings, owner: LockOwner) -> None:
+    """Take the deploy lock on ``target`` (one round trip); taking one's own lock again is fine.
+
+    :raises LockHeld: someone else holds it; the message names them and how to unlock.
+    :raises RemoteCommandFailed: the lock could not be written (permissions, disk full).
+    """
+    _result, marks = run_script(target, settings, script_for_acquire_lock(settings, owner), "lock")
+    if "locked" in marks:
+        return
+    holder = LockInfo.parse(marks.get("held", [""])[0])
+    host = target.name
+    unlock = "fab unlock" if target.is_local else f"fab -H {host} unlock"
+    dead = " (that process is no longer running)" if holder.looks_dead() else ""
+    raise LockHeld(
+        f"{host}: locked by {holder.describe()}{dead}; nothing was changed. If that deploy is dead: {unlock}",
+        hosts=[host],
+        next_step=unlock,
+    )
+
+
+def script_for_release_lock(settings: Settings, owner: LockOwner) -> str:
+    """Shell text that removes the lock only if it holds ``owner``'s token."""
+    token = _check_token(owner.token)
+    return prelude(settings) + f"""\
+if [ -f "$S/lock" ] && grep -q '"token": "{token}"' "$S/lock"; then
+  rm -f -- "$S/lock" && printf '@@dt released\\n'
+fi
+"""
+
+
+def release_lock(target: Target, settings: Settings, owner: LockOwner) -> bool:
+    """Remove the lock if it is ``owner``'s (one round trip); True if it was removed.
+
+    Another deploy's lock is left alone (compare deployer#958), as is a missing one.
+    """
+    _result, marks = run_script(target, settings, script_for_release_lock(settings, owner), "unlock")
+    return "released" in marks
+
+
+def script_for_force_unlock(settings: Settings) -> str:
+    """Shell text that prints the lock and removes it, whoever holds it."""
+    return prelude(settings) + """\
+if [ -f "$S/lock" ]; then
+  printf '@@dt held\\t'; head -n 1 "$S/lock"; echo
+  rm -f -- "$S/lock" || dt_fail unlock "cannot remove $S/lock"
+fi
+"""
+
+
+def force_unlock(target: Target, settings: Settings, who: str | None = None) -> LockInfo | None:
+    """Remove the lock whoever holds it (the ``unlock`` task); return whose it was, or None.
+
+    One round trip; with ``who`` (the person unlocking) and a lock found, a second one appends an
+    ``unlock`` event naming both to ``log.jsonl``.
+    """
+    _result, marks = run_script(target, settings, script_for_force_unlock(settings), "unlock")
+    if "held" not in marks:
+        return None
+    info = LockInfo.parse(marks["held"][0])
+    if who is not None:
+        event = {"event": "unlock", "who": who, "holder": info.describe(), "release": info.release or None,
+                 "outcome": "unlocked"}
+        run_script(target, settings, prelude(settings) + script_for_log_line(event), "log")
+    return info
+
+
+# -- the log -------------------------------------------------------------------------------------
+
+_SECRET_WORDS = ("password", "secret", "token", "passphrase")
+
+
+def log_line(event: Mapping[str, Any]) -> str:
+    """One JSON line for ``log.jsonl``: ``when`` added if missing, secret-looking keys dropped."""
+    data = {k: v for k, v in event.items() if not any(w in k.lower() for w in _SECRET_WORDS)}
+    data.setdefault("when", utc_now())
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def script_for_log_line(event: Mapping[str, Any]) -> str:
+    """Shell text that appends ``event`` to ``$S/log.jsonl`` (needs the prelude)."""
+    return (
+        'mkdir -p -- "$S" && printf \'%s\\n\' '
+        f"{shlex.quote(log_line(event))} >> \"$S/log.jsonl\" || dt_fail log \"cannot write $S/log.jsonl\"\n"
+    )

@@ -1,0 +1,840 @@
+"""Per-host release primitives: inspect, prepare, switch, restart, mark bad, clean up, log.
+
+Each primitive is one shell script run in ONE :meth:`Target.run` (one remote session), whatever the
+number of files or releases; ``script_for_*`` gives that script as text without running it, for
+``--dry-run``. The layout is Capistrano's::
+
+    <deploy_to>/releases/<id>/          one directory per release
+    <deploy_to>/shared/                 the shared paths, linked into every release
+    <deploy_to>/current                 absolute symlink to the live release, replaced by rename
+    <deploy_to>/.deploytest/lock        the deploy lock (see :mod:`deploytest.lock`)
+    <deploy_to>/.deploytest/log.jsonl   one JSON object per deploy, rollback, verify, unlock
+    <deploy_to>/.deploytest/releases/<id>.json   a release's label, who, when and state
+
+A release's state is ``preparing`` while it is built, ``complete`` once built, ``bad`` once it failed
+verification; a directory without metadata (made by hand or by another tool) is ``unknown``. Only
+complete releases go live, count toward ``keep_releases`` or are rolled back to; metadata is written
+before the directory, so an interrupted prepare is ``preparing`` and removed by the next cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Optional
+
+from .config import Settings, clean_relative_path
+from .errors import RemoteCommandFailed, UsageError
+from .hosts import RunResult, Target
+from .lock import (
+    LockInfo,
+    LockOwner,
+    acquire_lock,
+    execute,
+    force_unlock,
+    prelude,
+    raise_for,
+    release_lock,
+    run_script,
+    script_for_acquire_lock,
+    script_for_log_line,
+    script_for_release_lock,
+    utc_now,
+)
+from .source import GIT, Package, pack_source
+
+__all__ = [
+    "BAD", "COMPLETE", "PREPARING", "UNKNOWN", "FinishResult", "HostState", "LockInfo", "LockOwner",
+    "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "check_release_id", "cleanup",
+    "cleanup_plan", "discard", "finish", "force_unlock", "inspect", "log_event", "mark_bad",
+    "mark_complete", "new_release_id", "pack_source", "parse_state", "preflight_problem", "prepare",
+    "release_lock", "remove_release", "restart", "rollback_target", "run_build_hooks", "switch",
+    "switch_and_restart", "switch_back",
+]
+
+COMPLETE = "complete"
+BAD = "bad"
+PREPARING = "preparing"
+UNKNOWN = "unknown"
+
+RELEASE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+_TIMESTAMP_ID = re.compile(r"^\d{14}$")
+_EXTENSION = re.compile(r"[^/]\.[A-Za-z0-9]+$")
+
+
+class RestartFailed(RemoteCommandFailed):
+    """A restart hook failed after the switch: the host is live on the new release.
+
+    :ivar previous: the release that was live before the switch (None on a first deploy).
+    """
+
+    def __init__(self, host: str, step: str, detail: str, previous: str | None) -> None:
+        super().__init__(host, step, detail)
+        self.previous = previous
+
+
+# -- release ids ---------------------------------------------------------------------------------
+
+
+def new_release_id(existing_ids: Iterable[str], now: datetime | None = None) -> str:
+    """A release id: UTC ``YYYYMMDDHHMMSS``, strictly greater than every timestamp-shaped existing id.
+
+    The caller picks it once for a whole rollout (the same on every host), from the union of every
+    host's ids. A clock behind the newest id gives that id + 1, so ids still sort by deploy order.
+    """
+    moment = now or datetime.now(timezone.utc)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    candidate = int(moment.strftime("%Y%m%d%H%M%S"))
+    newest = max((int(i) for i in existing_ids if _TIMESTAMP_ID.match(i)), default=0)
+    return str(max(candidate, newest + 1))
+
+
+def check_release_id(release_id: str) -> str:
+    """``release_id`` if it is a plain name (letters, digits, ``.``, ``_``, ``-``; no path, no shell).
+
+    :raises UsageError: otherwise (exit 2).
+    """
+    if not isinstance(release_id, str) or not RELEASE_ID.match(release_id) or len(release_id) > 100:
+        raise UsageError(
+            f"release {release_id!r} is not a release name (letters, digits, '.', '_', '-')."
+            " Nothing was changed."
+        )
+    return release_id
+
+
+# -- host state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """One release directory on a host and its metadata."""
+
+    id: str
+    state: str = UNKNOWN
+    label: str = ""
+    who: str = ""
+    when: str = ""
+    revision: str = ""
+
+    @property
+    def good(self) -> bool:
+        """Complete and not bad: may go live, counts toward ``keep_releases``."""
+        return self.state == COMPLETE
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What :func:`inspect` saw on one host."""
+
+    host: str
+    deploy_to: str
+    exists: bool = False
+    writable: bool = False
+    free_mb: Optional[int] = None
+    releases: tuple[ReleaseInfo, ...] = ()
+    live: Optional[str] = None
+    current: str = ""
+    current_kind: str = "none"
+    lock: Optional[LockInfo] = None
+    last_event: Optional[dict[str, Any]] = field(default=None, hash=False, compare=False)
+
+    @property
+    def release_ids(self) -> list[str]:
+        """Every release directory's id, oldest first."""
+        return [r.id for r in self.releases]
+
+    def release(self, release_id: str) -> ReleaseInfo | None:
+        """The release with this id, if the host has it."""
+        return next((r for r in self.releases if r.id == release_id), None)
+
+    @property
+    def previous(self) -> str | None:
+        """Where a rollback goes: the newest complete release older than the live one."""
+        if self.live is None:
+            return None
+        older = [r.id for r in self.releases if r.good and r.id < self.live]
+        return older[-1] if older else None
+
+
+def script_for_inspect(settings: Settings) -> str:
+    """Shell text printing a host's state as ``@@dt`` lines (read-only)."""
+    return prelude(settings) + _LIST_FN + """\
+if [ -d "$D" ]; then printf '@@dt exists\\t1\\n'; else printf '@@dt exists\\t0\\n'; fi
+d=$D; while [ ! -d "$d" ]; do d=${d%/*}; [ -n "$d" ] || d=/; done
+if [ -w "$d" ]; then printf '@@dt writable\\t1\\n'; else printf '@@dt writable\\t0\\n'; fi
+printf '@@dt free\\t%s\\n' "$(df -Pk -- "$d" 2>/dev/null | awk 'NR==2 {print int($4/1024)}')"
+if [ -L "$D/current" ]; then printf '@@dt current\\tlink\\t%s\\n' "$(readlink -- "$D/current")"
+elif [ -e "$D/current" ]; then printf '@@dt current\\tother\\n'
+else printf '@@dt current\\tnone\\n'; fi
+dt_list | while read -r id st; do
+  printf '@@dt release\\t%s\\t' "$id"
+  if [ "$st" != unknown ]; then head -n 1 -- "$S/releases/$id.json"; fi
+  echo
+done
+if [ -f "$S/lock" ]; then printf '@@dt lock\\t'; head -n 1 -- "$S/lock"; echo; fi
+if [ -f "$S/log.jsonl" ]; then printf '@@dt last\\t'; tail -n 1 -- "$S/log.jsonl"; echo; fi
+"""
+
+
+def inspect(target: Target, settings: Settings, *, timeout: float | None = None) -> HostState:
+    """Read a host's releases, live release, lock, free disk and writability (one round trip).
+
+    :raises RemoteCommandFailed: the script could not run (e.g. sudo refused).
+    :raises HostUnreachable: from the target.
+    """
+    result, _marks = run_script(target, settings, script_for_inspect(settings), "inspect", timeout=timeout)
+    return parse_state(target.name, settings, result.stdout)
+
+
+def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
+    """A :class:`HostState` from the output of :func:`script_for_inspect` (pure)."""
+    exists = writable = False
+    free: int | None = None
+    current, kind = "", "none"
+    lock: LockInfo | None = None
+    last: dict[str, Any] | None = None
+    releases: list[ReleaseInfo] = []
+    for line in stdout.splitlines():
+        if not line.startswith("@@dt "):
+            continue
+        key, _, value = line[5:].partition("\t")
+        if key == "exists":
+            exists = value == "1"
+        elif key == "writable":
+            writable = value == "1"
+        elif key == "free":
+            free = int(value) if value.strip().isdigit() else None
+        elif key == "current":
+            kind, _, current = value.partition("\t")
+        elif key == "release":
+            rid, _, meta = value.partition("\t")
+            if RELEASE_ID.match(rid):
+                releases.append(_release_info(rid, meta))
+        elif key == "lock":
+            lock = LockInfo.parse(value)
+        elif key == "last":
+            last = _json_object(value)
+    releases.sort(key=lambda r: r.id)
+    live = live_id(current, settings) if kind == "link" else None
+    return HostState(host, settings.deploy_to, exists, writable, free, tuple(releases), live, current, kind,
+                     lock, last)
+
+
+def live_id(link: str, settings: Settings) -> str | None:
+    """The release id a ``current`` link target names (absolute or relative), or None."""
+    link = link.rstrip("/")
+    parent, name = posixpath.split(link)
+    if posixpath.basename(parent) != "releases" or not RELEASE_ID.match(name):
+        return None
+    return name
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _release_info(rid: str, meta: str) -> ReleaseInfo:
+    data = _json_object(meta.strip()) if meta.strip() else None
+    if data is None:
+        return ReleaseInfo(rid)
+    state = str(data.get("state", UNKNOWN))
+    return ReleaseInfo(
+        rid,
+        state if state in (COMPLETE, BAD, PREPARING) else UNKNOWN,
+        str(data.get("label", "")),
+        str(data.get("who", "")),
+        str(data.get("when", "")),
+        str(data.get("revision", "")),
+    )
+
+
+def preflight_problem(state: HostState, need_mb: int) -> str | None:
+    """Why this host cannot take a deploy now (one line), or None (pure)."""
+    if not state.writable:
+        where = state.deploy_to if state.exists else f"the parent of {state.deploy_to}"
+        return f"cannot write {where} (set deploytest.sudo or fix permissions)"
+    if state.free_mb is not None and state.free_mb < need_mb:
+        return f"only {state.free_mb} MB free at {state.deploy_to}, need {need_mb} MB"
+    if state.current_kind == "other":
+        return f"{state.deploy_to}/current exists and is not a symlink; move it away first"
+    if state.lock is not None:
+        return f"locked by {state.lock.describe()}; if that deploy is dead: fab -H {state.host} unlock"
+    return None
+
+
+def rollback_target(state: HostState, to: str | None = None) -> str:
+    """The release a rollback on this host goes to: ``to``, or the previous good release (pure).
+
+    :raises UsageError: ``to`` is not a plain release name, not on the host, not complete or
+        already live; or there is no previous good release (exit 2, nothing changed).
+    """
+    host = state.host
+    if to is None:
+        if state.previous is None:
+            live = state.live or "nothing"
+            raise UsageError(
+                f"{host}: no previous good release to roll back to (live: {live}). Nothing was changed.",
+                hosts=[host],
+                next_step=f"fab -H {host} releases",
+            )
+        return state.previous
+    check_release_id(to)
+    info = state.release(to)
+    if info is None:
+        known = ", ".join(state.release_ids[-5:]) or "none"
+        raise UsageError(f"{host}: release {to} does not exist (latest: {known}). Nothing was changed.",
+                         hosts=[host], next_step=f"fab -H {host} releases")
+    if not info.good:
+        raise UsageError(f"{host}: release {to} is {info.state}; only complete releases can go live."
+                         " Nothing was changed.", hosts=[host])
+    if to == state.live:
+        raise UsageError(f"{host}: release {to} is already live. Nothing was changed.", hosts=[host])
+    return to
+
+
+def cleanup_plan(state: HostState, keep: int) -> list[str]:
+    """Release ids a cleanup removes (pure; the remote script applies the same rule).
+
+    Kept: the ``keep`` newest complete releases, the live one and the rollback target; ``unknown``
+    directories are never touched. Removed: everything else (bad, preparing, older complete).
+    """
+    kept = {r.id for r in [r for r in state.releases if r.good][-keep:]} if keep > 0 else set()
+    kept |= {rid for rid in (state.live, state.previous) if rid is not None}
+    return [r.id for r in state.releases if r.id not in kept and r.state != UNKNOWN]
+
+
+# -- shell building blocks -------------------------------------------------------------------------
+
+_LIST_FN = r"""dt_state() {
+  if [ -f "$S/releases/$1.json" ]; then
+    s=$(sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' -- "$S/releases/$1.json" | head -n 1)
+    printf '%s\n' "${s:-unknown}"
+  else echo unknown; fi
+}
+dt_list() {
+  [ -d "$D/releases" ] || return 0
+  for p in "$D/releases"/*; do
+    [ -d "$p" ] && [ ! -L "$p" ] || continue
+    id=${p##*/}
+    case $id in [!0-9A-Za-z]*|*[!0-9A-Za-z._-]*) continue;; esac
+    printf '%s %s\n' "$id" "$(dt_state "$id")"
+  done
+}
+dt_live() {
+  dt_lv=''
+  if [ -L "$D/current" ]; then
+    l=$(readlink -- "$D/current"); l=${l%/}
+    case $l in */releases/*|releases/*) dt_lv=${l##*/};; esac
+  fi
+  printf '%s\n' "$dt_lv"
+}
+"""
+
+_STATE_FN = r"""dt_set_state() {
+  m="$S/releases/$1.json"
+  if [ -f "$m" ]; then
+    sed 's/"state": "[a-z]*"/"state": "'"$2"'"/' -- "$m" > "$m.tmp" && mv -f -- "$m.tmp" "$m" \
+      || { rm -f -- "$m.tmp"; dt_fail "$3" "cannot write $m"; }
+  else
+    mkdir -p -- "$S/releases" && printf '{"id": "%s", "state": "%s"}\n' "$1" "$2" > "$m" \
+      || dt_fail "$3" "cannot write $m"
+  fi
+}
+"""
+
+_HOOK_FN = r"""dt_hook() {
+  log="$S/$1.log"
+  ( cd -- "$2" && exec /bin/sh -ec "$3" ) </dev/null >"$log" 2>&1
+  rc=$?
+  cat -- "$log" >&2
+  if [ "$rc" -ne 0 ]; then
+    t=$(tail -n 3 -- "$log")
+    dt_fail "$1 hook" "$3: exit $rc: $t"
+  fi
+}
+dt_env() {
+  DEPLOYTEST_RELEASE=$1; DEPLOYTEST_RELEASE_DIR=$2; DEPLOYTEST_DEPLOY_TO=$D; DEPLOYTEST_SHARED="$D/shared"
+  export DEPLOYTEST_RELEASE DEPLOYTEST_RELEASE_DIR DEPLOYTEST_DEPLOY_TO DEPLOYTEST_SHARED
+}
+"""
+
+_LINK_FN = r"""dt_link() {
+  if [ -e "$D/current" ] && [ ! -L "$D/current" ]; then
+    dt_fail switch "$D/current exists and is not a symlink; move it away first"
+  fi
+  prev=''; [ -L "$D/current" ] && prev=$(readlink -- "$D/current")
+  printf '@@dt previous\t%s\n' "$prev"
+  tmp="$D/.current.tmp.$$"
+  rm -f -- "$tmp"
+  out=$(ln -s -- "$1" "$tmp" 2>&1) || dt_fail switch "$out"
+  out=$(mv -f -T -- "$tmp" "$D/current" 2>&1) || out=$(mv -f -h -- "$tmp" "$D/current" 2>&1) \
+    || { rm -f -- "$tmp"; dt_fail switch "cannot replace $D/current: $out"; }
+  printf '@@dt live\t%s\n' "$1"
+}
+"""
+
+_SHARE_FN = r"""dt_share() {
+  src="$D/shared/$1"; dst="$R/$1"; parent=${dst%/*}
+  a=$parent
+  while [ ! -e "$a" ] && [ ! -L "$a" ]; do a=${a%/*}; done
+  real=$(cd -P -- "$a" 2>/dev/null && pwd) || dt_fail shared "$1: ${a#"$R"/} is not a directory"
+  case "$real/" in "$Rreal"/*) ;; *) dt_fail shared "$1: leads out of the release through a symlink";; esac
+  out=$(mkdir -p -- "${src%/*}" "$parent" 2>&1) || dt_fail shared "$out"
+  if [ ! -e "$src" ] && [ ! -L "$src" ]; then
+    if [ -e "$dst" ] || [ -L "$dst" ]; then
+      out=$(mv -- "$dst" "$src" 2>&1) || dt_fail shared "$out"
+    elif [ "$2" = file ]; then
+      out=$(: 2>&1 > "$src") || dt_fail shared "cannot create $src"
+    else
+      out=$(mkdir -p -- "$src" 2>&1) || dt_fail shared "$out"
+    fi
+  fi
+  if [ -e "$dst" ] || [ -L "$dst" ]; then
+    [ -L "$dst" ] || chmod -R u+w -- "$dst" 2>/dev/null
+    out=$(rm -rf -- "$dst" 2>&1) || dt_fail shared "$out"
+  fi
+  out=$(ln -s -- "$src" "$dst" 2>&1) || dt_fail shared "$out"
+}
+"""
+
+_REMOVE_FN = r"""dt_remove() {
+  if [ "$1" = "$(dt_live)" ]; then printf '@@dt warn\tnot removing live release %s\n' "$1"; return 0; fi
+  p="$D/releases/$1"
+  chmod -R u+w -- "$p" 2>/dev/null
+  if out=$(rm -rf -- "$p" 2>&1) && rm -f -- "$S/releases/$1.json"; then
+    printf '@@dt removed\t%s\n' "$1"
+  else
+    printf '@@dt warn\tcannot remove %s: %s\n' "$p" "$(dt_clean "$out")"; dt_bad=1
+  fi
+}
+"""
+
+# The rule of cleanup_plan, over "id state" lines sorted by id; string comparisons throughout.
+_CLEANUP_AWK = r"""{ id[NR] = $1; st[NR] = $2 }
+END {
+  prev = ""
+  if (live != "") for (i = 1; i <= NR; i++) if (st[i] == "complete" && (id[i] "") < (live "")) prev = id[i]
+  n = 0
+  for (i = NR; i >= 1; i--) if (st[i] == "complete") { n++; if (n <= keep) k[id[i]] = 1 }
+  for (i = 1; i <= NR; i++) {
+    if ((id[i] "") == (live "") || (id[i] "") == (prev "") || (id[i] in k) || st[i] == "unknown") continue
+    print id[i]
+  }
+}"""
+
+
+def _q(value: str) -> str:
+    return shlex.quote(value)
+
+
+def _ids(release_id: str) -> str:
+    rid = check_release_id(release_id)
+    return f'id={_q(rid)}; R="$D/releases/$id"; M="$S/releases/$id.json"\n'
+
+
+def _cleanup_body(settings: Settings) -> str:
+    return (
+        "dt_bad=0\nfor id in $(dt_list | sort | awk -v live=\"$(dt_live)\""
+        f" -v keep={int(settings.keep_releases)} {_q(_CLEANUP_AWK)}); do dt_remove \"$id\"; done\n"
+    )
+
+
+def _shared_kind(path: str) -> str:
+    # A shared path that exists nowhere yet is created as an empty file when it looks like one
+    # (config/app.env, .env, settings.yml), otherwise as a directory (data, log).
+    name = posixpath.basename(path)
+    return "file" if name.startswith(".") or _EXTENSION.search(name) else "dir"
+
+
+# -- prepare ---------------------------------------------------------------------------------------
+
+
+def script_for_prepare(settings: Settings, release_id: str, package: Package, who: str,
+                       *, build: bool = False) -> str:
+    """Shell text of :func:`prepare` (the archive, if any, is its stdin)."""
+    rid = check_release_id(release_id)
+    git = package.git if package.kind == GIT else None
+    meta: dict[str, str] = {
+        "id": rid, "kind": package.kind, "label": "@@label@@" if git else package.label,
+        "state": PREPARING, "when": utc_now(), "who": who,
+    }
+    if git:
+        meta["revision"] = "@@rev@@"
+    lines = [prelude(settings), _STATE_FN, _HOOK_FN, _SHARE_FN, _ids(rid)]
+    lines.append(f"""\
+out=$(mkdir -p -- "$D/releases" "$D/shared" "$S/releases" 2>&1) \\
+  || {{ cat >/dev/null; dt_fail prepare "$out"; }}
+if [ -e "$R" ] || [ -L "$R" ] || [ -e "$M" ]; then cat >/dev/null; dt_refuse "release $id already exists"; fi
+dt_ok=0
+dt_undo() {{
+  [ "$dt_ok" = 1 ] && return 0
+  cd /; chmod -R u+w -- "$R" 2>/dev/null; rm -rf -- "$R"; rm -f -- "$M" "$M.tmp"
+}}
+trap dt_undo EXIT
+trap 'exit 98' HUP INT TERM
+{{ printf '%s\\n' {_q(json.dumps(meta, sort_keys=True))} > "$M.tmp" \\
+  && mv -f -- "$M.tmp" "$M"; }} 2>/dev/null \\
+  || {{ cat >/dev/null; dt_fail prepare "cannot write $M (disk full or read-only?)"; }}
+out=$(mkdir -- "$R" 2>&1) || {{ cat >/dev/null; dt_fail prepare "$out"; }}
+label={_q(package.label)}
+""")
+    if git:
+        lines.append(f"""\
+url={_q(git.url)}; ref={_q(git.ref)}; G="$S/repo"
+if [ -d "$G/objects" ]; then
+  out=$(git --git-dir="$G" remote set-url origin "$url" 2>&1 \\
+    && git --git-dir="$G" fetch --quiet --prune origin 2>&1) \\
+    || dt_fail "git fetch" "$out"
+else
+  rm -rf -- "$G"
+  out=$(git clone --quiet --mirror -- "$url" "$G" 2>&1) || dt_fail "git clone" "$out"
+fi
+rev=$(git --git-dir="$G" rev-parse --verify --quiet "$ref^{{commit}}") \\
+  || dt_fail "git checkout" "ref $ref not found"
+case $rev in ''|*[!0-9a-f]*) dt_fail "git checkout" "unexpected revision $rev";; esac
+out=$(git --git-dir="$G" --work-tree="$R" checkout --quiet --force "$rev" -- . 2>&1) \\
+  || dt_fail "git checkout" "$out"
+label=$(printf '%s' "$rev" | cut -c1-12)
+sed -e "s/@@label@@/$label/" -e "s/@@rev@@/$rev/" -- "$M" > "$M.tmp" && mv -f -- "$M.tmp" "$M" \\
+  || dt_fail prepare "cannot write $M"
+""")
+    else:
+        lines.append("""\
+out=$(tar -x -z -o -f - -C "$R" 2>&1) \\
+  || { cat >/dev/null; dt_fail upload "$(printf '%s' "$out" | tail -n 3)"; }
+""")
+    if settings.shared:
+        lines.append('Rreal=$(cd -P -- "$R" && pwd)\n')
+        for path in settings.shared:
+            clean = clean_relative_path(path, "shared")
+            lines.append(f"dt_share {_q(clean)} {_shared_kind(clean)}\n")
+    if build:
+        lines.append(_build_body(settings))
+        lines.append(f"dt_set_state \"$id\" {COMPLETE} prepare\n")
+    lines.append("dt_ok=1\nprintf '@@dt label\\t%s\\n' \"$label\"\n")
+    return "".join(lines)
+
+
+def prepare(target: Target, settings: Settings, release_id: str, package: Package, who: str,
+            *, build: bool = False, timeout: float | None = None) -> str:
+    """Create ``releases/<id>`` (state preparing): unpack or clone, link shared paths (one round trip).
+
+    The archive streams on stdin into ``tar``; a shared path found in the new release seeds
+    ``shared/`` the first time and is replaced by the link after that. On any failure the
+    release directory and its metadata are removed; ``current`` is never touched.
+
+    :param who: recorded as the release's author, e.g. ``LockOwner.who``.
+    :param build: also run the build hooks and mark the release complete, in the same round trip.
+    :returns: the release's label (for git: the first 12 hex of the commit the host checked out).
+    :raises UsageError: bad release id, or the release already exists on the host.
+    :raises RemoteCommandFailed: step ``upload`` (e.g. disk full), ``shared``, ``git clone``,
+        ``git checkout``, ``build hook``, or ``prepare``.
+    """
+    script = script_for_prepare(settings, release_id, package, who, build=build)
+    try:
+        _result, marks = run_script(target, settings, script, "prepare", stdin=package.data, timeout=timeout)
+    except RemoteCommandFailed as error:
+        if "No space left" in error.detail or "Cannot write" in error.detail and error.step == "upload":
+            raise RemoteCommandFailed(
+                target.name, error.step,
+                f"no space left on device under {settings.deploy_to} ({package.size_mb} MB archive);"
+                f" the partial release {release_id} was removed and current was not changed",
+            ) from error
+        raise
+    return marks.get("label", [package.label])[0]
+
+
+def _build_body(settings: Settings) -> str:
+    if not settings.build_hooks:
+        return ""
+    lines = ['dt_env "$id" "$R"\n']
+    lines += [f'dt_hook build "$R" {_q(hook)}\n' for hook in settings.build_hooks]
+    return "".join(lines)
+
+
+def script_for_build(settings: Settings, release_id: str) -> str:
+    """Shell text of :func:`run_build_hooks`."""
+    return prelude(settings) + _HOOK_FN + _ids(release_id) + """\
+[ -d "$R" ] || dt_fail "build hook" "release $id does not exist"
+dt_ok=0
+dt_undo() {
+  [ "$dt_ok" = 1 ] && return 0
+  cd /; chmod -R u+w -- "$R" 2>/dev/null; rm -rf -- "$R"; rm -f -- "$M"
+}
+trap dt_undo EXIT
+trap 'exit 98' HUP INT TERM
+""" + _build_body(settings) + "dt_ok=1\n"
+
+
+def run_build_hooks(target: Target, settings: Settings, release_id: str,
+                    *, timeout: float | None = None) -> RunResult | None:
+    """Run the build hooks in ``releases/<id>`` with ``sh -e`` (one round trip; none without hooks).
+
+    Hooks see ``DEPLOYTEST_RELEASE``, ``DEPLOYTEST_RELEASE_DIR``, ``DEPLOYTEST_DEPLOY_TO`` and
+    ``DEPLOYTEST_SHARED``; their output is in the result's stderr and ``.deploytest/build.log``.
+
+    :raises RemoteCommandFailed: step ``build hook``, detail ``<hook>: exit N: <last lines>``; the
+        release has been removed.
+    """
+    if not settings.build_hooks:
+        return None
+    result, _marks = run_script(target, settings, script_for_build(settings, release_id), "build hook",
+                                timeout=timeout)
+    return result
+
+
+def script_for_mark(settings: Settings, release_id: str, state: str) -> str:
+    """Shell text that sets a release's state (complete only from preparing)."""
+    body = prelude(settings) + _LIST_FN + _STATE_FN + _ids(release_id)
+    if state == COMPLETE:
+        body += """\
+[ -d "$R" ] || dt_fail complete "release $id does not exist"
+case $(dt_state "$id") in preparing|complete) ;; *) dt_fail complete "release $id is $(dt_state "$id")";; esac
+"""
+    return body + f'dt_set_state "$id" {_q(state)} mark\n'
+
+
+def mark_complete(target: Target, settings: Settings, release_id: str) -> None:
+    """Mark a prepared (and built) release complete: it may now go live (one round trip).
+
+    :raises RemoteCommandFailed: the release does not exist or is bad.
+    """
+    run_script(target, settings, script_for_mark(settings, release_id, COMPLETE), "complete")
+
+
+def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
+    """Mark a release bad: never live again, never a rollback target, removed by cleanup (one round trip)."""
+    run_script(target, settings, script_for_mark(settings, release_id, BAD), "mark bad")
+
+
+# -- switch and restart ------------------------------------------------------------------------------
+
+
+def script_for_switch(settings: Settings, release_id: str) -> str:
+    """Shell text of :func:`switch`."""
+    return prelude(settings) + _LIST_FN + _LINK_FN + _ids(release_id) + """\
+[ -d "$R" ] && [ ! -L "$R" ] || dt_refuse "release $id does not exist"
+st=$(dt_state "$id")
+[ "$st" = complete ] || dt_refuse "release $id is $st, not complete; it cannot go live"
+dt_link "$R"
+"""
+
+
+def _previous(marks: dict[str, list[str]], settings: Settings) -> str | None:
+    link = marks.get("previous", [""])[0]
+    return live_id(link, settings) if link else None
+
+
+def switch(target: Target, settings: Settings, release_id: str) -> str | None:
+    """Point ``current`` at a complete release, atomically, with an absolute link (one round trip).
+
+    :returns: the release that was live before (None if nothing was).
+    :raises UsageError: the release does not exist on the host or is not complete.
+    :raises RemoteCommandFailed: ``current`` is a real directory, or the link could not be replaced.
+    """
+    _result, marks = run_script(target, settings, script_for_switch(settings, release_id), "switch")
+    return _previous(marks, settings)
+
+
+def script_for_restart(settings: Settings) -> str:
+    """Shell text of :func:`restart`."""
+    return prelude(settings) + _HOOK_FN + _restart_body(settings)
+
+
+def _restart_body(settings: Settings) -> str:
+    lines = ["""\
+[ -L "$D/current" ] || dt_fail restart "nothing is live ($D/current is missing)"
+rel=$(cd -P -- "$D/current" 2>/dev/null && pwd) || dt_fail restart "$D/current points at a missing directory"
+dt_env "${rel##*/}" "$rel"
+mkdir -p -- "$S" 2>/dev/null
+"""]
+    lines += [f'dt_hook restart "$rel" {_q(hook)}\n' for hook in settings.restart_hooks]
+    lines.append("printf '@@dt restarted\\t%s\\n' \"${rel##*/}\"\n")
+    return "".join(lines)
+
+
+def restart(target: Target, settings: Settings, *, timeout: float | None = None) -> RunResult:
+    """Run the restart hooks in the live release's directory (one round trip, even without hooks).
+
+    :returns: the run result; hook output is in its stderr and ``.deploytest/restart.log``.
+    :raises RemoteCommandFailed: step ``restart hook``, detail ``<hook>: exit N: <last lines>``.
+    """
+    result, _marks = run_script(target, settings, script_for_restart(settings), "restart", timeout=timeout)
+    return result
+
+
+def script_for_switch_and_restart(settings: Settings, release_id: str) -> str:
+    """Shell text of :func:`switch_and_restart`."""
+    return script_for_switch(settings, release_id) + _HOOK_FN + _restart_body(settings)
+
+
+def switch_and_restart(target: Target, settings: Settings, release_id: str,
+                       *, timeout: float | None = None) -> str | None:
+    """:func:`switch` then :func:`restart`, in one round trip.
+
+    :returns: the release that was live before.
+    :raises RestartFailed: the switch happened, then a restart hook failed (``.previous`` says where
+        to go back).
+    :raises UsageError, RemoteCommandFailed: as :func:`switch` (then nothing was switched).
+    """
+    script = script_for_switch_and_restart(settings, release_id)
+    result, marks = execute(target, settings, script, timeout=timeout)
+    try:
+        raise_for(target, settings, result, marks, "restart")
+    except RemoteCommandFailed as error:
+        if "live" in marks:
+            raise RestartFailed(target.name, error.step, error.detail, _previous(marks, settings)) from error
+        raise
+    return _previous(marks, settings)
+
+
+def script_for_switch_back(settings: Settings, previous: str | None, release_id: str) -> str:
+    """Shell text of :func:`switch_back`."""
+    body = prelude(settings) + _LIST_FN + _LINK_FN + _ids(release_id)
+    prev = check_release_id(previous) if previous else ""
+    body += f"""\
+prev_id={_q(prev)}
+now=$(dt_live)
+if [ -e "$D/current" ] || [ -L "$D/current" ]; then
+  case $now in
+    "$id"|"$prev_id") ;;
+    *) dt_fail "switch back" "current points at ${{now:-something else}}, not $id; left as is";;
+  esac
+fi
+"""
+    if not previous:
+        return body + """\
+if [ "$now" = "$id" ]; then rm -f -- "$D/current" || dt_fail "switch back" "cannot remove $D/current"; fi
+printf '@@dt live\\t\\n'
+"""
+    return body + """\
+P="$D/releases/$prev_id"
+[ -d "$P" ] || dt_fail "switch back" "previous release $prev_id is gone"
+[ "$(dt_state "$prev_id")" != preparing ] || dt_fail "switch back" "previous release $prev_id is incomplete"
+dt_link "$P"
+"""
+
+
+def switch_back(target: Target, settings: Settings, previous: str | None, release_id: str) -> None:
+    """Undo a :func:`switch` to ``release_id``: point ``current`` back at ``previous`` (one round trip).
+
+    ``previous`` None (a first deploy) removes ``current``. Only acts when ``current`` points at
+    ``release_id``, ``previous`` or nothing: a host someone else changed is left alone.
+
+    :raises RemoteCommandFailed: step ``switch back``: current points elsewhere, or previous is gone.
+    """
+    run_script(target, settings, script_for_switch_back(settings, previous, release_id), "switch back")
+
+
+# -- removal, cleanup, log, finish ---------------------------------------------------------------------
+
+
+def script_for_remove(settings: Settings, release_id: str) -> str:
+    """Shell text of :func:`remove_release`."""
+    return prelude(settings) + _LIST_FN + _REMOVE_FN + _ids(release_id) + """\
+[ "$id" = "$(dt_live)" ] && dt_refuse "release $id is live; switch to another release first"
+dt_bad=0
+if [ -d "$R" ] || [ -f "$M" ]; then dt_remove "$id"; fi
+[ "$dt_bad" = 0 ] || dt_fail remove "cannot remove $R"
+"""
+
+
+def remove_release(target: Target, settings: Settings, release_id: str) -> bool:
+    """Delete a release directory and its metadata (one round trip); True if there was one.
+
+    :raises UsageError: the release is live (nothing removed).
+    """
+    _result, marks = run_script(target, settings, script_for_remove(settings, release_id), "remove")
+    return "removed" in marks
+
+
+def discard(target: Target, settings: Settings, release_id: str, *, bad: bool) -> None:
+    """After a failed rollout: mark the release bad (``bad``, it went live) or remove it (never live).
+
+    One round trip. Removing the live release is refused (:class:`UsageError`).
+    """
+    if bad:
+        mark_bad(target, settings, release_id)
+    else:
+        remove_release(target, settings, release_id)
+
+
+def script_for_cleanup(settings: Settings) -> str:
+    """Shell text of :func:`cleanup`."""
+    return (prelude(settings) + _LIST_FN + _REMOVE_FN + _cleanup_body(settings)
+            + '[ "$dt_bad" = 0 ] || dt_fail cleanup "some releases could not be removed"\n')
+
+
+def cleanup(target: Target, settings: Settings) -> list[str]:
+    """Remove what :func:`cleanup_plan` names, decided on the host from its live state (one round trip).
+
+    :returns: the ids removed.
+    :raises RemoteCommandFailed: some release could not be removed.
+    """
+    _result, marks = run_script(target, settings, script_for_cleanup(settings), "cleanup")
+    return marks.get("removed", [])
+
+
+def log_event(target: Target, settings: Settings, event: Mapping[str, Any]) -> None:
+    """Append one JSON line to ``.deploytest/log.jsonl`` (one round trip); ``when`` added if missing.
+
+    Keys that look secret (password, token, secret) are dropped.
+    """
+    run_script(target, settings, prelude(settings) + script_for_log_line(event), "log")
+
+
+@dataclass(frozen=True)
+class FinishResult:
+    """What :func:`finish` did on one host."""
+
+    removed: tuple[str, ...]
+    unlocked: bool
+    warnings: tuple[str, ...] = ()
+
+
+def script_for_finish(settings: Settings, owner: LockOwner, event: Mapping[str, Any] | None,
+                      *, cleanup: bool = True) -> str:
+    """Shell text of :func:`finish`."""
+    body = prelude(settings) + _LIST_FN + _REMOVE_FN
+    if cleanup:
+        body += _cleanup_body(settings)
+    if event is not None:
+        body += script_for_log_line(event)
+    unlock = script_for_release_lock(settings, owner)
+    return body + unlock[len(prelude(settings)):]
+
+
+def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[str, Any] | None,
+           *, cleanup: bool = True) -> FinishResult:
+    """End a deploy on a host in one round trip: clean up old releases, log ``event``, release our lock.
+
+    A release that cannot be removed is a warning, not an error, so the lock is still released.
+
+    :raises RemoteCommandFailed: the log could not be written (the lock is then kept).
+    """
+    script = script_for_finish(settings, owner, event, cleanup=cleanup)
+    _result, marks = run_script(target, settings, script, "finish")
+    return FinishResult(tuple(marks.get("removed", [])), "released" in marks, tuple(marks.get("warn", [])))
+
+
+def plan(settings: Settings, release_id: str, package: Package, owner: LockOwner) -> list[tuple[str, str]]:
+    """``(step, script)`` of a deploy on one host, for ``--dry-run``: nothing runs."""
+    return [
+        ("inspect", script_for_inspect(settings)),
+        ("lock", script_for_acquire_lock(settings, owner)),
+        ("prepare", script_for_prepare(settings, release_id, package, owner.who)),
+        ("build", script_for_build(settings, release_id)),
+        ("complete", script_for_mark(settings, release_id, COMPLETE)),
+        ("switch", script_for_switch(settings, release_id)),
+        ("restart", script_for_restart(settings)),
+        ("finish", script_for_finish(settings, owner, {"event": "deploy", "release": release_id})),
+    ]
