@@ -1,0 +1,179 @@
+"""The check model: a probe (shell text run on the host) and a judge (pure Python over its output).
+
+A check never talks to a host itself. Its :meth:`Check.probe` is POSIX shell text, safe to run
+beside other probes in one remote script; its :meth:`Check.judge` turns what the probe printed
+into a :class:`Verdict`. Everything a user wrote that reaches the shell is quoted with
+:func:`shlex.quote`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from .schema import Field
+
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a judge concluded: green or red, what was expected and what was observed."""
+
+    ok: bool
+    expected: str
+    observed: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return {"ok": self.ok, "expected": self.expected, "observed": self.observed, "detail": self.detail}
+
+    def redacted(self, secret_values: list[str]) -> Verdict:
+        """This verdict with every secret value replaced by ``***``."""
+        return Verdict(
+            self.ok,
+            redact(self.expected, secret_values),
+            redact(self.observed, secret_values),
+            redact(self.detail, secret_values),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeOutput:
+    """What one probe gave back on the host: exit status, output (capped) and whether it was killed."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    truncated: bool = False
+    seconds_limit: float = 0.0
+
+    @property
+    def text(self) -> str:
+        """Standard output as text (invalid UTF-8 replaced)."""
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def error_text(self) -> str:
+        """Standard error as text (invalid UTF-8 replaced)."""
+        return self.stderr.decode("utf-8", "replace")
+
+
+def redact(text: str, secret_values: list[str]) -> str:
+    """``text`` with every secret value (longest first) replaced by ``***``."""
+    for value in sorted((v for v in secret_values if v), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
+    return text
+
+
+def snippet(text: str, limit: int = 80) -> str:
+    """One line of ``text`` for a message: whitespace folded, cut at ``limit`` characters."""
+    flat = " ".join(text.split())
+    printable = "".join(ch if ch.isprintable() else "?" for ch in flat)
+    return printable if len(printable) <= limit else printable[: limit - 3] + "..."
+
+
+def q(value: object) -> str:
+    """Shell-quote a value for interpolation into probe text."""
+    return shlex.quote(str(value))
+
+
+class Check(ABC):
+    """One expectation about a host: a probe plus a judge.
+
+    Subclasses set :attr:`kind`, :attr:`fields` (the keys a user may write) and :attr:`primary`
+    (the key a scalar shorthand like ``- port: 8000`` fills), and implement :meth:`subject`,
+    :meth:`expectation`, :meth:`probe` and :meth:`judge`.
+    """
+
+    kind: ClassVar[str]
+    fields: ClassVar[Mapping[str, Field]]
+    primary: ClassVar[str]
+    output_cap: ClassVar[int] = 64 * 1024
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(
+        self, params: Mapping[str, Any], *, name: str | None = None, timeout: float | None = None
+    ) -> None:
+        """:param params: validated parameters (see :func:`deploytest.checks.make_check`)."""
+        self.params: dict[str, Any] = dict(params)
+        self._name = name
+        self.timeout = timeout
+        self._secret_vars: dict[str, str] = {}
+
+    @classmethod
+    def refine(cls, params: Mapping[str, Any], where: str) -> None:
+        """Refuse combinations of keys that are valid one by one but not together (raise ConfigError)."""
+        del params, where  # most kinds have no such combinations
+
+    @property
+    def name(self) -> str:
+        """The readable name: the user's ``name``, else ``<kind> <subject>``."""
+        return self._name or f"{self.kind} {self.subject()}"
+
+    @abstractmethod
+    def subject(self) -> str:
+        """What the check is about, e.g. the URL or the port."""
+
+    @abstractmethod
+    def expectation(self) -> str:
+        """A short phrase for what green means, e.g. ``status 200``."""
+
+    @abstractmethod
+    def probe(self) -> str:
+        """Shell text whose output the judge reads; runs in its own ``/bin/sh``."""
+
+    @abstractmethod
+    def judge(self, output: ProbeOutput) -> Verdict:
+        """Turn the probe's output into a verdict; pure, no host needed."""
+
+    def evaluate(self, output: ProbeOutput) -> Verdict:
+        """The verdict for ``output``, with a time-out or a broken frame judged the same for all kinds."""
+        if output.timed_out:
+            return Verdict(
+                False, self.expectation(), f"no answer within {output.seconds_limit:g}s (probe killed)"
+            )
+        if output.exit_code < 0:
+            return Verdict(
+                False,
+                self.expectation(),
+                "no result from the probe",
+                snippet(output.error_text) if output.stderr else "",
+            )
+        return self.judge(output)
+
+    def secret_env(self) -> dict[str, str]:
+        """Environment variables (name -> secret value) the probe reads; sent on stdin, never in text."""
+        return dict(self._secret_vars)
+
+    def secret_values(self) -> list[str]:
+        """Values to redact from everything this check reports."""
+        return [v for v in self._secret_vars.values() if v]
+
+    def _secret_var(self, value: str) -> str:
+        """A fresh variable name holding ``value`` on the host; the value never enters the script."""
+        for var, known in self._secret_vars.items():
+            if known == value:
+                return var
+        var = f"DTS_{secrets.token_hex(6)}"
+        self._secret_vars[var] = value
+        return var
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description with secret parameters redacted."""
+        params: dict[str, Any] = {}
+        for key, value in self.params.items():
+            if value is None:
+                continue
+            if key in self.secret_fields:
+                value = {k: REDACTED for k in value} if isinstance(value, dict) else REDACTED
+            params[key] = value
+        return {"kind": self.kind, "name": self.name, "timeout": self.timeout, "params": params}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,274 @@
+"""Running checks on hosts, "eventually": one script per host per attempt, red checks retried.
+
+Each attempt sends every check still red on a host as ONE :meth:`Target.run` call. A check that
+turns green stays green; a red one is re-run every ``interval`` until its deadline (its own
+``timeout``, else the suite's). Hosts are verified in parallel; an unreachable host is reported as
+a host error, never raised.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+from ..config import VerifySettings
+from ..errors import HostUnreachable
+from ..hosts import CommandTimeout, Target, in_parallel
+from .base import Check, ProbeOutput, Verdict, redact
+from .script import NO_TMPDIR, ProbeJob, build_script, new_nonce, parse_frames, secret_stdin
+
+#: The shortest time a probe is given on the host, even when its deadline is closer.
+MIN_PROBE_SECONDS = 2.0
+#: Slack for the whole session beyond the longest probe (connection, start-up, framing).
+SESSION_SLACK_SECONDS = 15.0
+
+
+@dataclass
+class CheckResult:
+    """The final verdict of one check on one host.
+
+    :param attempts: how many times its probe ran.
+    :param seconds: from the start of verification until it turned green, or until it was given up.
+    """
+
+    check: Check
+    verdict: Verdict
+    attempts: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when the check is green."""
+        return self.verdict.ok
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return {
+            "name": self.check.name,
+            "kind": self.check.kind,
+            "ok": self.ok,
+            "expected": self.verdict.expected,
+            "observed": self.verdict.observed,
+            "detail": self.verdict.detail,
+            "attempts": self.attempts,
+            "seconds": round(self.seconds, 3),
+            "check": self.check.to_dict(),
+        }
+
+
+@dataclass
+class HostReport:
+    """All check results for one host, or the error that kept the host from being checked."""
+
+    host: str
+    results: list[CheckResult] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+    sessions: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when the host was reached and every check is green."""
+        return self.error is None and all(r.ok for r in self.results)
+
+    def result(self, name: str) -> CheckResult | None:
+        """The result of the check named ``name``, if any."""
+        return next((r for r in self.results if r.check.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping."""
+        return {
+            "host": self.host,
+            "ok": self.ok,
+            "error": self.error,
+            "seconds": round(self.seconds, 3),
+            "sessions": self.sessions,
+            "checks": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of verifying a set of hosts: one :class:`HostReport` per host, in input order."""
+
+    hosts: list[HostReport]
+    started: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True when every host was reached and every check is green."""
+        return all(h.ok for h in self.hosts)
+
+    def host(self, name: str) -> HostReport | None:
+        """The report of host ``name``, if it was verified."""
+        return next((h for h in self.hosts if h.host == name), None)
+
+    def outcomes(self) -> dict[tuple[str, str], bool | None]:
+        """``(host, check name) -> green?``; None for the checks of a host that was not reached."""
+        out: dict[tuple[str, str], bool | None] = {}
+        for report in self.hosts:
+            for result in report.results:
+                out[(report.host, result.check.name)] = None if report.error else result.ok
+        return out
+
+    def counts(self) -> dict[str, int]:
+        """Numbers for a summary: hosts, checks, green, red, unreachable hosts."""
+        results = [r for h in self.hosts for r in h.results if h.error is None]
+        return {
+            "hosts": len(self.hosts),
+            "checks": len(results),
+            "green": sum(1 for r in results if r.ok),
+            "red": sum(1 for r in results if not r.ok),
+            "unreachable": sum(1 for h in self.hosts if h.error is not None),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (secrets already redacted)."""
+        return {
+            "ok": self.ok,
+            "started": self.started,
+            "seconds": round(self.seconds, 3),
+            "summary": self.counts(),
+            "hosts": [h.to_dict() for h in self.hosts],
+        }
+
+
+OnResult = Callable[[str, CheckResult], None]
+
+
+def run_attempt(target: Target, checks: Sequence[Check], limits: Sequence[float]) -> list[ProbeOutput]:
+    """Run the probes of ``checks`` on ``target`` as one script (one session); outputs in order.
+
+    :param limits: per-check time limits on the host, in seconds.
+    :raises HostUnreachable: the host could not be reached.
+    """
+    jobs = [ProbeJob(i, c.probe(), limit, c.output_cap) for i, (c, limit) in enumerate(zip(checks, limits))]
+    secret_env: dict[str, str] = {}
+    for check in checks:
+        secret_env.update(check.secret_env())
+    nonce = new_nonce()
+    script = build_script(jobs, secret_env, nonce)
+    session_limit = max(limits, default=MIN_PROBE_SECONDS) + SESSION_SLACK_SECONDS
+    try:
+        result = target.run(script, stdin=secret_stdin(secret_env), timeout=session_limit)
+    except CommandTimeout:
+        return [
+            ProbeOutput(
+                -1,
+                stderr=f"the check session ran past {session_limit:g}s".encode(),
+                timed_out=True,
+                seconds_limit=session_limit,
+            )
+            for _ in checks
+        ]
+    frames = parse_frames(result.stdout, nonce, jobs)
+    missing_reason = (
+        "no usable temporary directory on the host"
+        if result.exit_code == NO_TMPDIR
+        else (result.stderr.strip().splitlines() or [f"the check script exited {result.exit_code}"])[-1]
+    )
+    return [frames.get(i) or ProbeOutput(-1, stderr=missing_reason.encode()) for i in range(len(checks))]
+
+
+def verify_host(
+    target: Target,
+    checks: Sequence[Check],
+    settings: VerifySettings,
+    on_result: OnResult | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HostReport:
+    """Verify one host "eventually"; never raises for an unreachable host (see ``HostReport.error``)."""
+    started = time.monotonic()
+    report = HostReport(target.name)
+    secret_values = [v for c in checks for v in c.secret_values()]
+    deadline = {id(c): started + (c.timeout if c.timeout is not None else settings.timeout) for c in checks}
+    attempts = {id(c): 0 for c in checks}
+    final: dict[int, CheckResult] = {}
+    last: dict[int, Verdict] = {}
+    pending = list(checks)
+
+    def settle(check: Check, verdict: Verdict) -> None:
+        result = CheckResult(check, verdict, attempts[id(check)], time.monotonic() - started)
+        final[id(check)] = result
+        if on_result is not None:
+            on_result(target.name, result)
+
+    while pending:
+        now = time.monotonic()
+        limits = [max(deadline[id(c)] - now, MIN_PROBE_SECONDS) for c in pending]
+        try:
+            outputs = run_attempt(target, pending, limits)
+        except HostUnreachable as exc:
+            report.error = redact(exc.reason, secret_values)
+            break
+        report.sessions += 1
+        still_red: list[Check] = []
+        for check, output in zip(pending, outputs):
+            attempts[id(check)] += 1
+            try:
+                verdict = check.evaluate(output).redacted(secret_values)
+            except Exception as exc:  # noqa: BLE001 - a judge bug must not hide the other checks
+                verdict = Verdict(False, check.expectation(), f"could not judge the output ({exc})")
+            if verdict.ok:
+                settle(check, verdict)
+            else:
+                last[id(check)] = verdict
+                still_red.append(check)
+        now = time.monotonic()
+        pending = []
+        for check in still_red:
+            if now + settings.interval < deadline[id(check)]:
+                pending.append(check)
+            else:
+                settle(check, last[id(check)])
+        if pending:
+            sleep(settings.interval)
+    report.results = [final[id(c)] for c in checks if id(c) in final]
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def run_checks(
+    targets: Iterable[Target],
+    checks: Sequence[Check],
+    settings: VerifySettings | None = None,
+    *,
+    parallel: int = 10,
+    on_result: OnResult | None = None,
+) -> VerifyReport:
+    """Verify ``checks`` on every target, hosts in parallel; one session per host per attempt.
+
+    :param settings: the suite's ``timeout`` and ``interval`` (default: 30s, every 1s).
+    :param parallel: how many hosts are verified at once.
+    :param on_result: called as ``on_result(host, result)`` as each check settles (serialised).
+    """
+    settings = settings or VerifySettings()
+    started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = time.monotonic()
+    lock = threading.Lock()
+
+    def report_one(host: str, result: CheckResult) -> None:
+        if on_result is not None:
+            with lock:
+                on_result(host, result)
+
+    def verify(target: Target) -> HostReport:
+        return verify_host(target, checks, settings, report_one)
+
+    hosts: list[HostReport] = []
+    for target, outcome in in_parallel(list(targets), verify, limit=parallel):
+        if isinstance(outcome, HostReport):
+            hosts.append(outcome)
+        else:
+            reason = (
+                outcome.reason
+                if isinstance(outcome, HostUnreachable)
+                else str(outcome) or type(outcome).__name__
+            )
+            hosts.append(HostReport(target.name, error=reason))
+    return VerifyReport(hosts, started=started_at, seconds=time.monotonic() - started)

@@ -1,0 +1,624 @@
+"""Checks on the host itself: commands, files, disk, users and groups, processes, packages, services."""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from .base import Check, ProbeOutput, Verdict, q, snippet
+from .schema import Field
+from .versions import satisfies
+
+
+def key_values(text: str) -> dict[str, str]:
+    """``key=value`` lines into a mapping (first occurrence wins; other lines ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key.isidentifier() and key not in out:
+            out[key] = value
+    return out
+
+
+def _quoted(text: str, limit: int = 80) -> str:
+    return '"' + snippet(text, limit).replace('"', '\\"') + '"'
+
+
+class CommandCheck(Check):
+    """Run a command; judge its exit status and output."""
+
+    kind = "command"
+    primary = "run"
+    fields: ClassVar[dict[str, Field]] = {
+        "run": Field("shell", required=True),
+        "exit": Field("exit", default=0),
+        "stdout": Field("text"),
+        "stdout_matches": Field("regex"),
+        "stdout_equals": Field("text"),
+        "stdout_empty": Field("bool"),
+        "stderr": Field("text"),
+        "stderr_matches": Field("regex"),
+        "stderr_equals": Field("text"),
+        "stderr_empty": Field("bool"),
+        "cwd": Field("path"),
+    }
+
+    def subject(self) -> str:
+        return snippet(str(self.params["run"]), 60)
+
+    def _exits(self) -> list[int]:
+        value = self.params["exit"]
+        return list(value) if isinstance(value, list) else [int(value)]
+
+    def expectation(self) -> str:
+        exits = self._exits()
+        return "exit " + "/".join(str(e) for e in exits)
+
+    def probe(self) -> str:
+        cwd = self.params.get("cwd")
+        prefix = f"cd -- {q(cwd)} || exit 126\n" if cwd else ""
+        return prefix + str(self.params["run"])
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        exits = self._exits()
+        if output.exit_code not in exits:
+            detail = ""
+            if output.error_text.strip():
+                detail = f"stderr: {_quoted(output.error_text)}"
+            elif output.text.strip():
+                detail = f"stdout: {_quoted(output.text)}"
+            return Verdict(False, self.expectation(), f"exit {output.exit_code}", detail)
+        for stream, text in (("stdout", output.text), ("stderr", output.error_text)):
+            verdict = self._judge_stream(stream, text, output.truncated)
+            if verdict is not None:
+                return verdict
+        return Verdict(True, self.expectation(), f"exit {output.exit_code}")
+
+    def _judge_stream(self, stream: str, text: str, truncated: bool) -> Verdict | None:
+        shown = _quoted(text) if text.strip() else "nothing"
+        cut = " (output cut at the cap)" if truncated else ""
+        contains = self.params.get(stream)
+        if contains is not None and contains not in text:
+            return Verdict(False, f"{stream} containing {_quoted(contains)}", shown + cut)
+        pattern = self.params.get(f"{stream}_matches")
+        if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
+            return Verdict(False, f"{stream} matching /{pattern}/", shown + cut)
+        equals = self.params.get(f"{stream}_equals")
+        if equals is not None and text.rstrip("\n") != equals.rstrip("\n"):
+            return Verdict(False, f"{stream} equal to {_quoted(equals)}", shown + cut)
+        empty = self.params.get(f"{stream}_empty")
+        if empty is True and text.strip():
+            return Verdict(False, f"empty {stream}", shown)
+        if empty is False and not text.strip():
+            return Verdict(False, f"some {stream}", "nothing")
+        return None
+
+
+class FileCheck(Check):
+    """A path on the host: existence, type, link target, mode, owner, group, content, digest, size."""
+
+    kind = "file"
+    primary = "path"
+    output_cap = 1024 * 1024
+    fields: ClassVar[dict[str, Field]] = {
+        "path": Field("path", required=True),
+        "exists": Field("bool", default=True),
+        "type": Field("str", choices=("file", "dir", "symlink")),
+        "target": Field("str"),
+        "mode": Field("octal"),
+        "owner": Field("name"),
+        "group": Field("name"),
+        "contains": Field("text"),
+        "matches": Field("regex"),
+        "sha256": Field("str"),
+        "size": Field("count"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["path"])
+
+    def expectation(self) -> str:
+        if not self.params["exists"]:
+            return "absent"
+        parts = [str(self.params["type"] or "present")]
+        for key in ("mode", "owner", "group"):
+            if self.params.get(key) is not None:
+                parts.append(f"{key} {self.params[key]}")
+        return ", ".join(parts)
+
+    def _wants_content(self) -> bool:
+        return self.params.get("contains") is not None or self.params.get("matches") is not None
+
+    def probe(self) -> str:
+        lines = [
+            f"p={q(self.params['path'])}",
+            'if [ -L "$p" ]; then echo link=1; echo "target=$(readlink -- "$p")"; else echo link=0; fi',
+            'if [ -d "$p" ]; then echo type=dir; elif [ -f "$p" ]; then echo type=file;'
+            ' elif [ -e "$p" ]; then echo type=other; elif [ -L "$p" ]; then echo type=broken; exit 0;'
+            " else echo type=absent; exit 0; fi",
+            "stat -L -c 'mode=%a owner=%U uid=%u group=%G gid=%g size=%s' -- \"$p\" 2>/dev/null"
+            " | tr ' ' '\\n'",
+        ]
+        if self.params.get("sha256"):
+            lines.append(
+                'if [ -f "$p" ]; then h=$( (sha256sum -- "$p" || shasum -a 256 -- "$p"'
+                ' || openssl dgst -sha256 -r -- "$p") 2>/dev/null); echo "sha256=${h%% *}"; fi'
+            )
+        if self._wants_content():
+            lines.append('if [ -f "$p" ]; then echo "--content--"; cat -- "$p"; fi')
+        return "\n".join(lines)
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        head, _, content = output.stdout.partition(b"\n--content--\n")
+        facts = key_values(head.decode("utf-8", "replace"))
+        kind = facts.get("type", "")
+        is_link = facts.get("link") == "1"
+        exists = kind not in ("absent", "") or is_link
+        if not kind:
+            return Verdict(
+                False,
+                self.expectation(),
+                "nothing (the probe printed no file facts)",
+                snippet(output.error_text),
+            )
+        if not self.params["exists"]:
+            if exists:
+                return Verdict(False, "absent", f"a {'symlink' if is_link else kind}")
+            return Verdict(True, "absent", "absent")
+        if kind == "absent":
+            return Verdict(False, self.expectation(), "absent")
+        if kind == "broken":
+            if self.params["type"] == "symlink" and self.params.get("target") in (None, facts.get("target")):
+                return Verdict(True, "symlink", f"symlink to {facts.get('target')} (dangling)")
+            return Verdict(False, self.expectation(), f"a dangling symlink to {facts.get('target')}")
+        wanted = self.params.get("type")
+        if wanted == "symlink" and not is_link:
+            return Verdict(False, "symlink", kind)
+        if wanted in ("file", "dir") and kind != wanted:
+            return Verdict(False, wanted, kind if kind != "other" else "a special file")
+        target = self.params.get("target")
+        if target is not None and facts.get("target") != target:
+            return Verdict(
+                False,
+                f"symlink to {target}",
+                f"symlink to {facts['target']}" if is_link else f"not a symlink ({kind})",
+            )
+        mode = self.params.get("mode")
+        if mode is not None:
+            got = facts.get("mode")
+            if got is None or not re.fullmatch(r"[0-7]+", got):
+                return Verdict(False, f"mode {mode}", "unknown mode (stat -c unavailable)")
+            if int(got, 8) != int(mode, 8):
+                return Verdict(False, f"mode {mode}", f"mode {int(got, 8):04o}")
+        for key, numeric in (("owner", "uid"), ("group", "gid")):
+            value = self.params.get(key)
+            if value is not None and value not in (facts.get(key), facts.get(numeric)):
+                return Verdict(False, f"{key} {value}", f"{key} {facts.get(key, 'unknown')}")
+        size = self.params.get("size")
+        if size is not None and facts.get("size") != str(size):
+            return Verdict(False, f"size {size} bytes", f"size {facts.get('size', 'unknown')} bytes")
+        digest = self.params.get("sha256")
+        if digest is not None:
+            got_digest = facts.get("sha256", "")
+            if got_digest.lower() != str(digest).lower():
+                return Verdict(False, f"sha256 {digest}", f"sha256 {got_digest or 'unknown'}")
+        verdict = self._judge_content(content.decode("utf-8", "replace"), output.truncated, kind)
+        return verdict or Verdict(True, self.expectation(), f"{'symlink to ' if is_link else ''}{kind}")
+
+    def _judge_content(self, text: str, truncated: bool, kind: str) -> Verdict | None:
+        if not self._wants_content():
+            return None
+        if kind != "file":
+            return Verdict(False, "a regular file to read", kind)
+        where = f"the first {self.output_cap} bytes" if truncated else "the file"
+        contains = self.params.get("contains")
+        if contains is not None and contains not in text:
+            return Verdict(
+                False, f"containing {_quoted(contains)}", f"not found in {where}", f"content: {_quoted(text)}"
+            )
+        pattern = self.params.get("matches")
+        if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
+            return Verdict(
+                False, f"matching /{pattern}/", f"no match in {where}", f"content: {_quoted(text)}"
+            )
+        return None
+
+
+class DiskCheck(Check):
+    """Free space on the filesystem holding a path."""
+
+    kind = "disk"
+    primary = "path"
+    fields: ClassVar[dict[str, Field]] = {
+        "path": Field("path", default="/"),
+        "min_free_mb": Field("number"),
+        "max_used_percent": Field("percent"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["path"])
+
+    def expectation(self) -> str:
+        parts = []
+        if self.params.get("min_free_mb") is not None:
+            parts.append(f"at least {self.params['min_free_mb']:g} MB free")
+        if self.params.get("max_used_percent") is not None:
+            parts.append(f"at most {self.params['max_used_percent']:g}% used")
+        return " and ".join(parts) or "a mounted filesystem"
+
+    def probe(self) -> str:
+        return f"df -Pk -- {q(self.params['path'])} | tail -n 1"
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        fields = output.text.split()
+        if output.exit_code != 0 or len(fields) < 6 or not fields[-3].isdigit() or not fields[-4].isdigit():
+            return Verdict(False, self.expectation(), "no df output", snippet(output.error_text))
+        used_kb, free_kb = int(fields[-4]), int(fields[-3])
+        free_mb = free_kb / 1024
+        used_pct = 100.0 * used_kb / (used_kb + free_kb) if used_kb + free_kb else 0.0
+        observed = f"{free_mb:.0f} MB free, {used_pct:.0f}% used on {fields[-1]}"
+        minimum = self.params.get("min_free_mb")
+        if minimum is not None and free_mb < float(minimum):
+            return Verdict(False, self.expectation(), observed)
+        maximum = self.params.get("max_used_percent")
+        if maximum is not None and used_pct > float(maximum):
+            return Verdict(False, self.expectation(), observed)
+        return Verdict(True, self.expectation(), observed)
+
+
+def _lookup(database: str, name: str) -> str:
+    return f'n={q(name)}; getent {database} "$n" 2>/dev/null || awk -F: -v n="$n" \'$1 == n\' /etc/{database}'
+
+
+class UserCheck(Check):
+    """A user account: exists, uid, gid, groups, home, shell."""
+
+    kind = "user"
+    primary = "name"
+    fields: ClassVar[dict[str, Field]] = {
+        "name": Field("name", required=True),
+        "exists": Field("bool", default=True),
+        "uid": Field("count"),
+        "gid": Field("count"),
+        "groups": Field("str_list"),
+        "home": Field("path"),
+        "shell": Field("path"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["name"])
+
+    def expectation(self) -> str:
+        return "present" if self.params["exists"] else "absent"
+
+    def probe(self) -> str:
+        return (
+            _lookup("passwd", self.params["name"]) + '\necho "--groups--"; id -Gn -- "$n" 2>/dev/null; true'
+        )
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        entry, _, groups_text = output.text.partition("--groups--")
+        name = str(self.params["name"])
+        fields = next((line.split(":") for line in entry.splitlines() if line.split(":")[0] == name), None)
+        if not self.params["exists"]:
+            return Verdict(
+                fields is None, "absent", "absent" if fields is None else f"present (uid {fields[2]})"
+            )
+        if fields is None or len(fields) < 7:
+            return Verdict(False, "present", "absent")
+        observed = f"uid {fields[2]}, gid {fields[3]}"
+        for key, index in (("uid", 2), ("gid", 3), ("home", 5), ("shell", 6)):
+            wanted = self.params.get(key)
+            if wanted is not None and str(wanted) != fields[index]:
+                return Verdict(False, f"{key} {wanted}", f"{key} {fields[index]}")
+        wanted_groups = self.params.get("groups")
+        if wanted_groups is not None:
+            wanted_list = wanted_groups if isinstance(wanted_groups, list) else [wanted_groups]
+            have = groups_text.split()
+            missing = [g for g in wanted_list if g not in have]
+            if missing:
+                return Verdict(
+                    False, "member of " + ", ".join(wanted_list), "groups " + (", ".join(have) or "none")
+                )
+        return Verdict(True, "present", observed)
+
+
+class GroupCheck(Check):
+    """A group: exists, gid, members."""
+
+    kind = "group"
+    primary = "name"
+    fields: ClassVar[dict[str, Field]] = {
+        "name": Field("name", required=True),
+        "exists": Field("bool", default=True),
+        "gid": Field("count"),
+        "members": Field("str_list"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["name"])
+
+    def expectation(self) -> str:
+        return "present" if self.params["exists"] else "absent"
+
+    def probe(self) -> str:
+        return _lookup("group", self.params["name"])
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        name = str(self.params["name"])
+        fields = next(
+            (line.split(":") for line in output.text.splitlines() if line.split(":")[0] == name), None
+        )
+        if not self.params["exists"]:
+            return Verdict(
+                fields is None, "absent", "absent" if fields is None else f"present (gid {fields[2]})"
+            )
+        if fields is None or len(fields) < 4:
+            return Verdict(False, "present", "absent")
+        gid = self.params.get("gid")
+        if gid is not None and str(gid) != fields[2]:
+            return Verdict(False, f"gid {gid}", f"gid {fields[2]}")
+        members = [m for m in fields[3].split(",") if m]
+        wanted = self.params.get("members")
+        if wanted is not None:
+            wanted_list = wanted if isinstance(wanted, list) else [wanted]
+            if any(m not in members for m in wanted_list):
+                return Verdict(
+                    False, "members " + ", ".join(wanted_list), "members " + (", ".join(members) or "none")
+                )
+        return Verdict(True, "present", f"gid {fields[2]}")
+
+
+class ProcessCheck(Check):
+    """Processes whose command line matches a regular expression (like ``pgrep -f``)."""
+
+    kind = "process"
+    primary = "pattern"
+    output_cap = 1024 * 1024
+    fields: ClassVar[dict[str, Field]] = {
+        "pattern": Field("regex", required=True),
+        "user": Field("name"),
+        "count": Field("count"),
+        "min": Field("count"),
+        "max": Field("count"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["pattern"])
+
+    def _bounds(self) -> tuple[int, int | None]:
+        count = self.params.get("count")
+        if count is not None:
+            return int(count), int(count)
+        low = self.params.get("min")
+        high = self.params.get("max")
+        return (
+            int(low) if low is not None else (0 if high is not None else 1),
+            int(high) if high is not None else None,
+        )
+
+    def expectation(self) -> str:
+        low, high = self._bounds()
+        who = f" of user {self.params['user']}" if self.params.get("user") else ""
+        if high is None:
+            return f"at least {low} process{'es' if low != 1 else ''}{who}"
+        if low == high:
+            return f"exactly {low} process{'es' if low != 1 else ''}{who}"
+        return f"{low} to {high} processes{who}"
+
+    def probe(self) -> str:
+        return (
+            'echo "root=${DT_ROOT:-0}"; ps -eo pid=,ppid=,user:32=,args= 2>/dev/null'
+            " || ps -o pid,ppid,user,args"
+        )
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        lines = output.text.splitlines()
+        root = key_values("\n".join(lines[:1])).get("root", "0")
+        table: list[tuple[str, str, str, str]] = []
+        for line in lines[1:]:
+            parts = line.split(None, 3)
+            if len(parts) == 4 and parts[0].isdigit():
+                table.append((parts[0], parts[1], parts[2], parts[3]))
+        # Leave out deploytest's own script and its probes: their command lines hold every pattern.
+        parents = {pid: ppid for pid, ppid, _, _ in table}
+        ours = {root}
+
+        def is_ours(pid: str) -> bool:
+            seen = 0
+            while pid in parents and seen < 64:
+                if pid in ours:
+                    return True
+                pid = parents[pid]
+                seen += 1
+            return pid in ours
+
+        pattern = re.compile(str(self.params["pattern"]))
+        user = self.params.get("user")
+        found = [
+            (pid, owner)
+            for pid, _, owner, args in table
+            if pattern.search(args) and not is_ours(pid) and (user is None or owner == user)
+        ]
+        low, high = self._bounds()
+        ok = len(found) >= low and (high is None or len(found) <= high)
+        if not table:
+            return Verdict(
+                False, self.expectation(), "no process list (ps failed)", snippet(output.error_text)
+            )
+        pids = ", ".join(pid for pid, _ in found[:5]) + (", ..." if len(found) > 5 else "")
+        observed = f"{len(found)} process{'es' if len(found) != 1 else ''}" + (
+            f" (pid {pids})" if found else ""
+        )
+        return Verdict(ok, self.expectation(), observed)
+
+
+class PackageCheck(Check):
+    """An installed package (dpkg, rpm, apk, or pip for a given python) and its version."""
+
+    kind = "package"
+    primary = "name"
+    fields: ClassVar[dict[str, Field]] = {
+        "name": Field("name", required=True),
+        "version": Field("version"),
+        "installed": Field("bool", default=True),
+        "manager": Field("str", default="auto", choices=("auto", "dpkg", "rpm", "apk", "pip")),
+        "python": Field("str", default="python3"),
+    }
+
+    _PIP = (
+        "import sys\ntry:\n from importlib.metadata import version\nexcept ImportError:\n"
+        " sys.exit(3)\ntry:\n v = version(sys.argv[1])\nexcept Exception:\n print('status=not-installed')\n"
+        "else:\n print('status=install ok installed'); print('version=' + v)\n"
+    )
+
+    def subject(self) -> str:
+        return str(self.params["name"])
+
+    def expectation(self) -> str:
+        if not self.params["installed"]:
+            return "not installed"
+        version = self.params.get("version")
+        return f"installed, version {version.strip()}" if version else "installed"
+
+    def probe(self) -> str:
+        name = q(self.params["name"])
+        return "\n".join(
+            [
+                f"n={name}; m={q(self.params['manager'])}",
+                'if [ "$m" = auto ]; then',
+                "  if command -v dpkg-query >/dev/null 2>&1; then m=dpkg",
+                "  elif command -v rpm >/dev/null 2>&1; then m=rpm",
+                "  elif command -v apk >/dev/null 2>&1; then m=apk; else m=none; fi",
+                "fi",
+                'echo "manager=$m"',
+                'case "$m" in',
+                "  dpkg) dpkg-query -W -f='status=${Status}\\nversion=${Version}\\n' \"$n\" 2>/dev/null"
+                " || echo status=not-installed ;;",
+                "  rpm) rpm -q --qf 'status=install ok installed\\nversion=%{VERSION}-%{RELEASE}\\n' \"$n\""
+                " 2>/dev/null || echo status=not-installed ;;",
+                '  apk) if apk info -e "$n" >/dev/null 2>&1; then echo "status=install ok installed";'
+                ' v=$(apk info "$n" 2>/dev/null | head -n 1); v=${v%% *}; echo "version=${v#"$n"-}";'
+                " else echo status=not-installed; fi ;;",
+                f'  pip) {q(self.params["python"])} -c {q(self._PIP)} "$n" ;;',
+                "esac",
+            ]
+        )
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        facts = key_values(output.text)
+        manager = facts.get("manager", "unknown")
+        status = facts.get("status", "")
+        if manager == "none":
+            return Verdict(False, self.expectation(), "no package manager found (dpkg, rpm, apk)")
+        if not status:
+            return Verdict(False, self.expectation(), f"no answer from {manager}", snippet(output.error_text))
+        installed = status.split()[-1] == "installed" and status != "not-installed"
+        version = facts.get("version", "")
+        if not self.params["installed"]:
+            return Verdict(
+                not installed,
+                "not installed",
+                f"installed {version} ({manager})" if installed else "not installed",
+            )
+        if not installed:
+            return Verdict(False, self.expectation(), f"not installed ({manager})")
+        wanted = self.params.get("version")
+        if wanted and not satisfies(version, wanted):
+            return Verdict(False, self.expectation(), f"version {version} ({manager})")
+        return Verdict(True, self.expectation(), f"version {version} ({manager})")
+
+
+class ServiceCheck(Check):
+    """A service under systemd, supervisor or SysV init: running and/or enabled."""
+
+    kind = "service"
+    primary = "name"
+    fields: ClassVar[dict[str, Field]] = {
+        "name": Field("name", required=True),
+        "running": Field("bool", default=True),
+        "enabled": Field("bool"),
+        "manager": Field("str", default="auto", choices=("auto", "systemd", "supervisor", "sysv")),
+        "supervisor_conf": Field("path"),
+    }
+
+    def subject(self) -> str:
+        return str(self.params["name"])
+
+    def expectation(self) -> str:
+        parts = ["running" if self.params["running"] else "stopped"]
+        if self.params.get("enabled") is not None:
+            parts.append("enabled" if self.params["enabled"] else "disabled")
+        return ", ".join(parts)
+
+    def probe(self) -> str:
+        conf = self.params.get("supervisor_conf") or ""
+        return "\n".join(
+            [
+                f"n={q(self.params['name'])}; m={q(self.params['manager'])}; c={q(conf)}",
+                '_sv() { if [ -n "$c" ]; then supervisorctl -c "$c" "$@"; else supervisorctl "$@"; fi; }',
+                "_sd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }",
+                'if [ "$m" = auto ]; then',
+                "  m=none",
+                '  if [ -n "$c" ]; then m=supervisor',
+                '  elif _sd && [ "$(systemctl show -p LoadState --value -- "$n" 2>/dev/null)" = loaded ];'
+                " then m=systemd",
+                "  elif command -v supervisorctl >/dev/null 2>&1; then",
+                '    set -- $(_sv status "$n" 2>/dev/null | head -n 1)',
+                '    case "${1:-}" in "$n"|*":$n") m=supervisor ;; esac',
+                "  fi",
+                '  if [ "$m" = none ] && [ -x "/etc/init.d/$n" ]; then m=sysv; fi',
+                '  if [ "$m" = none ] && _sd; then m=systemd; fi',
+                "fi",
+                'echo "manager=$m"',
+                'case "$m" in',
+                '  systemd) echo "active=$(systemctl is-active -- "$n" 2>/dev/null)";'
+                ' echo "enabled=$(systemctl is-enabled -- "$n" 2>/dev/null)" ;;',
+                '  supervisor) echo "status=$(_sv status "$n" 2>&1 | head -n 1)";'
+                ' a=$(_sv avail 2>/dev/null | awk -v n="$n" \'$1 == n {print $4}\');'
+                ' echo "enabled=${a:-unknown}" ;;',
+                '  sysv) if [ -x "/etc/init.d/$n" ]; then'
+                ' "/etc/init.d/$n" status >/dev/null 2>&1; echo "rc=$?";'
+                " else echo rc=4; fi;"
+                ' if ls /etc/rc[2345].d/S[0-9][0-9]"$n" >/dev/null 2>&1; then echo enabled=enabled;'
+                " else echo enabled=disabled; fi ;;",
+                "esac",
+            ]
+        )
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        facts = key_values(output.text)
+        manager = facts.get("manager", "")
+        enabled_state = facts.get("enabled", "")
+        if manager == "systemd":
+            state = facts.get("active", "") or "unknown"
+            running = state == "active"
+            enabled = enabled_state in ("enabled", "enabled-runtime", "static", "alias", "indirect")
+            observed = f"{state} (systemd)"
+        elif manager == "supervisor":
+            words = facts.get("status", "").split()
+            state = (
+                words[1] if len(words) > 1 and words[0].split(":")[-1] == self.params["name"] else "unknown"
+            )
+            running = state == "RUNNING"
+            enabled = enabled_state == "auto"
+            observed = f"{state} (supervisor)"
+            if state == "unknown" and facts.get("status"):
+                observed = f"unknown to supervisor ({snippet(facts['status'], 60)})"
+        elif manager == "sysv":
+            rc = facts.get("rc", "")
+            running = rc == "0"
+            enabled = enabled_state == "enabled"
+            observed = {"0": "running", "3": "stopped", "4": "unknown service"}.get(
+                rc, f"status exit {rc}"
+            ) + " (sysv)"
+        else:
+            return Verdict(
+                False, self.expectation(), "no service manager knows it (systemd, supervisor, sysv)"
+            )
+        if running != self.params["running"]:
+            return Verdict(False, self.expectation(), observed)
+        wanted_enabled = self.params.get("enabled")
+        if wanted_enabled is not None and enabled != wanted_enabled:
+            return Verdict(False, self.expectation(), f"{observed}, {enabled_state or 'unknown'} at boot")
+        return Verdict(True, self.expectation(), observed)
