@@ -43,7 +43,9 @@ def _start(factory: Callable[[], testbed.TestBed]) -> testbed.TestBed:
     try:
         return factory()
     except testbed.TestBedError as exc:
-        pytest.fail(f"SSH test bed unavailable: {exc}", pytrace=False)
+        problem = str(exc)
+    # Outside the except block, so the report is this one line, without a chained traceback.
+    pytest.fail(f"SSH test bed unavailable: {problem}", pytrace=False)
 
 
 @pytest.fixture

@@ -158,6 +158,12 @@ def test_two_beds_in_one_test_do_not_collide(make_hosts: MakeHosts) -> None:
     assert not {h.address for h in a.hosts} & {h.address for h in b.hosts}
     assert run_over_ssh(b, "db2", "hostname").stdout.strip() == "db2"
     assert run_over_ssh(a, "app1", "hostname").stdout.strip() == "app1"
+    # Closing one bed leaves the other one alone.
+    gone = _bed_resources(a)
+    a.close()
+    _assert_gone(gone)
+    assert run_over_ssh(b, "db1", "hostname").stdout.strip() == "db1"
+    assert all(h.sh("true").returncode == 0 for h in b.hosts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -361,6 +367,38 @@ def test_leftovers_of_a_dead_run_are_swept(tmp_path: Path, how: str) -> None:
     _assert_gone({"pids": res["pids"], "netns": res["netns"], "links": res["links"],
                   "dir": Path(res["dirs"][0])})
     assert not Path(res["dirs"][1]).exists()
+
+
+def test_fixtures_fail_with_one_line_when_the_machine_cannot_run_them(tmp_path: Path) -> None:
+    """Not a skip: a FAILED test naming what is missing and how to install it."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        spec = importlib.util.spec_from_file_location("fixtures_under_test",
+                                                      {str(Path(__file__).with_name("conftest.py"))!r})
+        fixtures = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fixtures)
+        ssh_host, make_hosts = fixtures.ssh_host, fixtures.make_hosts
+        import testbed
+        testbed.SSHD = "/nonexistent/sshd"
+    """))
+    (tmp_path / "test_it.py").write_text(textwrap.dedent("""
+        def test_single(ssh_host):
+            pass
+
+        def test_multi(make_hosts):
+            make_hosts(2)
+    """))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider",
+                           "-p", "no:deploytest", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    # ssh_host fails in setup (an ERROR), make_hosts in the test body (a FAILURE); neither is skipped.
+    assert "1 failed, 1 error" in out and "skipped" not in out, out
+    assert "During handling" not in out, out
+    assert out.count("SSH test bed unavailable: the SSH test bed needs /nonexistent/sshd") >= 2, out
+    assert "apt-get install -y openssh-server" in out
 
 
 def test_missing_requirements_are_named(monkeypatch: pytest.MonkeyPatch) -> None:

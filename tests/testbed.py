@@ -457,10 +457,14 @@ class Host:
 
     # -- teardown ----------------------------------------------------------------------------------
 
-    def _all_pids(self) -> List[int]:
+    def _all_pids(self, by_mnt_ns: Optional[Dict[str, List[int]]] = None) -> List[int]:
+        """Every process of this host: holder, sshd, sessions and what they started."""
         pids = set()
         if self._mnt_ns is not None:
-            pids.update(_pids_in_ns("mnt", self._mnt_ns))
+            if by_mnt_ns is None:
+                pids.update(_pids_in_ns("mnt", self._mnt_ns))
+            else:
+                pids.update(by_mnt_ns.get(self._mnt_ns, []))
         if self.netns is not None:
             out = _run(["ip", "netns", "pids", self.netns], check=False).stdout
             pids.update(int(p) for p in out.split() if p.isdigit())
@@ -522,10 +526,15 @@ class TestBed:
                 return h
         raise KeyError(name)
 
+    @property
+    def mark(self) -> str:
+        """This bed's mark: its directory name ``<run token>-<bed number>``."""
+        return self.dir.name
+
     def process_env(self) -> Dict[str, str]:
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C",
-               ENV_MARK: self.token}
-        return env
+        """Environment of the holder/sshd processes; ENV_MARK lets a later run find leftovers."""
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LC_ALL": "C",
+                ENV_MARK: self.mark}
 
     def env(self) -> Dict[str, str]:
         """Environment for a subprocess such as ``fab -S <ssh_config> ...``: PATH (this Python's bin
@@ -595,9 +604,14 @@ class TestBed:
             return
         self._closed = True
         pids = set(self._pids)
+        by_mnt_ns: Dict[str, List[int]] = {}
+        for pid in _proc_pids():
+            ident = _ns_inode(pid, "mnt")
+            if ident is not None:
+                by_mnt_ns.setdefault(ident, []).append(pid)
         for h in self.hosts:
-            pids.update(h._all_pids())
-        pids.update(_pids_with_mark(lambda t: t == self.token))
+            pids.update(h._all_pids(by_mnt_ns))
+        pids.update(_pids_with_mark(lambda t: t == self.mark))
         pids.discard(os.getpid())
         _kill(sorted(pids))
         for h in self.hosts:
