@@ -20,8 +20,9 @@ from ..hosts import CommandTimeout, Target, in_parallel
 from .base import Check, ProbeOutput, Verdict, redact
 from .script import NO_TMPDIR, ProbeJob, build_script, new_nonce, parse_frames, secret_stdin
 
-#: The shortest time a probe is given on the host, even when its deadline is closer.
-MIN_PROBE_SECONDS = 2.0
+#: The shortest time a probe is given on the host when its check sets no ``timeout`` of its own,
+#: even when the suite's deadline is closer (a suite timeout of 0 means "check once").
+MIN_PROBE_SECONDS = 10.0
 #: Slack for the whole session beyond the longest probe (connection, start-up, framing).
 SESSION_SLACK_SECONDS = 15.0
 
@@ -200,7 +201,7 @@ def verify_host(
 
     while pending:
         now = time.monotonic()
-        limits = [max(deadline[id(c)] - now, MIN_PROBE_SECONDS) for c in pending]
+        limits = [max(deadline[id(c)] - now, 1.0 if c.timeout else MIN_PROBE_SECONDS) for c in pending]
         try:
             outputs = run_attempt(target, pending, limits)
         except HostUnreachable as exc:

@@ -575,7 +575,7 @@ class ServiceCheck(Check):
                 '  systemd) echo "active=$(systemctl is-active -- "$n" 2>/dev/null)";'
                 ' echo "enabled=$(systemctl is-enabled -- "$n" 2>/dev/null)" ;;',
                 '  supervisor) echo "status=$(_sv status "$n" 2>&1 | head -n 1)";'
-                ' a=$(_sv avail 2>/dev/null | awk -v n="$n" \'$1 == n {print $4}\');'
+                " a=$(_sv avail 2>/dev/null | awk -v n=\"$n\" '$1 == n {print $4}');"
                 ' echo "enabled=${a:-unknown}" ;;',
                 '  sysv) if [ -x "/etc/init.d/$n" ]; then'
                 ' "/etc/init.d/$n" status >/dev/null 2>&1; echo "rc=$?";'

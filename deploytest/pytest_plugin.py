@@ -1,0 +1,95 @@
+"""pytest plugin: write deployment checks as tests, run them over SSH hosts or this machine.
+
+Options: ``--deploytest-hosts=web1,web2`` (hosts or ssh_config aliases; none means this machine)
+and ``--deploytest-ssh-config=PATH``. Fixtures:
+
+- ``deploytest_host``: one test per host, a :class:`~deploytest.hosts.Target` to pass to the
+  functions of :mod:`deploytest.assertions`;
+- ``deploytest_hosts``: all the targets at once, for :func:`deploytest.checks.run_checks`.
+
+Host keys are checked against known_hosts as OpenSSH does (see :func:`deploytest.hosts.connect`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from fabric import Config
+
+from .hosts import LOCAL, LocalTarget, Target, connect
+
+_TARGETS = pytest.StashKey[dict[str, Target]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Register ``--deploytest-hosts`` and ``--deploytest-ssh-config``."""
+    group = parser.getgroup("deploytest", "deployment checks (deploytest)")
+    group.addoption(
+        "--deploytest-hosts",
+        default=None,
+        metavar="HOSTS",
+        help="comma-separated hosts or ssh_config aliases to check (default: this machine)",
+    )
+    group.addoption(
+        "--deploytest-ssh-config",
+        default=None,
+        metavar="PATH",
+        help="ssh_config file to read host aliases, users, ports and keys from",
+    )
+
+
+def host_names(config: pytest.Config) -> list[str]:
+    """The hosts given with ``--deploytest-hosts``, in order, without repeats; [local] when none."""
+    raw = config.getoption("--deploytest-hosts", default=None) or ""
+    names: list[str] = []
+    for name in str(raw).split(","):
+        name = name.strip()
+        if name and name not in names:
+            names.append(name)
+    return names or [LOCAL]
+
+
+def _target(config: pytest.Config, name: str) -> Target:
+    targets = config.stash.setdefault(_TARGETS, {})
+    if name not in targets:
+        if name == LOCAL:
+            targets[name] = LocalTarget()
+        else:
+            ssh_config = config.getoption("--deploytest-ssh-config", default=None)
+            path = os.path.expanduser(ssh_config) if ssh_config else None
+            fabric_config = Config(runtime_ssh_path=path) if path else Config()
+            targets[name] = connect(name, fabric_config)
+    return targets[name]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One test per host for tests that use ``deploytest_host``."""
+    if "deploytest_host" in metafunc.fixturenames:
+        names = host_names(metafunc.config)
+        metafunc.parametrize("deploytest_host", names, indirect=True, ids=names)
+
+
+@pytest.fixture
+def deploytest_host(request: pytest.FixtureRequest) -> Target:
+    """The host this test runs against (parametrised over ``--deploytest-hosts``)."""
+    name = getattr(request, "param", None) or host_names(request.config)[0]
+    return _target(request.config, str(name))
+
+
+@pytest.fixture
+def deploytest_hosts(request: pytest.FixtureRequest) -> list[Target]:
+    """Every host of ``--deploytest-hosts`` (this machine when none)."""
+    return [_target(request.config, name) for name in host_names(request.config)]
+
+
+def pytest_report_header(config: pytest.Config) -> Any:
+    """Say which hosts the deployment checks run against."""
+    return "deploytest hosts: " + ", ".join(host_names(config))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close the SSH connections opened for the session."""
+    for target in config.stash.get(_TARGETS, {}).values():
+        target.close()
