@@ -90,7 +90,7 @@ def new_release_id(existing_ids: Iterable[str], now: datetime | None = None) -> 
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc)
     candidate = int(moment.strftime("%Y%m%d%H%M%S"))
-    newest = max((int(i) for i in existing_ids if _TIMESTAMP_ID.match(i)), default=0)
+    newest = max((int(i) for i in existing_ids if _TIMESTAMP_ID.fullmatch(i)), default=0)
     return str(max(candidate, newest + 1))
 
 
@@ -99,7 +99,7 @@ def check_release_id(release_id: str) -> str:
 
     :raises UsageError: otherwise (exit 2).
     """
-    if not isinstance(release_id, str) or not RELEASE_ID.match(release_id) or len(release_id) > 100:
+    if not isinstance(release_id, str) or not RELEASE_ID.fullmatch(release_id) or len(release_id) > 100:
         raise UsageError(
             f"release {release_id!r} is not a release name (letters, digits, '.', '_', '-')."
             " Nothing was changed."
@@ -213,7 +213,7 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
             kind, _, current = value.partition("\t")
         elif key == "release":
             rid, _, meta = value.partition("\t")
-            if RELEASE_ID.match(rid):
+            if RELEASE_ID.fullmatch(rid):
                 releases.append(_release_info(rid, meta))
         elif key == "lock":
             lock = LockInfo.parse(value)
@@ -229,7 +229,7 @@ def live_id(link: str, settings: Settings) -> str | None:
     """The release id a ``current`` link target names (absolute or relative), or None."""
     link = link.rstrip("/")
     parent, name = posixpath.split(link)
-    if posixpath.basename(parent) != "releases" or not RELEASE_ID.match(name):
+    if posixpath.basename(parent) != "releases" or not RELEASE_ID.fullmatch(name):
         return None
     return name
 

@@ -1,0 +1,524 @@
+"""Release primitives against the local machine (``LocalTarget``), deploy_to under tmp_path."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploytest import release
+from deploytest.config import GitSource, Settings
+from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
+from deploytest.hosts import LocalTarget, RunResult
+from deploytest.lock import LockOwner
+from deploytest.release import BAD, COMPLETE, PREPARING
+
+
+class CountingTarget(LocalTarget):
+    """The local machine, counting sessions (calls to run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        self.calls += 1
+        return super().run(script, stdin=stdin, timeout=timeout)
+
+
+@pytest.fixture
+def target() -> CountingTarget:
+    return CountingTarget()
+
+
+def make_source(root: Path, files: int = 3, version: str = "1") -> Path:
+    src = root / "build"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "VERSION").write_text(version + "\n")
+    (src / "config").mkdir(exist_ok=True)
+    (src / "config" / "app.env").write_text("PORT=8000\n")
+    for i in range(files):
+        (src / f"f{i}.txt").write_text(f"file {i}\n")
+    return src
+
+
+def settings_for(tmp_path: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = dict(deploy_to=str(tmp_path / "srv" / "app"), source="build",
+                                base_dir=str(tmp_path), keep_releases=5, shared=("data", "config/app.env"))
+    base.update(kw)
+    return Settings(**base)
+
+
+def deploy(target: LocalTarget, settings: Settings, owner: LockOwner, rid: str | None = None) -> str:
+    """The whole happy path on one host, the way the rollout drives it."""
+    state = release.inspect(target, settings)
+    rid = rid or release.new_release_id(state.release_ids)
+    package = release.pack_source(settings)
+    release.acquire_lock(target, settings, owner)
+    release.prepare(target, settings, rid, package, owner.who)
+    release.run_build_hooks(target, settings, rid)
+    release.mark_complete(target, settings, rid)
+    release.switch(target, settings, rid)
+    release.restart(target, settings)
+    release.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "deployed"})
+    return rid
+
+
+def live_link(settings: Settings) -> str:
+    return os.readlink(settings.current)
+
+
+# -- the basic cycle ---------------------------------------------------------------------------
+
+
+def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
+    (tmp_path / "build" / "VERSION").write_text("2\n")
+    second = deploy(target, settings, owner)
+    assert first < second
+    assert live_link(settings) == f"{settings.releases_dir}/{second}"
+    assert Path(settings.current, "VERSION").read_text() == "2\n"
+
+    state = release.inspect(target, settings)
+    assert state.live == second and state.previous == first and state.lock is None
+    assert [r.state for r in state.releases] == [COMPLETE, COMPLETE]
+    assert state.releases[1].who == owner.who and len(state.releases[1].label) == 12
+    assert state.releases[0].label != state.releases[1].label
+    assert state.last_event is not None and state.last_event["release"] == second
+
+    to = release.rollback_target(state)
+    assert release.switch(target, settings, to) == second
+    assert Path(settings.current, "VERSION").read_text() == "1\n"
+    assert os.path.isabs(live_link(settings))
+
+
+def test_each_primitive_is_one_session(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, build_hooks=("true",), restart_hooks=("true",))
+    owner = LockOwner.new()
+    package = release.pack_source(settings)
+    calls = []
+    for step in (
+        lambda: release.inspect(target, settings),
+        lambda: release.acquire_lock(target, settings, owner),
+        lambda: release.prepare(target, settings, "20260101000000", package, owner.who),
+        lambda: release.run_build_hooks(target, settings, "20260101000000"),
+        lambda: release.mark_complete(target, settings, "20260101000000"),
+        lambda: release.switch_and_restart(target, settings, "20260101000000"),
+        lambda: release.finish(target, settings, owner, {"event": "deploy"}),
+    ):
+        before = target.calls
+        step()
+        calls.append(target.calls - before)
+    assert calls == [1] * 7
+
+
+def test_prepare_with_build_is_one_session_and_complete(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, build_hooks=("echo built > BUILT",))
+    package = release.pack_source(settings)
+    release.prepare(target, settings, "1", package, "me", build=True)
+    assert target.calls == 1
+    state = release.inspect(target, settings)
+    assert state.releases[0].state == COMPLETE
+    assert Path(settings.releases_dir, "1", "BUILT").read_text() == "built\n"
+
+
+def test_session_count_does_not_grow_with_files(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path / "small", files=10)
+    make_source(tmp_path / "big", files=2000)
+    for which in ("small", "big"):
+        settings = settings_for(tmp_path / which)
+        before = target.calls
+        release.prepare(target, settings, "1", release.pack_source(settings), "me")
+        assert target.calls - before == 1
+    assert len(os.listdir(tmp_path / "big" / "srv" / "app" / "releases" / "1")) == 2003
+
+
+# -- keep_releases and cleanup -------------------------------------------------------------------
+
+
+def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, keep_releases=5)
+    owner = LockOwner.new()
+    ids = [deploy(target, settings, owner) for _ in range(6)]
+    assert release.inspect(target, settings).release_ids == ids[1:]  # each finish cleaned up
+    # the 7th goes live, fails verification and is rolled back: marked bad
+    seventh = release.new_release_id(ids)
+    package = release.pack_source(settings)
+    release.prepare(target, settings, seventh, package, owner.who, build=True)
+    previous = release.switch(target, settings, seventh)
+    assert previous == ids[-1]
+    release.switch_back(target, settings, previous, seventh)
+    release.discard(target, settings, seventh, bad=True)
+    # and an interrupted prepare left a preparing release behind
+    stale = release.new_release_id(ids + [seventh])
+    release.prepare(target, settings, stale, package, owner.who)
+
+    state = release.inspect(target, settings)
+    assert [r.state for r in state.releases][-2:] == [BAD, PREPARING]
+    assert release.rollback_target(state) == ids[-2]
+    with pytest.raises(UsageError, match="is bad"):
+        release.rollback_target(state, seventh)
+    with pytest.raises(UsageError, match="is preparing"):
+        release.switch(target, settings, stale)
+
+    removed = release.cleanup(target, settings)
+    after = release.inspect(target, settings)
+    assert removed == [seventh, stale]
+    assert after.release_ids == ids[1:]
+    assert all(r.good for r in after.releases) and len(after.releases) == 5
+    assert after.live == ids[-1] and after.previous == ids[-2]
+    assert not Path(settings.state_dir, "releases", f"{seventh}.json").exists()
+
+
+def test_cleanup_keeps_old_live_and_its_rollback_target(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    owner = LockOwner.new()
+    ids = [deploy(target, settings_for(tmp_path), owner) for _ in range(5)]
+    settings = settings_for(tmp_path, keep_releases=2)
+    release.switch(target, settings, ids[1])  # rollback --to an old one
+    removed = release.cleanup(target, settings)
+    assert removed == [ids[2]]
+    assert release.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
+
+
+def test_remove_release_refuses_the_live_one(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    rid = deploy(target, settings, LockOwner.new())
+    with pytest.raises(UsageError, match="is live"):
+        release.remove_release(target, settings, rid)
+    assert Path(settings.releases_dir, rid).is_dir()
+
+
+def test_unknown_directories_are_left_alone(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, keep_releases=1)
+    Path(settings.releases_dir, "handmade").mkdir(parents=True)
+    owner = LockOwner.new()
+    for _ in range(3):
+        deploy(target, settings, owner)
+    state = release.inspect(target, settings)
+    assert "handmade" in state.release_ids and state.release("handmade").state == "unknown"  # type: ignore[union-attr]
+    with pytest.raises(UsageError, match="unknown"):
+        release.switch(target, settings, "handmade")
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+def test_failing_build_hook_leaves_nothing(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    first = deploy(target, settings, LockOwner.new())
+    hooks = ("echo compiling", "echo oops >&2; exit 3", "touch never")
+    bad = dataclasses.replace(settings, build_hooks=hooks)
+    rid = release.new_release_id([first])
+    release.prepare(target, bad, rid, release.pack_source(bad), "me")
+    with pytest.raises(RemoteCommandFailed) as caught:
+        release.run_build_hooks(target, bad, rid)
+    error = caught.value
+    assert error.step == "build hook" and error.exit_code == 1
+    assert error.detail.startswith("echo oops >&2; exit 3: exit 3:") and "oops" in error.detail
+    assert not Path(settings.releases_dir, rid).exists()
+    assert not Path(settings.state_dir, "releases", f"{rid}.json").exists()
+    assert live_link(settings).endswith(first)
+
+
+def test_failing_build_in_prepare_leaves_nothing(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, build_hooks=("false",))
+    with pytest.raises(RemoteCommandFailed, match="build hook failed: false: exit 1"):
+        release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
+    assert os.listdir(settings.releases_dir) == [] and not os.path.lexists(settings.current)
+
+
+def test_failing_restart_hook_says_where_to_go_back(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    first = deploy(target, settings, LockOwner.new())
+    bad = dataclasses.replace(settings, restart_hooks=("echo starting", "exit 7"))
+    rid = release.new_release_id([first])
+    release.prepare(target, bad, rid, release.pack_source(bad), "me", build=True)
+    with pytest.raises(release.RestartFailed) as caught:
+        release.switch_and_restart(target, bad, rid)
+    assert caught.value.previous == first and "exit 7" in caught.value.detail
+    release.switch_back(target, settings, first, rid)
+    assert live_link(settings).endswith(first)
+
+
+def test_switch_back_after_first_deploy_removes_current(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
+    assert release.switch(target, settings, "1") is None
+    release.switch_back(target, settings, None, "1")
+    assert not os.path.lexists(settings.current)
+
+
+def test_switch_back_leaves_a_host_someone_else_changed(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    owner = LockOwner.new()
+    a, b, c = (deploy(target, settings, owner) for _ in range(3))
+    with pytest.raises(RemoteCommandFailed, match="current points at"):
+        release.switch_back(target, settings, a, b)
+    assert live_link(settings).endswith(c)
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    with pytest.raises(ConfigError, match="source build does not exist.*Nothing was changed"):
+        release.pack_source(settings)
+
+
+def test_prepare_refuses_an_existing_release(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    package = release.pack_source(settings)
+    release.prepare(target, settings, "1", package, "me", build=True)
+    with pytest.raises(UsageError, match="already exists"):
+        release.prepare(target, settings, "1", package, "me")
+    assert release.inspect(target, settings).releases[0].state == COMPLETE
+
+
+# -- the lock ------------------------------------------------------------------------------------
+
+
+def test_lock_race_has_exactly_one_winner(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    for _round in range(10):
+        owners = [LockOwner.new() for _ in range(4)]
+        results: list[str] = []
+        barrier = threading.Barrier(len(owners))
+
+        def take(owner: LockOwner, barrier: threading.Barrier = barrier,
+                 results: list[str] = results) -> None:
+            barrier.wait()
+            try:
+                release.acquire_lock(LocalTarget(), settings, owner)
+                results.append("won")
+            except LockHeld:
+                results.append("held")
+
+        threads = [threading.Thread(target=take, args=(o,)) for o in owners]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == ["held", "held", "held", "won"]
+        holder = json.loads(Path(settings.state_dir, "lock").read_text())
+        winner = next(o for o in owners if o.token == holder["token"])
+        others = [o for o in owners if o is not winner]
+        assert all(release.release_lock(LocalTarget(), settings, o) is False for o in others)
+        assert Path(settings.state_dir, "lock").exists()
+        assert release.release_lock(LocalTarget(), settings, winner) is True
+        assert not Path(settings.state_dir, "lock").exists()
+        assert sorted(os.listdir(settings.state_dir)) == []
+
+
+def test_lock_held_names_the_holder(tmp_path: Path, target: CountingTarget) -> None:
+    settings = settings_for(tmp_path)
+    alice = dataclasses.replace(LockOwner.new(), user="alice", host="laptop", pid=4242,
+                                started="2026-11-25T10:00:01Z")
+    release.acquire_lock(target, settings, alice)
+    release.acquire_lock(target, settings, alice)  # our own lock again: fine
+    with pytest.raises(LockHeld) as caught:
+        release.acquire_lock(target, settings, LockOwner.new())
+    assert caught.value.exit_code == 2
+    assert str(caught.value) == (
+        "local: locked by alice@laptop (pid 4242) since 2026-11-25T10:00:01Z; nothing was changed."
+        " If that deploy is dead: fab unlock"
+    )
+    assert release.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
+    info = release.force_unlock(target, settings, who="bob@desk")
+    assert info is not None and info.user == "alice"
+    assert release.force_unlock(target, settings) is None
+    last = Path(settings.state_dir, "log.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last)["holder"].startswith("alice@laptop") and "token" not in last
+
+
+def test_dead_local_holder_is_pointed_out(tmp_path: Path, target: CountingTarget) -> None:
+    settings = settings_for(tmp_path)
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    ghost = dataclasses.replace(LockOwner.new(), pid=proc.pid)
+    release.acquire_lock(target, settings, ghost)
+    with pytest.raises(LockHeld, match="no longer running"):
+        release.acquire_lock(target, settings, LockOwner.new())
+
+
+def test_finish_cleans_logs_and_unlocks_in_one_session(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, keep_releases=1)
+    owner = LockOwner.new()
+    ids = [deploy(target, settings, owner) for _ in range(3)]
+    release.acquire_lock(target, settings, owner)
+    before = target.calls
+    result = release.finish(target, settings, owner, {"event": "deploy", "release": ids[-1], "password": "x"})
+    assert target.calls - before == 1
+    assert result.unlocked and result.removed == ()
+    events = [json.loads(line) for line in Path(settings.state_dir, "log.jsonl").read_text().splitlines()]
+    assert len(events) == 4 and all("when" in e for e in events) and "password" not in events[-1]
+    assert release.inspect(target, settings).release_ids == ids[1:]
+
+
+# -- sources -------------------------------------------------------------------------------------
+
+
+def test_tarball_source(tmp_path: Path, target: CountingTarget) -> None:
+    src = make_source(tmp_path)
+    archive = tmp_path / "app-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname=".")
+    settings = settings_for(tmp_path, source=str(archive))
+    package = release.pack_source(settings)
+    assert package.kind == "tarball"
+    assert package.label == hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
+    rid = deploy(target, settings, LockOwner.new())
+    assert Path(settings.releases_dir, rid, "VERSION").read_text() == "1\n"
+    assert release.inspect(target, settings).releases[0].label == package.label
+
+
+def test_tarball_escaping_the_release_is_refused(tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    payload = tmp_path / "x"
+    payload.write_text("x")
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(payload, arcname="../../x")
+    with pytest.raises(ConfigError, match="outside the release"):
+        release.pack_source(settings_for(tmp_path, source=str(evil)))
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@x", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@x")
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True, env=env).stdout
+
+
+def test_git_source(tmp_path: Path, target: CountingTarget) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "VERSION").write_text("1\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "tag", "v1")
+    (repo / "VERSION").write_text("2\n")
+    git(repo, "commit", "-q", "-am", "two")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    v1 = git(repo, "rev-parse", "v1^{commit}").strip()
+
+    settings = settings_for(tmp_path, source=GitSource(f"file://{repo}", "main"), shared=())
+    package = release.pack_source(settings)
+    assert package.kind == "git" and package.data is None
+    assert release.prepare(target, settings, "1", package, "me", build=True) == head[:12]
+    tagged = dataclasses.replace(settings, source=GitSource(str(repo), "v1"))
+    assert release.prepare(target, tagged, "2", release.pack_source(tagged), "me", build=True) == v1[:12]
+    state = release.inspect(target, settings)
+    assert [(r.label, r.revision) for r in state.releases] == [(head[:12], head), (v1[:12], v1)]
+    assert Path(settings.releases_dir, "2", "VERSION").read_text() == "1\n"
+    assert not Path(settings.releases_dir, "2", ".git").exists()
+    missing = dataclasses.replace(settings, source=GitSource(str(repo), "nope"))
+    with pytest.raises(RemoteCommandFailed, match="git checkout failed: ref nope not found"):
+        release.prepare(target, missing, "3", release.pack_source(missing), "me")
+    assert not Path(settings.releases_dir, "3").exists()
+
+
+# -- shared paths and links ------------------------------------------------------------------------
+
+
+def test_shared_paths_are_seeded_then_linked(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, shared=("data", "config/app.env", "log/app.log"))
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
+    shared = Path(settings.shared_dir)
+    assert (shared / "config" / "app.env").read_text() == "PORT=8000\n"  # seeded from the release
+    assert (shared / "data").is_dir() and (shared / "log" / "app.log").is_file()
+    (shared / "data" / "db").write_text("keep me")
+    (shared / "config" / "app.env").write_text("PORT=9000\n")
+    second = deploy(target, settings, owner)
+    for rid in (first, second):
+        link = Path(settings.releases_dir, rid, "config", "app.env")
+        assert link.is_symlink() and os.readlink(link) == f"{settings.shared_dir}/config/app.env"
+    assert Path(settings.current, "data", "db").read_text() == "keep me"
+    assert Path(settings.current, "config", "app.env").read_text() == "PORT=9000\n"
+
+
+def test_shared_path_through_a_symlink_out_of_the_release_is_refused(tmp_path: Path,
+                                                                     target: CountingTarget) -> None:
+    src = make_source(tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "app.env").write_text("precious")
+    (src / "config" / "app.env").unlink()
+    (src / "config").rmdir()
+    (src / "config").symlink_to(outside)
+    settings = settings_for(tmp_path, shared=("config/app.env",))
+    with pytest.raises(RemoteCommandFailed, match="leads out of the release"):
+        release.prepare(target, settings, "1", release.pack_source(settings), "me")
+    assert (outside / "app.env").read_text() == "precious"
+    assert os.listdir(settings.releases_dir) == []
+
+
+def test_relative_current_link_from_another_tool_is_understood(tmp_path: Path,
+                                                               target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    owner = LockOwner.new()
+    a, b = deploy(target, settings, owner), deploy(target, settings, owner)
+    os.unlink(settings.current)
+    os.symlink(f"releases/{a}", settings.current)  # how some tools link
+    assert release.inspect(target, settings).live == a
+    assert release.switch(target, settings, b) == a
+    assert live_link(settings) == f"{settings.releases_dir}/{b}"  # ours are absolute
+    # an absolute link keeps working from anywhere, e.g. when deploy_to is reached through a symlink
+    alias = tmp_path / "alias"
+    alias.symlink_to(settings.deploy_to)
+    assert (alias / "current" / "VERSION").read_text() == "1\n"
+
+
+def test_current_that_is_a_directory_is_not_replaced(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    Path(settings.current).mkdir(parents=True)
+    release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
+    with pytest.raises(RemoteCommandFailed, match="not a symlink"):
+        release.switch(target, settings, "1")
+    assert "not a symlink" in (release.preflight_problem(release.inspect(target, settings), 1) or "")
+
+
+def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    marker = tmp_path / "pwned"
+    nasty = f"$(touch {marker})`touch {marker}`'\"; touch {marker}"
+    deploy_to = str(tmp_path / "srv" / "a b$(touch pwned)")
+    settings = settings_for(tmp_path, deploy_to=deploy_to, shared=("da ta;x", "conf/$(x).env"))
+    package = dataclasses.replace(release.pack_source(settings), label=nasty)
+    release.prepare(target, settings, "1", package, who=nasty, build=True)
+    release.switch(target, settings, "1")
+    release.log_event(target, settings, {"event": nasty})
+    state = release.inspect(target, settings)
+    assert state.live == "1" and state.releases[0].who == nasty and state.releases[0].label == nasty
+    assert state.last_event is not None and state.last_event["event"] == nasty
+    assert not marker.exists() and not Path("pwned").exists()
+    assert Path(deploy_to, "shared", "da ta;x").is_dir()
+    for to in ("../../etc", "x;rm -rf /", "$(id)"):
+        with pytest.raises(UsageError):
+            release.rollback_target(state, to)
+        with pytest.raises(UsageError):
+            release.switch(target, settings, to)

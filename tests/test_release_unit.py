@@ -1,0 +1,197 @@
+"""Pure parts of the release primitives: ids, rollback targets, cleanup selection, script quoting."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from datetime import datetime, timezone
+
+import pytest
+
+from deploytest import release
+from deploytest.config import GitSource, Settings
+from deploytest.errors import UsageError
+from deploytest.lock import LockInfo, LockOwner, log_line, parse_marks
+from deploytest.release import BAD, COMPLETE, PREPARING, UNKNOWN, HostState, ReleaseInfo
+from deploytest.source import GIT, Package, redact_url
+
+NOW = datetime(2026, 11, 25, 10, 0, 1, tzinfo=timezone.utc)
+
+
+def state(*releases: tuple[str, str], live: str | None = None, host: str = "web1") -> HostState:
+    infos = tuple(ReleaseInfo(rid, st) for rid, st in releases)
+    return HostState(host, "/srv/app", True, True, 100, infos, live, "", "link" if live else "none")
+
+
+# -- ids ---------------------------------------------------------------------------------------
+
+
+def test_new_release_id_is_utc_timestamp() -> None:
+    assert release.new_release_id([], NOW) == "20261125100001"
+
+
+def test_new_release_id_converts_to_utc() -> None:
+    from datetime import timedelta
+
+    local = NOW.astimezone(timezone(timedelta(hours=5)))
+    assert release.new_release_id([], local) == "20261125100001"
+
+
+def test_new_release_id_is_greater_than_every_existing_id() -> None:
+    assert release.new_release_id(["20261125100001"], NOW) == "20261125100002"
+    assert release.new_release_id(["20301231235959", "x", "2026"], NOW) == "20301231235960"
+    assert release.new_release_id(["20200101000000"], NOW) == "20261125100001"
+
+
+HOSTILE = ["../../etc", "x;rm -rf /", "$(id)", "", ".hidden", "a/b", "-rf", "a b", "é", "a\nb", "a\n"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_release_names_are_refused(name: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        release.check_release_id(name)
+    assert caught.value.exit_code == 2
+
+
+# -- rollback target ---------------------------------------------------------------------------
+
+
+def test_rollback_goes_to_newest_complete_release_older_than_live() -> None:
+    s = state(("1", COMPLETE), ("2", COMPLETE), ("3", BAD), ("4", PREPARING), ("5", COMPLETE), live="5")
+    assert s.previous == "2"
+    assert release.rollback_target(s) == "2"
+
+
+def test_rollback_skips_preparing_and_unknown() -> None:
+    s = state(("1", COMPLETE), ("2", UNKNOWN), ("3", PREPARING), ("4", COMPLETE), live="4")
+    assert release.rollback_target(s) == "1"
+
+
+def test_rollback_without_previous_is_refused() -> None:
+    with pytest.raises(UsageError, match="no previous good release"):
+        release.rollback_target(state(("1", COMPLETE), live="1"))
+
+
+@pytest.mark.parametrize("to", ["../../etc", "x;rm -rf /", "$(id)", "1/../2"])
+def test_rollback_to_hostile_name_is_refused(to: str) -> None:
+    with pytest.raises(UsageError, match="not a release name"):
+        release.rollback_target(state(("1", COMPLETE), ("2", COMPLETE), live="2"), to)
+
+
+def test_rollback_to_checks_the_release() -> None:
+    s = state(("1", COMPLETE), ("2", BAD), ("3", PREPARING), ("4", COMPLETE), live="4")
+    assert release.rollback_target(s, "1") == "1"
+    for to, words in (("2", "is bad"), ("3", "is preparing"), ("9", "does not exist"), ("4", "already live")):
+        with pytest.raises(UsageError, match=words):
+            release.rollback_target(s, to)
+
+
+# -- cleanup selection -------------------------------------------------------------------------
+
+
+def test_cleanup_keeps_n_good_and_removes_failed_ones() -> None:
+    s = state(*[(str(i), COMPLETE) for i in range(10, 17)], ("17", BAD), ("18", PREPARING), live="16")
+    assert release.cleanup_plan(s, 5) == ["10", "11", "17", "18"]
+
+
+def test_cleanup_failed_releases_do_not_count() -> None:
+    # capistrano#2120: failed releases must not push the last good ones out.
+    s = state(("10", COMPLETE), ("11", COMPLETE), *[(str(i), BAD) for i in range(12, 20)], live="11")
+    assert release.cleanup_plan(s, 2) == [str(i) for i in range(12, 20)]
+
+
+def test_cleanup_keeps_live_and_rollback_target_when_old() -> None:
+    s = state(("10", COMPLETE), ("11", COMPLETE), ("12", COMPLETE), ("13", COMPLETE), live="11")
+    assert release.cleanup_plan(s, 1) == ["12"]
+
+
+def test_cleanup_never_touches_unknown_directories() -> None:
+    s = state(("10", UNKNOWN), ("11", COMPLETE), live="11")
+    assert release.cleanup_plan(s, 1) == []
+
+
+def test_cleanup_awk_rule_matches_python_rule() -> None:
+    cases = [
+        (state(*[(str(i), COMPLETE) for i in range(10, 17)], ("17", BAD), ("18", PREPARING), live="16"), 5),
+        (state(("10", COMPLETE), ("11", COMPLETE), ("12", COMPLETE), ("13", COMPLETE), live="11"), 1),
+        (state(("10", UNKNOWN), ("11", COMPLETE), ("12", BAD), live="11"), 1),
+        (state(("9", COMPLETE), ("10", COMPLETE), ("11", COMPLETE)), 2),
+        (state(("a", COMPLETE), ("b", COMPLETE), ("c", COMPLETE), ("d", BAD), live="c"), 1),
+    ]
+    for s, keep in cases:
+        lines = "".join(f"{r.id} {r.state}\n" for r in s.releases)
+        out = subprocess.run(
+            ["awk", "-v", f"live={s.live or ''}", "-v", f"keep={keep}", release._CLEANUP_AWK],
+            input=lines, capture_output=True, text=True, check=True, env={"LC_ALL": "C"},
+        ).stdout.split()
+        assert out == release.cleanup_plan(s, keep), (s, keep)
+
+
+# -- parsing and quoting -----------------------------------------------------------------------
+
+
+def test_parse_state_reads_every_line() -> None:
+    settings = Settings(deploy_to="/srv/app")
+    lock = LockOwner.new().to_json()
+    out = "\n".join([
+        "noise", "@@dt exists\t1", "@@dt writable\t0", "@@dt free\t42",
+        "@@dt current\tlink\t/srv/app/releases/2", "@@dt release\t1\t", "",
+        '@@dt release\t2\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
+        "@@dt release\t../x\t", f"@@dt lock\t{lock}", '@@dt last\t{"event": "deploy"}',
+    ])
+    s = release.parse_state("h", settings, out)
+    assert (s.exists, s.writable, s.free_mb, s.live) == (True, False, 42, "2")
+    assert s.release_ids == ["1", "2"] and s.releases[0].state == UNKNOWN and s.releases[1].label == "abc"
+    assert s.lock is not None and s.lock.pid > 0 and s.last_event == {"event": "deploy"}
+    assert "cannot write" in (release.preflight_problem(s, 1) or "")
+
+
+def test_live_id_accepts_relative_and_absolute_links() -> None:
+    settings = Settings(deploy_to="/srv/app")
+    assert release.live_id("/srv/app/releases/20261125100001", settings) == "20261125100001"
+    assert release.live_id("releases/20261125100001/", settings) == "20261125100001"
+    assert release.live_id("/elsewhere", settings) is None
+
+
+def test_hostile_values_are_quoted_in_scripts() -> None:
+    evil = "x'; touch /tmp/pwned; echo '$(id)`id`"
+    settings = Settings(deploy_to="/srv/a b$(id)", shared=("data",), build_hooks=("make",))
+    pkg = Package(None, evil, GIT, "u", git=GitSource("https://h/r.git; id", "main$(id)"))
+    script = release.script_for_prepare(settings, "20261125100001", pkg, who=evil)
+    assert shlex.quote("/srv/a b$(id)") in script
+    assert shlex.quote("https://h/r.git; id") in script and shlex.quote("main$(id)") in script
+    # the script is valid shell
+    subprocess.run(["sh", "-n", "-c", script], check=True)
+    with pytest.raises(UsageError):
+        release.script_for_switch(settings, "$(id)")
+
+
+def test_lock_info_parses_damaged_files() -> None:
+    assert LockInfo.parse("garbage").holder == "unknown@unknown (pid 0)"
+    owner = LockOwner.new()
+    assert LockInfo.parse(owner.to_json()).token == owner.token
+
+
+def test_log_line_drops_secrets_and_adds_when() -> None:
+    line = log_line({"event": "deploy", "sudo_password": "x", "token": "t", "release": "1"})
+    assert "password" not in line and '"token"' not in line and '"when"' in line
+
+
+def test_parse_marks() -> None:
+    assert parse_marks("a\n@@dt previous\t/x\n@@dt removed\t1\n@@dt removed\t2\n") == {
+        "previous": ["/x"], "removed": ["1", "2"]}
+
+
+def test_redact_url() -> None:
+    assert redact_url("https://bob:s3cret@git.example/r.git") == "https://bob@git.example/r.git"
+    assert redact_url("git@github.com:o/r.git") == "git@github.com:o/r.git"
+
+
+def test_plan_gives_every_script_without_running() -> None:
+    settings = Settings(deploy_to="/srv/app")
+    pkg = Package(b"", "abc", "directory", "/x")
+    steps = release.plan(settings, "20261125100001", pkg, LockOwner.new())
+    assert [s for s, _ in steps] == ["inspect", "lock", "prepare", "build", "complete", "switch", "restart",
+                                     "finish"]
+    for _, script in steps:
+        subprocess.run(["sh", "-n", "-c", script], check=True)
