@@ -263,6 +263,15 @@ def connect(host: str, config: Config | None = None, *, connect_timeout: float |
     connection = Connection(host, **kwargs)
     if connection.connect_timeout is None:
         connection.connect_timeout = int(connect_timeout or _DEFAULT_CONNECT_TIMEOUT)
+    return SSHTarget(secure(connection), name=host)
+
+
+def secure(connection: Connection) -> Connection:
+    """Make ``connection`` check host keys against known_hosts as OpenSSH does; returns it.
+
+    Fabric installs ``AutoAddPolicy`` and loads no known_hosts; this loads the files ssh_config names
+    (or OpenSSH's defaults) and refuses unknown keys unless ``StrictHostKeyChecking`` says otherwise.
+    """
     ssh_config = connection.ssh_config
     client = connection.client
     for path in _known_hosts_files(ssh_config):
@@ -272,16 +281,14 @@ def connect(host: str, config: Config | None = None, *, connect_timeout: float |
             except (OSError, paramiko.SSHException):
                 pass
     strict = str(ssh_config.get("stricthostkeychecking", "yes")).lower()
-    if strict in ("no", "off", "false"):
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    elif strict == "accept-new":
+    if strict in ("no", "off", "false", "accept-new"):
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if strict not in ("no", "off", "false"):
-        # load_host_keys() also makes paramiko save new keys there; keep known_hosts read-only for "yes".
+        # load_host_keys() makes paramiko save keys back there on close; keep known_hosts as it is.
         client._host_keys_filename = None  # noqa: SLF001
-    return SSHTarget(connection, name=host)
+    return connection
 
 
 def targets_for(hosts: Sequence[str], config: Config | None = None) -> list[Target]:

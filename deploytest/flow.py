@@ -1,0 +1,384 @@
+"""The red-green flow: one coordinated rollout across all hosts that verifies and heals itself.
+
+Read :func:`deploy_and_verify` first: it is the whole flow, one named stage per line, like
+Capistrano's ``starting, updating, publishing, finishing, failed``. Every stage works on all hosts in
+parallel (bounded by ``rollout.parallel``) and records what it changed in :class:`Rollout`, so that
+:func:`roll_back` knows exactly which hosts to put back, whatever went wrong and wherever.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, TypeVar
+
+from . import release
+from .checks import run_checks
+from .config import Settings, VerifySettings, plan_batches
+from .console import Console
+from .errors import (
+    ChecksFailed,
+    DeploytestError,
+    NeedsHuman,
+    Refused,
+    RolledBack,
+)
+from .hosts import Target, in_parallel
+from .checks import HostReport, VerifyReport
+from .report import explain, result_line, transitions
+
+T = TypeVar("T")
+
+
+@dataclass
+class Rollout:
+    """What one run knows and has changed so far, host by host."""
+
+    settings: Settings
+    targets: list[Target]
+    console: Console
+    owner: release.LockOwner = field(default_factory=release.LockOwner.new)
+    states: dict[str, release.HostState] = field(default_factory=dict)
+    locked: list[str] = field(default_factory=list)
+    release_id: str = ""
+    package: Optional[release.Package] = None
+    prepared: list[str] = field(default_factory=list)
+    switched: dict[str, Optional[str]] = field(default_factory=dict)  # host -> release it left
+    failed: dict[str, str] = field(default_factory=dict)  # host -> why
+    baseline: Optional[VerifyReport] = None
+    after: Optional[VerifyReport] = None
+    rollback_report: Optional[VerifyReport] = None
+    outcome: str = "pending"
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def names(self) -> list[str]:
+        """Host names, in the order given."""
+        return [t.name for t in self.targets]
+
+    def pick(self, names: Sequence[str]) -> list[Target]:
+        """The targets named, in rollout order."""
+        wanted = set(names)
+        return [t for t in self.targets if t.name in wanted]
+
+    def each(self, names: Sequence[str], step: str, fn: Callable[[Target], T]) -> dict[str, T]:
+        """Run ``fn`` on the named hosts in parallel; results of the hosts that succeeded.
+
+        A host that fails is recorded in ``failed`` with the step and the reason.
+        """
+        ok: dict[str, T] = {}
+        for target, result in in_parallel(self.pick(names), fn, limit=self.settings.rollout.parallel):
+            if isinstance(result, BaseException):
+                reason = _reason(result)
+                self.failed.setdefault(target.name, f"{step}: {reason}")
+                self.console.host(target.name, step, reason, "red")
+            else:
+                ok[target.name] = result
+        return ok
+
+
+# -- the flow ------------------------------------------------------------------------------------
+
+
+def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
+    """Preflight, baseline, prepare, then switch + restart + verify batch by batch; heal on failure.
+
+    :param verify: False for a plain ``deploy`` (switch and restart, no checks).
+    :raises Refused: preflight failed; nothing changed anywhere (exit 2).
+    :raises RolledBack: a step failed and every switched host is back and verified (exit 1).
+    :raises NeedsHuman: a rollback failed or a host's state is unknown (exit 3).
+    """
+    run.package = release.pack_source(run.settings)
+    preflight(run)
+    try:
+        if verify:
+            record_baseline(run)
+        prepare(run)
+        for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
+            go_live(run, batch, number, verify=verify)
+        finish(run)
+    except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
+        roll_back(run, error)
+    return run
+
+
+def preflight(run: Rollout, *, lock: bool = True) -> None:
+    """Every host reachable with a known key, config sane, disk room, then every lock taken.
+
+    Any failure releases the locks already taken: nothing has changed anywhere (exit 2).
+    """
+    console, settings = run.console, run.settings
+    console.set_hosts(run.names)
+    console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
+    need_mb = settings.min_free_mb + _package_mb(run.package)
+
+    def check(target: Target) -> release.HostState:
+        target.open()
+        state = release.inspect(target, settings)
+        problem = release.preflight_problem(state, need_mb)
+        if problem:
+            raise Refused(f"{target.name}: {problem}")
+        return state
+
+    try:
+        run.states = run.each(run.names, "preflight", check)
+        if not run.failed and lock:
+            run.locked = list(run.each(run.names, "lock", lambda t: release.acquire_lock(t, settings, run.owner)))
+    except KeyboardInterrupt:
+        run.failed.setdefault("local", "interrupted")
+    if run.failed:
+        _unlock(run, run.locked)
+        lines = [f"  {host}: {why}" for host, why in run.failed.items()]
+        raise Refused(
+            "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
+            hosts=list(run.failed),
+        )
+    for name, state in run.states.items():
+        live = state.live or "nothing live yet"
+        console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
+    run.release_id = release.new_release_id(
+        rid for state in run.states.values() for rid in state.release_ids
+    )
+
+
+def record_baseline(run: Rollout) -> None:
+    """Red: one pass of the checks against what is live now (no waiting); a first deploy has none."""
+    settings = run.settings
+    live = [name for name, state in run.states.items() if state.live]
+    if not settings.checks or not live:
+        return
+    run.console.stage("baseline: checks against what is live now")
+    run.baseline = run_checks(run.pick(live), list(settings.checks), VerifySettings(0, settings.verify.interval),
+                              parallel=settings.rollout.parallel)
+    for host in run.baseline.hosts:
+        run.console.host(host.host, "baseline", summary(host), "green" if host.ok else "yellow")
+
+
+def prepare(run: Rollout) -> None:
+    """Upload, link shared paths and build the new release on every host; nothing goes live."""
+    settings, package = run.settings, run.package
+    assert package is not None
+    run.console.stage(f"prepare release {run.release_id} ({package.label})")
+
+    def build(target: Target) -> None:
+        release.prepare(target, settings, run.release_id, package, run.owner.who)
+        run.prepared.append(target.name)
+        release.run_build_hooks(target, settings, run.release_id)
+        release.mark_complete(target, settings, run.release_id)
+
+    done = run.each(run.names, "prepare", build)
+    for name in done:
+        run.console.host(name, "prepare", f"release {run.release_id} ready")
+    if run.failed:
+        raise DeploytestError("prepare failed on " + ", ".join(run.failed))
+
+
+def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> None:
+    """Switch one batch, restart it and (with ``verify``) wait for every check to turn green."""
+    settings = run.settings
+    kind = "canary" if number == 1 and len(run.targets) > 1 else f"batch {number}"
+    run.console.stage(f"{kind}: switch {', '.join(batch)}")
+
+    def switch(target: Target) -> None:
+        run.switched[target.name] = release.switch(target, settings, run.release_id)
+        release.restart(target, settings)
+
+    for name in run.each(batch, "switch", switch):
+        run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
+    if verify and settings.checks:
+        live = [name for name in batch if name not in run.failed]
+        report = run_checks(run.pick(live), list(settings.checks), settings.verify,
+                            parallel=settings.rollout.parallel)
+        run.after = report if run.after is None else VerifyReport(run.after.hosts + report.hosts)
+        for host in report.hosts:
+            if host.error:
+                run.failed.setdefault(host.host, f"verify: {host.error}")
+            elif not host.ok:
+                red = [r for r in host.results if not r.ok]
+                run.failed.setdefault(host.host, "verify: " + "; ".join(f"{r.check.name}: {explain(r)}" for r in red))
+            colour = "green" if host.ok and not host.error else "red"
+            run.console.host(host.host, "verify", summary(host), colour)
+            for result in host.results:
+                if not result.ok:
+                    run.console.line("    " + result_line(host.host, result, color=run.console.colour))
+    run.console.progress("rollout", len(run.switched), len(run.targets))
+    too_many = len(run.failed) > settings.rollout.max_fail
+    if too_many or any(_unreachable(why) for why in run.failed.values()):
+        raise ChecksFailed(f"{kind} failed: " + "; ".join(f"{h}: {why}" for h, why in run.failed.items()))
+    for name in [n for n in batch if n in run.failed]:
+        _tolerate(run, name)
+
+
+def finish(run: Rollout) -> None:
+    """Success: clean up old releases, log, unlock, in one round trip per host."""
+    run.console.end_progress()
+    run.console.stage("finish")
+    run.outcome = "verified" if run.after is not None else "deployed"
+    event = _event(run, "deploy", run.outcome)
+    done = run.each([n for n in run.locked if n not in run.failed], "finish",
+                    lambda t: release.finish(t, run.settings, run.owner, event, cleanup=True))
+    run.locked = [n for n in run.locked if n not in done]
+    for name in done:
+        run.console.host(name, "finish", f"live on {run.release_id}, cleaned up, unlocked", "green")
+
+
+# -- failure -------------------------------------------------------------------------------------
+
+
+def roll_back(run: Rollout, error: BaseException) -> None:
+    """Put every switched host back on the release it left, verify that, mark the release bad,
+    remove unfinished releases and release all locks; then raise RolledBack or NeedsHuman."""
+    with _shielded_from_ctrl_c(run.console):
+        run.console.end_progress()
+        cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else _reason(error)
+        run.console.stage(f"failed: {cause}; rolling back")
+        run.outcome = "rolled back"
+        stuck: dict[str, str] = {}
+
+        def back(target: Target) -> None:
+            previous = run.switched[target.name]
+            release.switch_back(target, run.settings, previous, run.release_id)
+            if previous:
+                release.restart(target, run.settings)
+
+        switched = list(run.switched)
+        for target, result in in_parallel(run.pick(switched), back, limit=run.settings.rollout.parallel):
+            if isinstance(result, BaseException):
+                stuck[target.name] = f"rollback failed: {_reason(result)}"
+                run.console.host(target.name, "rollback", stuck[target.name], "red")
+            else:
+                previous = run.switched[target.name] or "nothing (first deploy: current removed)"
+                run.console.host(target.name, "rollback", f"back on {previous}", "yellow")
+        restored = [n for n in switched if n not in stuck and run.switched[n]]
+        _verify_rollback(run, restored, stuck)
+
+        event = _event(run, "deploy", "rolled back", error=cause)
+
+        def tidy(target: Target) -> None:
+            release.discard(target, run.settings, run.release_id,
+                            bad=target.name in run.switched)
+            release.finish(target, run.settings, run.owner, event, cleanup=False)
+
+        for target, result in in_parallel(run.pick([n for n in run.locked if n not in stuck]), tidy,
+                                          limit=run.settings.rollout.parallel):
+            if isinstance(result, BaseException):
+                stuck.setdefault(target.name, f"could not unlock: {_reason(result)}")
+                run.console.host(target.name, "unlock", stuck[target.name], "red")
+            else:
+                run.locked.remove(target.name)
+        for name in run.locked:
+            stuck.setdefault(name, "still locked")
+
+    if stuck:
+        run.outcome = "needs a human"
+        hosts = sorted(stuck)
+        lines = [f"  {h}: {stuck[h]}" for h in hosts]
+        raise NeedsHuman(
+            f"deploy of {run.release_id} failed ({cause}) and these hosts could not be put back safely:\n"
+            + "\n".join(lines),
+            hosts=hosts,
+            next_step=f"fab -H {','.join(hosts)} status   (then rollback or unlock as it shows)",
+        ) from (error if isinstance(error, Exception) else None)
+    raise RolledBack(
+        f"deploy of {run.release_id} failed ({cause}); "
+        f"{len(run.switched)} switched host(s) rolled back and verified, release marked bad, locks released.",
+        hosts=sorted(run.failed),
+    ) from (error if isinstance(error, Exception) else None)
+
+
+def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -> None:
+    """Checks that were green in the baseline must be green again on the rolled-back hosts."""
+    if not restored or not run.settings.checks:
+        return
+    report = run_checks(run.pick(restored), list(run.settings.checks), run.settings.verify,
+                        parallel=run.settings.rollout.parallel)
+    run.rollback_report = report
+    for host in report.hosts:
+        regressions = [t.check for t in transitions(run.baseline, report)
+                       if t.host == host.host and t.regression]
+        if host.error:
+            stuck[host.host] = f"rollback not verified: {host.error}"
+        elif regressions:
+            stuck[host.host] = "rollback not verified: still red: " + ", ".join(regressions)
+        colour = "red" if host.host in stuck else "green"
+        run.console.host(host.host, "rollback verify", stuck.get(host.host, summary(host)), colour)
+
+
+def _tolerate(run: Rollout, name: str) -> None:
+    """Within ``rollout.max_fail``: put this one host back and carry on with the rollout."""
+    target = run.pick([name])[0]
+    previous = run.switched.get(name)
+    release.switch_back(target, run.settings, previous, run.release_id)
+    if previous:
+        release.restart(target, run.settings)
+    run.switched.pop(name, None)
+    run.console.host(name, "rollback", f"back on {previous or 'nothing'} (within max_fail)", "yellow")
+
+
+def _unlock(run: Rollout, names: list[str]) -> None:
+    for target, _result in in_parallel(run.pick(names), lambda t: release.release_lock(t, run.settings, run.owner),
+                                       limit=run.settings.rollout.parallel):
+        if target.name in run.locked:
+            run.locked.remove(target.name)
+
+
+def _event(run: Rollout, kind: str, outcome: str, **extra: Any) -> dict[str, Any]:
+    package = run.package
+    return {
+        "event": kind,
+        "release": run.release_id,
+        "label": package.label if package else None,
+        "outcome": outcome,
+        "who": run.owner.who,
+        "hosts": run.names,
+        "seconds": round(time.monotonic() - run.started, 1),
+        **extra,
+    }
+
+
+def summary(host: HostReport) -> str:
+    """``all 5 checks green`` / ``2 of 5 red: health, port 8000`` / the host's error."""
+    if host.error:
+        return host.error
+    red = [r.check.name for r in host.results if not r.ok]
+    if not red:
+        return f"all {len(host.results)} checks green"
+    return f"{len(red)} of {len(host.results)} red: " + ", ".join(red)
+
+
+def _package_mb(package: Optional[release.Package]) -> int:
+    if package is None or package.data is None:
+        return 0
+    return -(-len(package.data) * 3 // (1024 * 1024))  # room for the archive and what it unpacks to
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(error, DeploytestError):
+        return error.message
+    return f"{type(error).__name__}: {error}"
+
+
+def _unreachable(why: str) -> bool:
+    return "unreachable" in why
+
+
+class _shielded_from_ctrl_c:
+    """While rolling back, a second Ctrl-C must not leave hosts half-done: say so and carry on."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.previous: Any = None
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            def refuse(_signum: int, _frame: Any) -> None:
+                self.console.error("deploytest: rolling back; Ctrl-C ignored until the hosts are safe")
+            self.previous = signal.signal(signal.SIGINT, refuse)
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)

@@ -1,0 +1,247 @@
+"""The bodies of the tasks an operator runs by hand: verify, rollback, status, releases, unlock, and
+the dry run and reports of a deploy. Each works on all its hosts in parallel and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence
+
+from . import release
+from .checks import VerifyReport, run_checks
+from .config import Settings
+from .console import Console
+from .errors import (
+    OK,
+    ChecksFailed,
+    HostUnreachable,
+    NeedsHuman,
+    Refused,
+    RemoteCommandFailed,
+    UsageError,
+)
+from .flow import Rollout, preflight
+from .hosts import Target, in_parallel
+from .report import render, render_transitions, write_json, write_junit
+
+
+def _connect_all(targets: Sequence[Target], settings: Settings, console: Console) -> None:
+    """Open every connection first: an unreachable host or unknown key refuses before anything runs."""
+    console.set_hosts([t.name for t in targets])
+    problems = [(t, r) for t, r in in_parallel(targets, lambda t: t.open(), limit=settings.rollout.parallel)
+                if isinstance(r, BaseException)]
+    if problems:
+        lines = [f"  {t.name}: {_message(r)}" for t, r in problems]
+        raise Refused("cannot reach every host; nothing was checked or changed:\n" + "\n".join(lines),
+                      hosts=[t.name for t, _ in problems])
+
+
+def _message(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    prefix = f"{getattr(error, 'host', '')}: "
+    return text[len(prefix):] if prefix != ": " and text.startswith(prefix) else text
+
+
+def verify(targets: Sequence[Target], settings: Settings, console: Console, json_path: Optional[str],
+           junit_path: Optional[str]) -> int:
+    """Run the checks on every host now (with "eventually" retries); 0 all green, 1 any red."""
+    if not settings.checks:
+        raise UsageError("config deploytest.checks: no checks configured; nothing to verify.")
+    _connect_all(targets, settings, console)
+    report = run_checks(list(targets), list(settings.checks), settings.verify,
+                        parallel=settings.rollout.parallel)
+    console.line(render(report, color=console.colour))
+    if json_path:
+        write_json(json_path, report)
+    if junit_path:
+        write_junit(junit_path, report)
+    unreachable = [h.host for h in report.hosts if h.error]
+    if unreachable:
+        raise NeedsHuman(f"lost {', '.join(unreachable)} while verifying", hosts=unreachable,
+                         next_step=f"fab -H {','.join(unreachable)} status")
+    return OK if report.ok else ChecksFailed.exit_code
+
+
+def rollback(targets: Sequence[Target], settings: Settings, console: Console, to: Optional[str]) -> int:
+    """Re-activate the previous good release (or ``to``) on every host, restart, verify."""
+    run = Rollout(settings, list(targets), console)
+    preflight(run)
+    picked: dict[str, str] = {}
+    try:
+        for name, state in run.states.items():
+            picked[name] = release.rollback_target(state, to)
+    except UsageError:
+        _release_locks(run)
+        raise
+    console.stage("rollback")
+    left: dict[str, Optional[str]] = {}
+
+    def back(target: Target) -> None:
+        left[target.name] = release.switch(target, settings, picked[target.name])
+        release.restart(target, settings)
+
+    run.each(run.names, "rollback", back)
+    for name in left:
+        console.host(name, "rollback", f"live on {picked[name]} (was {left[name] or 'nothing'})", "yellow")
+    report: Optional[VerifyReport] = None
+    ok_hosts = [n for n in run.names if n not in run.failed]
+    if settings.checks and ok_hosts:
+        report = run_checks(run.pick(ok_hosts), list(settings.checks), settings.verify,
+                            parallel=settings.rollout.parallel)
+        console.line(render(report, color=console.colour))
+    red = {h.host for h in report.hosts if not h.ok} if report else set()
+
+    def finish(target: Target) -> None:
+        previous = left.get(target.name)
+        if previous and previous != picked[target.name]:
+            release.mark_bad(target, settings, previous)
+        outcome = "failed" if target.name in run.failed or target.name in red else "rolled back"
+        event = {"event": "rollback", "release": picked[target.name], "from": previous, "outcome": outcome}
+        release.finish(target, settings, run.owner, event, cleanup=False)
+
+    unfinished = [t for t, r in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel)
+                  if isinstance(r, BaseException)]
+    if run.failed or unfinished:
+        hosts = sorted(set(run.failed) | {t.name for t in unfinished})
+        raise NeedsHuman("rollback did not complete on " + ", ".join(hosts), hosts=hosts,
+                         next_step=f"fab -H {','.join(hosts)} status")
+    if red:
+        console.error(f"deploytest: rolled back, but checks are red on {', '.join(sorted(red))}")
+        return ChecksFailed.exit_code
+    return OK
+
+
+def _release_locks(run: Rollout) -> None:
+    in_parallel(run.pick(run.locked), lambda t: release.release_lock(t, run.settings, run.owner),
+                limit=run.settings.rollout.parallel)
+    run.locked.clear()
+
+
+def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
+    """Per host: live release, previous good release, lock holder, last event."""
+    states = _inspect_all(targets, settings, console)
+    for name, state in states.items():
+        lock = state.lock.describe() if state.lock else "free"
+        last = describe_event(state.last_event) if state.last_event else "none"
+        console.line(f"{name}: live {state.live or '-'}  previous {state.previous or '-'}  "
+                     f"lock {lock}  last event: {last}")
+    return OK
+
+
+def releases(targets: Sequence[Target], settings: Settings, console: Console) -> int:
+    """Per host: a table of releases (id, when, who, label, live / bad / rollback-target marks)."""
+    states = _inspect_all(targets, settings, console)
+    for name, state in states.items():
+        console.line(f"{name}:")
+        console.line(release_table(state))
+    return OK
+
+
+def unlock(targets: Sequence[Target], settings: Settings, console: Console) -> int:
+    """Remove each host's deploy lock and say whose it was."""
+    _connect_all(targets, settings, console)
+    for target, result in in_parallel(targets, lambda t: release.force_unlock(t, settings),
+                                      limit=settings.rollout.parallel):
+        if isinstance(result, BaseException):
+            raise RemoteCommandFailed(target.name, "unlock", _message(result))
+        if result is None:
+            console.host(target.name, "unlock", "no lock was held")
+        else:
+            console.host(target.name, "unlock", f"removed the lock of {result.describe()}", "yellow")
+    return OK
+
+
+def _inspect_all(targets: Sequence[Target], settings: Settings, console: Console) -> dict[str, release.HostState]:
+    _connect_all(targets, settings, console)
+    states: dict[str, release.HostState] = {}
+    lost: list[str] = []
+    for target, result in in_parallel(targets, lambda t: release.inspect(t, settings),
+                                      limit=settings.rollout.parallel):
+        if isinstance(result, BaseException):
+            console.host(target.name, "inspect", _message(result), "red")
+            lost.append(target.name)
+        else:
+            states[target.name] = result
+    if lost:
+        raise HostUnreachable(", ".join(lost), "could not read the deploy state")
+    return states
+
+
+def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, verify: bool) -> int:
+    """Print, per host, the commands a deploy would run; change nothing (not even the lock)."""
+    package = release.pack_source(settings)
+    _connect_all(targets, settings, console)
+    states = _inspect_all(targets, settings, console)
+    release_id = release.new_release_id(rid for s in states.values() for rid in s.release_ids)
+    console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
+                 " nothing will be changed")
+    for target in targets:
+        console.stage(f"{target.name}: what deploy{'-and-verify' if verify else ''} would run")
+        for step, script in release.plan(settings, release_id, package, release.LockOwner.new(release_id)):
+            console.line(f"# {step}")
+            console.line(script.rstrip())
+    if verify and settings.checks:
+        console.stage("then verify, on every host, in one command per attempt:")
+        for check in settings.checks:
+            console.line(f"  - {check.name}")
+    return OK
+
+
+def write_reports(run: Rollout, json_path: Optional[str], junit_path: Optional[str]) -> None:
+    """The red-green report of a run: JSON and JUnit, with the baseline beside the result."""
+    after = run.after or run.rollback_report
+    if after is None:
+        after = VerifyReport(hosts=[])
+    extra = {"release": run.release_id, "outcome": run.outcome, "hosts": run.names,
+             "failed": run.failed, "seconds": round(time.monotonic() - run.started, 1)}
+    if json_path:
+        write_json(json_path, after, baseline=run.baseline, extra=extra)
+    if junit_path:
+        write_junit(junit_path, after, baseline=run.baseline, extra=extra)
+
+
+def print_transitions(run: Rollout) -> None:
+    """The red -> green table: per host and check, baseline against the result, what was observed."""
+    if run.after is not None:
+        run.console.end_progress()
+        run.console.stage("red -> green")
+        run.console.line(render_transitions(run.baseline, run.after, color=run.console.colour))
+
+
+def summarise(run: Rollout) -> int:
+    """The closing line of a successful run."""
+    console = run.console
+    console.line(console.paint(
+        f"deploytest: {run.outcome}: release {run.release_id} live on {len(run.targets)} host(s)"
+        f" in {time.monotonic() - run.started:.1f}s", "green"))
+    return OK
+
+
+def describe_event(event: dict[str, object]) -> str:
+    """``deploy 20261125112102 verified by alice@laptop at 2026-11-25T11:21:02Z``."""
+    words = [str(event.get("event", "?")), str(event.get("release") or "-"), str(event.get("outcome") or "")]
+    if event.get("who"):
+        words.append(f"by {event['who']}")
+    if event.get("when"):
+        words.append(f"at {event['when']}")
+    return " ".join(w for w in words if w)
+
+
+def release_table(state: release.HostState) -> str:
+    """The releases of one host, newest first, with live / rollback-target / bad marks."""
+    header = ("release", "when", "who", "label", "state")
+    rows = []
+    for info in reversed(state.releases):
+        marks = []
+        if info.id == state.live:
+            marks.append("live")
+        if info.id == state.previous:
+            marks.append("rollback target")
+        if info.state != release.COMPLETE:
+            marks.append(info.state)
+        rows.append((info.id, info.when or "-", info.who or "-", info.label or "-", ", ".join(marks) or "-"))
+    if not rows:
+        return f"  no releases in {state.deploy_to}"
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines)

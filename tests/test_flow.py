@@ -1,0 +1,178 @@
+"""The red-green flow end to end: ``fab -H ... deploy-and-verify`` against real sshd hosts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import pytest
+from project import Project, hello_config, interrupt_when
+
+PORT = 8000
+DEPLOY_TO = "/srv/hello"
+
+pytestmark = pytest.mark.testbed
+
+
+def live(host: Any) -> str:
+    """The release ``current`` points at on ``host`` ('' if none)."""
+    out = host.sh(f"readlink {DEPLOY_TO}/current").stdout.strip()
+    return out.rsplit("/", 1)[-1] if out else ""
+
+
+def releases_on(host: Any) -> List[str]:
+    out = host.sh(f"ls -1 {DEPLOY_TO}/releases 2>/dev/null").stdout.split()
+    return sorted(out)
+
+
+def served(host: Any) -> str:
+    """What /health answers on the host itself."""
+    return host.sh(f"curl -s -m 3 http://127.0.0.1:{PORT}/health").stdout.strip()
+
+
+def locked(host: Any) -> bool:
+    return host.sh(f"ls -A {DEPLOY_TO}/.deploytest | grep -q lock").returncode == 0
+
+
+@pytest.fixture
+def five(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
+    bed = make_hosts(5)
+    project = Project(tmp_path / "project", hello_config(DEPLOY_TO, PORT), env=bed.env(),
+                      ssh_config=bed.ssh_config)
+    return {"bed": bed, "project": project, "hosts": bed.names}
+
+
+def deploy_good(project: Project, hosts: List[str], version: str = "1.0") -> None:
+    project.set_version(version)
+    proc = project.fab("deploy-and-verify", hosts=hosts)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_good_release_goes_live_everywhere(five: Dict[str, Any], tmp_path: Path) -> None:
+    project, bed = five["project"], five["bed"]
+    junit = tmp_path / "junit.xml"
+    report = tmp_path / "report.json"
+    proc = project.fab("deploy-and-verify", "--junit", str(junit), "--json", str(report), hosts=five["hosts"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ids = {live(h) for h in bed.hosts}
+    assert len(ids) == 1 and "" not in ids, ids  # one release id, identical on every host
+    for host in bed.hosts:
+        assert served(host) == "ok 1.0"
+        assert not locked(host)
+    suites = ET.parse(junit).getroot()
+    assert {s.get("name") for s in suites.iter("testsuite")} >= set(five["hosts"])
+    assert not list(suites.iter("failure"))
+    data = json.loads(report.read_text())
+    assert data["outcome"] in ("verified", "green", "ok", "deployed")
+
+
+def test_broken_release_is_rolled_back_on_every_host(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    project.write(hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10}))
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    project.set_version("2.0", broken=True)
+    project.config["verify"] = {"timeout": 3, "interval": 0.3}
+    project.write(project.config)
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for host in bed.hosts:
+        assert live(host) == before[host.name]
+        assert served(host) == "ok 1.0"
+        assert not locked(host)
+    assert "rolled back" in proc.stdout + proc.stderr
+
+
+def test_canary_failure_leaves_other_hosts_untouched(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    deploy_good(project, five["hosts"])
+    before = {h.name: (live(h), releases_on(h)) for h in bed.hosts}
+    project.set_version("2.0", broken=True)
+    project.config["verify"] = {"timeout": 2, "interval": 0.3}
+    project.write(project.config)
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    canary, rest = bed.hosts[0], bed.hosts[1:]
+    assert live(canary) == before[canary.name][0]
+    for host in rest:
+        assert (live(host), releases_on(host)) == before[host.name]  # never switched, nothing left over
+        assert not locked(host)
+
+
+def test_lock_held_on_one_host_refuses_and_changes_nothing(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    deploy_good(project, five["hosts"])
+    before = {h.name: (live(h), releases_on(h)) for h in bed.hosts}
+    holder = project.start("deploy-and-verify", hosts=[five["hosts"][2]])
+    try:
+        # a second operator's deploy holds web3's lock while ours starts
+        project.set_version("1.1")
+        deadline = time.monotonic() + 30
+        while not locked(bed.hosts[2]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert locked(bed.hosts[2])
+        bed.hosts[2].sh(f"touch {DEPLOY_TO}/.keep")  # nothing else to do while it holds the lock
+        proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    finally:
+        holder.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.fail("the other deploy finished before ours started; the lock was never contended")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "locked by" in proc.stderr
+    for host in bed.hosts:
+        if host is not bed.hosts[2]:
+            assert (live(host), releases_on(host)) == before[host.name]
+
+
+def test_host_cut_off_mid_verify_needs_a_human(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    config = hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10},
+                          connect_timeout=2)
+    project.write(config)
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    project.set_version("2.0", broken=True)
+    project.config["verify"] = {"timeout": 6, "interval": 0.3}
+    project.write(project.config)
+    victim = bed.hosts[3]
+    proc = project.start("deploy-and-verify", hosts=five["hosts"])
+
+    def cut_when_switched() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and live(victim) == before[victim.name]:
+            time.sleep(0.05)
+        victim.cut()
+
+    cutter = threading.Thread(target=cut_when_switched)
+    cutter.start()
+    out = proc.communicate(timeout=240)[0]
+    cutter.join()
+    print(out)
+    assert proc.returncode == 3, out
+    assert victim.name in out
+    victim.heal()
+    for host in bed.hosts:
+        if host is not victim:
+            assert live(host) == before[host.name]
+            assert served(host) == "ok 1.0"
+            assert not locked(host)
+
+
+def test_ctrl_c_during_verify_rolls_back_and_unlocks(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    project.write(hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10}))
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    project.set_version("2.0", broken=True)
+    project.config["verify"] = {"timeout": 60, "interval": 0.3}
+    project.write(project.config)
+    proc = project.start("deploy-and-verify", hosts=five["hosts"])
+    out = interrupt_when(proc, lambda: all(live(h) != before[h.name] for h in bed.hosts))
+    assert proc.returncode == 1, out
+    for host in bed.hosts:
+        assert live(host) == before[host.name]
+        assert not locked(host)
