@@ -1,0 +1,158 @@
+"""Release primitives against real OpenSSH servers (the test bed in tests/testbed.py)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import testbed
+
+from deploytest import release
+from deploytest.config import Settings
+from deploytest.errors import LockHeld, RemoteCommandFailed
+from deploytest.hosts import SSHTarget, connect, in_parallel
+from deploytest.lock import LockOwner
+
+pytestmark = pytest.mark.testbed
+
+MakeHosts = Callable[..., testbed.TestBed]
+
+
+def make_source(root: Path, files: int, size: int = 16) -> Path:
+    src = root / "build"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "VERSION").write_text("1\n")
+    for i in range(files):
+        (src / f"f{i:05d}.txt").write_bytes(os.urandom(size))
+    return src
+
+
+def settings_for(root: Path, **kw: Any) -> Settings:
+    base: dict[str, Any] = dict(deploy_to="/srv/app", source="build", base_dir=str(root), keep_releases=3,
+                                shared=("data",), build_hooks=("test -f VERSION",),
+                                restart_hooks=("echo restarted > $DEPLOYTEST_SHARED/data/restarted",))
+    base.update(kw)
+    return Settings(**base)
+
+
+def targets(bed: testbed.TestBed) -> list[SSHTarget]:
+    return [connect(name, bed.fabric_config()) for name in bed.names]
+
+
+def close(all_targets: list[SSHTarget]) -> None:
+    for target in all_targets:
+        target.close()
+
+
+def test_rollout_on_three_hosts_uses_one_release_id(make_hosts: MakeHosts, tmp_path: Path) -> None:
+    bed = make_hosts(3)
+    make_source(tmp_path, 5)
+    settings = settings_for(tmp_path)
+    hosts = targets(bed)
+    owner = LockOwner.new()
+    package = release.pack_source(settings)
+    try:
+        # an older release on web2 only: the new id must still be newer on every host
+        release.prepare(hosts[1], settings, "20990101000000", package, "earlier", build=True)
+        before = {h.name: h.sessions() for h in bed.hosts}
+        states = dict(in_parallel(hosts, lambda t: release.inspect(t, settings)))
+        rid = release.new_release_id(i for s in states.values() for i in s.release_ids)  # type: ignore[union-attr]
+        assert rid == "20990101000001"
+
+        def roll(target: SSHTarget) -> str | None:
+            release.acquire_lock(target, settings, owner)
+            release.prepare(target, settings, rid, package, owner.who, build=True)
+            previous = release.switch_and_restart(target, settings, rid)
+            event = {"event": "deploy", "release": rid, "outcome": "deployed"}
+            release.finish(target, settings, owner, event)
+            return previous
+
+        results = dict(in_parallel(hosts, roll))
+        assert all(r is None for r in results.values()), results
+    finally:
+        close(hosts)
+    for host in bed.hosts:
+        assert host.wait_sessions(before[host.name] + 5) == before[host.name] + 5  # inspect + 4 steps
+        assert host.sh("readlink /srv/app/current").stdout == f"/srv/app/releases/{rid}\n"
+        assert host.sh("cat /srv/app/current/data/restarted").stdout == "restarted\n"
+        assert host.sh("test -f /srv/app/.deploytest/lock || echo free").stdout == "free\n"
+        assert f'"release": "{rid}"' in host.sh("tail -n 1 /srv/app/.deploytest/log.jsonl").stdout
+
+
+def test_prepare_sessions_do_not_grow_with_file_count(make_hosts: MakeHosts, tmp_path: Path) -> None:
+    bed = make_hosts(1)
+    host = bed.hosts[0]
+    (target,) = targets(bed)
+    counts = {}
+    try:
+        for files in (10, 2000):
+            root = tmp_path / str(files)
+            make_source(root, files)
+            settings = settings_for(root, deploy_to=f"/srv/app{files}", build_hooks=())
+            package = release.pack_source(settings)
+            before = host.sessions()
+            release.prepare(target, settings, "1", package, "me")
+            counts[files] = host.wait_sessions(before + 1) - before
+            listed = host.sh(f"ls /srv/app{files}/releases/1 | wc -l").stdout.strip()
+            assert listed == str(files + 2)  # the files, VERSION, the data link
+    finally:
+        target.close()
+    assert counts == {10: 1, 2000: 1}
+
+
+def test_disk_full_during_upload(make_hosts: MakeHosts, tmp_path: Path) -> None:
+    bed = make_hosts(1)
+    host = bed.hosts[0]
+    host.tiny_disk("3m")
+    make_source(tmp_path / "small", 2)
+    make_source(tmp_path / "big", 6, size=1024 * 1024)  # 6 MB of random bytes: gzip cannot shrink them
+    small, big = settings_for(tmp_path / "small"), settings_for(tmp_path / "big")
+    (target,) = targets(bed)
+    try:
+        release.prepare(target, small, "1", release.pack_source(small), "me", build=True)
+        release.switch(target, small, "1")
+        with pytest.raises(RemoteCommandFailed) as caught:
+            release.prepare(target, big, "2", release.pack_source(big), "me", build=True)
+        error = caught.value
+        assert error.step == "upload" and error.exit_code == 1
+        assert "no space left on device under /srv/app" in error.detail
+        assert "release 2 was removed and current was not changed" in error.detail
+        state = release.inspect(target, small)  # the connection is fine afterwards
+    finally:
+        target.close()
+    assert state.release_ids == ["1"] and state.live == "1"
+    assert host.sh("ls /srv/app/releases; ls /srv/app/.deploytest/releases").stdout == "1\n1.json\n"
+    assert host.sh("readlink /srv/app/current").stdout == "/srv/app/releases/1\n"
+
+
+def test_lock_race_over_ssh(make_hosts: MakeHosts, tmp_path: Path) -> None:
+    bed = make_hosts(1)
+    settings = settings_for(tmp_path)
+    owners = [LockOwner.new() for _ in range(3)]
+    conns = [connect(bed.names[0], bed.fabric_config()) for _ in owners]
+    results: list[str] = []
+    barrier = threading.Barrier(len(owners))
+
+    def take(pair: tuple[SSHTarget, LockOwner]) -> None:
+        target, owner = pair
+        target.open()
+        barrier.wait()
+        try:
+            release.acquire_lock(target, settings, owner)
+            results.append("won")
+        except LockHeld as error:
+            assert f"{target.name}: locked by " in error.message
+            assert f"fab -H {target.name} unlock" in error.message
+            results.append("held")
+
+    try:
+        outcome = in_parallel(list(zip(conns, owners)), take)
+        assert all(not isinstance(r, BaseException) for _, r in outcome), outcome
+        assert sorted(results) == ["held", "held", "won"]
+        released = [release.release_lock(c, settings, o) for c, o in zip(conns, owners)]
+        assert released.count(True) == 1
+    finally:
+        close(conns)
