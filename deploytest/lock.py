@@ -55,7 +55,11 @@ def prelude(settings: Settings) -> str:
 
 
 def sudo_password(target: Target) -> str | None:
-    """The sudo password from the target's Fabric config (``sudo.password``), if any."""
+    """The sudo password for ``target``: its ``sudo_password`` attribute if set, else its Fabric
+    config's ``sudo.password`` (what ``fab --prompt-for-sudo-password`` fills in), else None."""
+    explicit = getattr(target, "sudo_password", None)
+    if isinstance(explicit, str) and explicit:
+        return explicit
     config = getattr(getattr(target, "connection", None), "config", None)
     try:
         value = config.sudo.password if config is not None else None

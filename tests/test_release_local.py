@@ -522,3 +522,80 @@ def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingT
             release.rollback_target(state, to)
         with pytest.raises(UsageError):
             release.switch(target, settings, to)
+
+
+# -- interrupted steps and sudo ---------------------------------------------------------------------
+
+
+def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target: CountingTarget) -> None:
+    from deploytest.hosts import CommandTimeout
+
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
+    slow = dataclasses.replace(settings, build_hooks=("sleep 30",))
+    rid = release.new_release_id([first])
+    with pytest.raises(CommandTimeout):  # the session dies hard (SIGKILL): no trap runs
+        release.prepare(target, slow, rid, release.pack_source(slow), "me", build=True, timeout=1)
+    state = release.inspect(target, settings)
+    assert state.release(rid) is not None and state.release(rid).state == PREPARING  # type: ignore[union-attr]
+    with pytest.raises(UsageError, match="preparing"):
+        release.switch(target, settings, rid)
+    with pytest.raises(UsageError, match="preparing"):
+        release.rollback_target(state, rid)
+    assert release.cleanup(target, settings) == [rid]
+    assert live_link(settings).endswith(first)
+
+
+FAKE_SUDO = """#!/bin/sh
+# stand-in for sudo: -n fails unless FAKE_SUDO_NOPASS=1; -S reads the password from stdin
+nopass=0; ask=0
+while [ $# -gt 0 ]; do
+  case $1 in -n) nopass=1; shift;; -S) ask=1; shift;; -p) shift 2;; --) shift; break;; *) break;; esac
+done
+if [ $nopass = 1 ] && [ "${FAKE_SUDO_NOPASS:-0}" != 1 ]; then
+  echo "sudo: a password is required" >&2; exit 1
+fi
+if [ $ask = 1 ]; then
+  IFS= read -r pw; [ "$pw" = sekret ] || { echo "sudo: 1 incorrect password attempt" >&2; exit 1; }
+fi
+echo "$1" >> "$FAKE_SUDO_LOG"
+exec "$@"
+"""
+
+
+@pytest.mark.parametrize("mode", ["password", "nopasswd"])
+def test_sudo_keeps_stdin_for_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sudo").write_text(FAKE_SUDO)
+    (bindir / "sudo").chmod(0o755)
+    log = tmp_path / "sudo.log"
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SUDO_LOG", str(log))
+    monkeypatch.setenv("FAKE_SUDO_NOPASS", "1" if mode == "nopasswd" else "0")
+    make_source(tmp_path, files=50)
+    settings = settings_for(tmp_path, sudo=True)
+    target = LocalTarget()
+    target.sudo_password = "sekret" if mode == "password" else None  # type: ignore[attr-defined]
+    deploy(target, settings, LockOwner.new())
+    assert Path(settings.current, "f49.txt").read_text() == "file 49\n"
+    steps = [line for line in log.read_text().splitlines() if line != "true"]  # "true": sudo -n probes
+    assert steps == ["/bin/sh"] * 6  # every step went through sudo (build and restart: no hooks, no step)
+
+
+def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sudo").write_text(FAKE_SUDO)
+    (bindir / "sudo").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SUDO_LOG", str(tmp_path / "sudo.log"))
+    settings = settings_for(tmp_path, sudo=True)
+    target = LocalTarget()
+    with pytest.raises(RemoteCommandFailed, match="sudo failed: .*password is required"):
+        release.inspect(target, settings)
+    target.sudo_password = "wrong"  # type: ignore[attr-defined]
+    with pytest.raises(RemoteCommandFailed, match="sudo failed: sudo: 1 incorrect password attempt"):
+        release.inspect(target, settings)
