@@ -54,8 +54,8 @@ def result_line(host: str, result: CheckResult, *, color: bool = False) -> str:
         after = (
             f" (green after {result.seconds:.1f}s, {result.attempts} attempts)" if result.attempts > 1 else ""
         )
-        return f"{_mark(True, color)} {host} {result.check.name}{after}"
-    return f"{_mark(False, color)} {host} {result.check.name}: {explain(result)}"
+        return f"{_mark(True, color)} {host} {result.name}{after}"
+    return f"{_mark(False, color)} {host} {result.name}: {explain(result)}"
 
 
 def host_error_line(report: HostReport, *, color: bool = False) -> str:
@@ -139,9 +139,9 @@ def transitions(baseline: VerifyReport | None, after: VerifyReport) -> list[Tran
     out: list[Transition] = []
     for host in after.hosts:
         before_host = baseline.host(host.host) if baseline is not None else None
-        names = [r.check.name for r in host.results]
+        names = [r.name for r in host.results]
         if before_host is not None:
-            names += [r.check.name for r in before_host.results if r.check.name not in names]
+            names += [r.name for r in before_host.results if r.name not in names]
         for name in names:
             now = host.result(name)
             was = before_host.result(name) if before_host is not None and before_host.error is None else None
@@ -290,13 +290,13 @@ def junit_xml(
                 suite,
                 "testcase",
                 classname=_x(f"deploytest.{host.host}"),
-                name=_x(f"{host.host} :: {result.check.name}"),
+                name=_x(f"{host.host} :: {result.name}"),
                 time=f"{result.seconds:.3f}",
             )
             if not result.ok:
                 failure = ET.SubElement(case, "failure", message=_x(explain(result)), type=result.check.kind)
                 failure.text = _x(result_line(host.host, result))
-            change = changes.get((host.host, result.check.name))
+            change = changes.get((host.host, result.name))
             out = [f"attempts: {result.attempts}", f"observed: {result.verdict.observed}"]
             if change is not None:
                 out.append(

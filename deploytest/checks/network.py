@@ -39,6 +39,9 @@ out.write(resp.read())
 """
 
 
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
 def _quoted(text: str, limit: int = 80) -> str:
     return '"' + snippet(text, limit).replace('"', '\\"') + '"'
 
@@ -49,12 +52,9 @@ def parse_http_response(raw: bytes, follow: bool) -> tuple[int | None, dict[str,
     headers: dict[str, str] = {}
     rest = raw
     while rest.startswith(b"HTTP/"):
-        end = rest.find(b"\r\n\r\n")
-        sep = 4
-        if end < 0 or (0 <= rest.find(b"\n\n") < end):
-            end, sep = rest.find(b"\n\n"), 2
-        block = rest if end < 0 else rest[:end]
-        rest = b"" if end < 0 else rest[end + sep :]
+        blank = _BLANK_LINE.search(rest)
+        block = rest if blank is None else rest[: blank.start()]
+        rest = b"" if blank is None else rest[blank.end() :]
         lines = block.decode("iso-8859-1").splitlines()
         match = re.match(r"HTTP/\S+\s+(\d{3})", lines[0])
         if match is None:
@@ -146,7 +146,7 @@ class HttpCheck(Check):
                 "  echo tool=wget",
                 "  f=$(mktemp) || exit 125",
                 f'  wget -q -S -O "$f" {" ".join(q(o) for o in wget_opts)} "$u" 2>"$f.h"; rc=$?',
-                "  sed -n 's/^  //p' \"$f.h\"; printf '\\r\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
+                "  sed -n 's/^  //p' \"$f.h\"; printf '\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
                 '  rm -f "$f" "$f.h"; exit $rc',
                 "elif command -v python3 >/dev/null 2>&1; then",
                 "  echo tool=python3",

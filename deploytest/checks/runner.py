@@ -39,16 +39,22 @@ class CheckResult:
     verdict: Verdict
     attempts: int
     seconds: float
+    secrets: list[str] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         """True when the check is green."""
         return self.verdict.ok
 
+    @property
+    def name(self) -> str:
+        """The check's name, with secret values redacted (a command may spell one)."""
+        return redact(self.check.name, self.secrets)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
         return {
-            "name": self.check.name,
+            "name": self.name,
             "kind": self.check.kind,
             "ok": self.ok,
             "expected": self.verdict.expected,
@@ -56,8 +62,19 @@ class CheckResult:
             "detail": self.verdict.detail,
             "attempts": self.attempts,
             "seconds": round(self.seconds, 3),
-            "check": self.check.to_dict(),
+            "check": _redacted(self.check.to_dict(), self.secrets),
         }
+
+
+def _redacted(value: Any, secrets: list[str]) -> Any:
+    """``value`` (JSON-like) with every secret in its strings replaced by ``***``."""
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, dict):
+        return {k: _redacted(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, secrets) for v in value]
+    return value
 
 
 @dataclass
@@ -77,7 +94,7 @@ class HostReport:
 
     def result(self, name: str) -> CheckResult | None:
         """The result of the check named ``name``, if any."""
-        return next((r for r in self.results if r.check.name == name), None)
+        return next((r for r in self.results if r.name == name), None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping."""
@@ -113,7 +130,7 @@ class VerifyReport:
         out: dict[tuple[str, str], bool | None] = {}
         for report in self.hosts:
             for result in report.results:
-                out[(report.host, result.check.name)] = None if report.error else result.ok
+                out[(report.host, result.name)] = None if report.error else result.ok
         return out
 
     def counts(self) -> dict[str, int]:
@@ -194,7 +211,7 @@ def verify_host(
     pending = list(checks)
 
     def settle(check: Check, verdict: Verdict) -> None:
-        result = CheckResult(check, verdict, attempts[id(check)], time.monotonic() - started)
+        result = CheckResult(check, verdict, attempts[id(check)], time.monotonic() - started, secret_values)
         final[id(check)] = result
         if on_result is not None:
             on_result(target.name, result)

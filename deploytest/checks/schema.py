@@ -129,7 +129,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], bool], str]] = {
     ),
     "name": (
         lambda v: (
-            _single_line(v) and re.fullmatch(r"[A-Za-z0-9_.@:+][A-Za-z0-9_.@:+/-]*", str(v)) is not None
+            _single_line(v) and re.fullmatch(r"[A-Za-z0-9_.@:+/][A-Za-z0-9_.@:+/-]*", str(v)) is not None
         ),
         "a name of letters, digits and . _ - @ : + / (not starting with -)",
     ),

@@ -28,7 +28,10 @@ trap 'rm -rf "$_dt_d"' EXIT
 trap 'exit 98' HUP INT TERM
 if timeout -k 1 5 true >/dev/null 2>&1; then _dt_to=1; else _dt_to=; fi
 if command -v base64 >/dev/null 2>&1; then _dt_enc=b; else _dt_enc=h; fi
-_dt_cap() { head -c "$2" >"$1"; cat >/dev/null; }
+# Unbuffered when possible, so what a probe printed is on disk even if a daemon it started keeps
+# the pipe open (the frame is then emitted without waiting for the end of the pipe).
+if command -v stdbuf >/dev/null 2>&1; then _dt_sb="stdbuf -o0"; else _dt_sb=; fi
+_dt_cap() { $_dt_sb head -c "$2" >"$1"; cat >/dev/null; }
 _dt_probe() {
   if [ -n "$_dt_to" ]; then
     timeout -k 2 "$2" /bin/sh -c "$4" "dt-$_dt_n" </dev/null
@@ -41,6 +44,7 @@ _dt_probe() {
   _dt_k=$!; wait "$_dt_p"; _dt_rc=$?; kill "$_dt_k" 2>/dev/null; return "$_dt_rc"
 }
 _dt_run() {
+  exec </dev/null >/dev/null 2>&1  # never hold the session's output open
   { { _dt_probe "$@" 2>&1 1>&3 3>&-; echo $? >"$_dt_d/$1.x"; } | _dt_cap "$_dt_d/$1.e" "$3"; } 3>&1 \
     | _dt_cap "$_dt_d/$1.o" "$3"
   : >"$_dt_d/$1.done"
@@ -86,7 +90,7 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     lines.append(_PRELUDE)
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        lines.append(f"_dt_run {job.index} {seconds} {job.cap + 1} {q(job.text)} >/dev/null 2>&1 &")
+        lines.append(f"_dt_run {job.index} {seconds} {job.cap + 1} {q(job.text)} &")
     for job in jobs:
         lines.append(f"_dt_emit {job.index} {job.cap}")
     return "\n".join(lines) + "\n"

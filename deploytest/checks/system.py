@@ -408,7 +408,7 @@ class ProcessCheck(Check):
 
     def probe(self) -> str:
         return (
-            'echo "root=${DT_ROOT:-0}"; ps -eo pid=,ppid=,user:32=,args= 2>/dev/null'
+            'echo "root=${DT_ROOT:-0}"; ps -ww -eo pid=,ppid=,user:32=,args= 2>/dev/null'
             " || ps -o pid,ppid,user,args"
         )
 

@@ -1,0 +1,353 @@
+"""Checks against real things on this machine (LocalTarget): HTTP, ports, files, processes, packages,
+supervisord, PostgreSQL, SQLite; "eventually"; hostile output; hanging probes; secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+from invoke.context import Context
+from services import HttpApp, Postgres, Supervisor, http_app, postgres, supervisor  # noqa: F401
+
+from deploytest import report as rpt
+from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
+from deploytest.checks import CheckResult, VerifyReport, make_check, parse_checks, run_checks
+from deploytest.checks.script import ProbeJob, build_script, new_nonce, parse_frames
+from deploytest.config import VerifySettings
+from deploytest.hosts import LocalTarget, RunResult, Target
+
+ONCE = VerifySettings(timeout=0, interval=0.2)
+
+
+class CountingTarget(Target):
+    """The local machine, counting calls to run (one per attempt is the promise)."""
+
+    def __init__(self) -> None:
+        self.name = "local"
+        self.inner = LocalTarget()
+        self.calls = 0
+
+    @property
+    def is_local(self) -> bool:
+        return True
+
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        self.calls += 1
+        return self.inner.run(script, stdin=stdin, timeout=timeout)
+
+
+def verify(checks: list[Any], settings: VerifySettings = ONCE) -> tuple[VerifyReport, CountingTarget]:
+    target = CountingTarget()
+    report = run_checks([target], parse_checks(checks), settings)
+    return report, target
+
+
+def by_name(report: VerifyReport) -> dict[str, CheckResult]:
+    return {r.check.name: r for r in report.hosts[0].results}
+
+
+def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None:
+    (tmp_path / "VERSION").write_text("1.0\n")
+    (tmp_path / "current").symlink_to(tmp_path)
+    database = tmp_path / "app.db"
+    with sqlite3.connect(database) as db:
+        db.execute("create table users (name text)")
+        db.execute("insert into users values ('alice'), ('bob')")
+    checks = [
+        {"http": {"url": http_app.url("/health"), "status": 200, "contains": "ok", "name": "health"}},
+        {"http": {"url": http_app.url("/json"), "json": {"status": "ok", "db.up": True, "items.1": 2}}},
+        {"http": {"url": http_app.url("/redirect"), "status": 302, "header": {"Location": "/health"}}},
+        {"http": {"url": http_app.url("/redirect"), "follow": True, "contains": "ok", "name": "followed"}},
+        {"http": {"url": http_app.url("/health"), "method": "HEAD", "name": "head"}},
+        {"http": {"url": http_app.url("/anything"), "method": "POST", "status": 201}},
+        {"port": http_app.port},
+        {"port": {"port": http_app.port, "address": "127.0.0.1", "name": "port on loopback"}},
+        {"tcp": {"host": "127.0.0.1", "port": http_app.port}},
+        {"file": {"path": str(tmp_path / "VERSION"), "contains": "1.0", "mode": "0644", "owner": "root",
+                  "size": 4, "sha256": "6a1f1a7c1a9ddb2a4d2e1d5f0d0d0b9b1e4a0a7e5f1d39f6d0b0b4a0e0c0f0b0"}},
+        {"file": {"path": str(tmp_path / "current"), "type": "symlink", "target": str(tmp_path)}},
+        {"file": {"path": str(tmp_path / "missing"), "exists": False}},
+        {"command": {"run": "echo hello 1.0; echo note >&2", "stdout": "1.0", "stderr": "note"}},
+        {"process": {"pattern": f"-c .*serve_forever.* {http_app.port}$", "count": 1}},
+        {"package": {"name": "bash", "version": ">=4"}},
+        {"package": {"name": "pytest", "manager": "pip", "python": os.sys.executable, "version": ">=7"}},
+        {"user": {"name": "root", "uid": 0, "groups": "root"}},
+        {"group": {"name": "root", "gid": 0}},
+        {"disk": {"path": str(tmp_path), "min_free_mb": 1, "max_used_percent": 100}},
+        {"database": {"engine": "sqlite", "path": str(database), "query": "select name from users order by name",
+                      "equals": "alice\nbob"}},
+    ]
+    import hashlib
+
+    checks[9]["file"]["sha256"] = hashlib.sha256(b"1.0\n").hexdigest()
+    report, target = verify(checks)
+    failures = [rpt.result_line("local", r) for r in report.hosts[0].results if not r.ok]
+    assert failures == []
+    assert report.ok and target.calls == 1 and report.hosts[0].sessions == 1
+    text = rpt.render(report)
+    assert "✔ local health" in text
+    assert text.splitlines()[-1].startswith(f"verify: all {len(checks)} checks green on 1 host")
+
+
+def test_red_lines_name_host_check_expected_observed(http_app: HttpApp) -> None:
+    report, _ = verify([{"http": http_app.url("/fail")}, {"port": free_closed_port()}])
+    lines = rpt.render(report).splitlines()
+    assert re.fullmatch(
+        rf'✘ local http http://127.0.0.1:{http_app.port}/fail: expected status 200, got 502 after \d+\.\ds'
+        r' \(body: "upstream down"\)',
+        lines[0],
+    ), lines[0]
+    assert re.match(r"✘ local port \d+: expected listening, got nothing on tcp port \d+ after", lines[1])
+    assert lines[-1].startswith("verify: 2 red, 0 green of 2 checks on 1 host")
+
+
+def free_closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_port_ipv6_and_udp() -> None:
+    with socket.socket(socket.AF_INET6) as tcp6, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp6.bind(("::1", 0))
+        tcp6.listen()
+        udp.bind(("127.0.0.1", 0))
+        port6, port_udp = tcp6.getsockname()[1], udp.getsockname()[1]
+        report, _ = verify([{"port": port6}, {"port": {"port": port_udp, "proto": "udp"}}])
+        results = list(by_name(report).values())
+        assert [r.verdict.observed for r in results] == ["listening on ::1", "listening on 127.0.0.1"]
+
+
+def test_eventually_only_red_checks_rerun(http_app: HttpApp) -> None:
+    if http_app.ready_file.exists():
+        http_app.ready_file.unlink()
+    timer = threading.Timer(1.5, http_app.ready_file.touch)
+    timer.start()
+    try:
+        started = time.monotonic()
+        seen: list[str] = []
+        target = CountingTarget()
+        checks = parse_checks([{"http": {"url": http_app.url("/ready"), "contains": "ready"}},
+                               {"http": http_app.url("/health")}])
+        report = run_checks([target], checks, VerifySettings(timeout=10, interval=0.3),
+                            on_result=lambda host, r: seen.append(f"{host} {r.check.name} {r.ok}"))
+    finally:
+        timer.cancel()
+        http_app.ready_file.unlink(missing_ok=True)
+    ready, health = report.hosts[0].results
+    assert ready.ok and ready.attempts > 1 and 1.4 < ready.seconds < 5
+    assert health.ok and health.attempts == 1
+    assert target.calls == ready.attempts == report.hosts[0].sessions
+    assert time.monotonic() - started < 6
+    assert seen[0].endswith("/health True") and seen[1].endswith("/ready True")
+    assert f"green after {ready.seconds:.1f}s, {ready.attempts} attempts" in rpt.render(report)
+
+
+def test_red_until_timeout_then_reported(http_app: HttpApp) -> None:
+    started = time.monotonic()
+    report, target = verify([{"http": http_app.url("/fail")}], VerifySettings(timeout=1.5, interval=0.4))
+    result = report.hosts[0].results[0]
+    assert not result.ok and result.attempts == target.calls >= 3
+    assert 1.0 < result.seconds < 3 and time.monotonic() - started < 4
+
+
+def test_hanging_probe_is_killed_and_cleaned_up(http_app: HttpApp) -> None:
+    started = time.monotonic()
+    report, _ = verify([
+        {"command": {"run": "sleep 1234.5", "timeout": 2, "name": "hang"}},
+        {"http": {"url": http_app.url("/slow"), "timeout": 2, "name": "slow http"}},
+        {"port": http_app.port},
+    ], VerifySettings(timeout=2, interval=0.5))
+    elapsed = time.monotonic() - started
+    results = by_name(report)
+    assert elapsed < 8, elapsed
+    assert results["hang"].verdict.observed == "no answer within 2s (probe killed)"
+    assert not results["slow http"].ok
+    assert results[f"port {http_app.port}"].ok
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-f", "sleep 1234.5"], capture_output=True, text=True).stdout
+    assert leftovers == ""
+
+
+def test_daemon_holding_stdout_does_not_hang_the_run() -> None:
+    started = time.monotonic()
+    report, _ = verify([
+        {"command": {"run": "setsid sleep 4321.5 & echo started", "stdout": "started", "name": "daemon"}},
+        {"command": {"run": "echo next", "stdout": "next", "name": "next"}},
+    ])
+    subprocess.run(["pkill", "-f", "sleep 4321.5"])
+    assert report.ok, rpt.render(report)
+    assert time.monotonic() - started < 8
+
+
+def test_hostile_output_cannot_confuse_the_frames(http_app: HttpApp) -> None:
+    forged = " ".join(["DT0000000000000000", "1", "0", "0", "2", "0", "b", "b2s=", ""])
+    report, _ = verify([
+        {"command": {"run": f"printf '%s\\n' '{forged}'; printf 'DT\\n\\0\\377\\376'; exit 3", "name": "forger"}},
+        {"command": {"run": "head -c 10000000 /dev/zero; echo", "name": "huge"}},
+        {"command": {"run": "printf '\\377\\376 ok \\303'", "stdout": "ok", "name": "bad utf-8"}},
+        {"command": {"run": "exec 1>&- 2>&-; exit 4", "exit": 4, "name": "closed fds"}},
+        {"http": {"url": http_app.url("/frames"), "contains": "tail-ok", "name": "frame body"}},
+        {"http": {"url": http_app.url("/huge"), "contains": "needle", "name": "huge body"}},
+    ])
+    results = by_name(report)
+    assert results["forger"].verdict.observed == "exit 3"
+    assert results["huge"].ok
+    assert results["bad utf-8"].ok
+    assert results["closed fds"].ok
+    assert results["frame body"].ok
+    assert not results["huge body"].ok
+    assert results["huge body"].verdict.observed == "status 200 (body cut at the cap)"
+
+
+def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> None:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "head", "cat", "tr", "wc", "sleep", "mktemp", "rm", "od", "pkill", "echo", "printf"):
+        path = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        if path.startswith("/"):
+            (tools / tool).symlink_to(path)
+    jobs = [ProbeJob(0, "echo hi; echo err >&2; exit 5", 5, 1000), ProbeJob(1, "sleep 1000", 1, 1000),
+            ProbeJob(2, "head -c 5000 /dev/zero", 5, 100)]
+    nonce = new_nonce()
+    started = time.monotonic()
+    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs, {}, nonce)], capture_output=True, text=True,
+                          env={"PATH": str(tools)}, timeout=30)
+    frames = parse_frames(proc.stdout, nonce, jobs)
+    assert time.monotonic() - started < 8
+    assert " h " in proc.stdout  # hex frames: no base64 on this PATH
+    assert (frames[0].exit_code, frames[0].stdout, frames[0].stderr) == (5, b"hi\n", b"err\n")
+    assert frames[1].timed_out
+    assert frames[2].truncated and frames[2].stdout == b"\0" * 100
+
+
+def test_supervisor_service(supervisor: Supervisor) -> None:
+    conf = supervisor.conf
+    report, _ = verify([
+        {"service": {"name": "dtapp", "supervisor_conf": conf, "enabled": True}},
+        {"service": {"name": "dtidle", "supervisor_conf": conf}},
+        {"service": {"name": "dtidle", "supervisor_conf": conf, "running": False}, "name": "idle stopped"},
+        {"service": {"name": "dtghost", "supervisor_conf": conf}},
+    ])
+    app, idle, stopped, ghost = report.hosts[0].results
+    assert app.ok and app.verdict.observed == "RUNNING (supervisor)"
+    assert not idle.ok and idle.verdict.observed == "STOPPED (supervisor)"
+    assert stopped.ok
+    assert not ghost.ok and "unknown to supervisor" in ghost.verdict.observed
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="writes an init script to /etc/init.d")
+def test_sysv_service(tmp_path: Path) -> None:
+    name = f"dt-sysv-{os.getpid()}"
+    state = tmp_path / "running"
+    script = Path("/etc/init.d") / name
+    script.write_text(f'#!/bin/sh\ncase "$1" in status) [ -e {state} ] && exit 0; exit 3;; esac\n')
+    script.chmod(0o755)
+    try:
+        red, _ = verify([{"service": {"name": name, "manager": "sysv"}}])
+        state.touch()
+        green, _ = verify([{"service": name}])
+    finally:
+        script.unlink()
+    assert red.hosts[0].results[0].verdict.observed == "stopped (sysv)"
+    assert green.ok and green.hosts[0].results[0].verdict.observed == "running (sysv)"
+
+
+def test_postgres_checks_and_secrets(postgres: Postgres) -> None:
+    base = {"engine": "postgres", "host": "127.0.0.1", "port": postgres.port, "user": "postgres",
+            "database": "app"}
+    wrong = "Wr0ng-" + postgres.password[::-1]
+    report, _ = verify([
+        {"database": dict(base, password_file=postgres.password_file, query="select count(*) from items",
+                          equals=3), "name": "count via password_file"},
+        {"database": dict(base, env={"PGPASSWORD": postgres.password}, query="select name from items",
+                          contains="beta"), "name": "names via env"},
+        {"database": dict(base, env={"PGPASSWORD": wrong}), "name": "wrong password"},
+        {"database": dict(base, password_file=postgres.password_file, query="select nope"), "name": "bad query"},
+        {"database": {"engine": "postgres", "host": postgres.socket_dir, "port": postgres.port,
+                      "user": "postgres", "query": "select 42", "equals": "42"}, "name": "unix socket"},
+        {"command": {"run": f"echo leaked {wrong}", "stdout": "nothing"}, "name": "echo"},
+    ])
+    results = by_name(report)
+    assert results["count via password_file"].ok, results["count via password_file"].verdict
+    assert results["names via env"].ok
+    assert results["unix socket"].ok
+    assert "password authentication failed" in results["wrong password"].verdict.detail
+    assert 'column "nope" does not exist' in results["bad query"].verdict.detail
+    outputs = [rpt.render(report), json.dumps(rpt.to_json(report)), rpt.junit_xml(report)]
+    for text in outputs:
+        assert wrong not in text and postgres.password not in text
+    assert '"leaked ***"' in rpt.render(report)
+
+
+def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None:
+    checks = parse_checks([{"http": {"url": http_app.url("/ready"), "name": "ready"}},
+                           {"http": {"url": http_app.url("/health"), "name": "health"}}])
+    http_app.ready_file.unlink(missing_ok=True)
+    baseline = run_checks([LocalTarget()], checks, ONCE)
+    http_app.ready_file.touch()
+    try:
+        after = run_checks([LocalTarget()], checks, ONCE)
+    finally:
+        http_app.ready_file.unlink()
+    text = rpt.render_transitions(baseline, after)
+    assert "✔ local ready: red -> green (was 503, now 200)" in text
+    assert "✔ local health: still green (200)" in text
+    assert text.splitlines()[-1] == "changes: 1 turned green, 0 regressions, 0 still red, 1 still green"
+    back = rpt.render_transitions(after, baseline)
+    assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
+
+    rpt.write_json(str(tmp_path / "out" / "verify.json"), after, baseline=baseline,
+                   extra={"release": "20240101T000000Z", "outcome": "deployed"})
+    document = json.loads((tmp_path / "out" / "verify.json").read_text())
+    assert document["release"] == "20240101T000000Z" and document["ok"] is True
+    assert document["transitions"][0]["change"] == "red -> green"
+    assert document["hosts"][0]["checks"][0]["observed"] == "200"
+
+    rpt.write_junit(str(tmp_path / "verify.xml"), baseline, extra={"release": "r1"})
+    root = ET.parse(tmp_path / "verify.xml").getroot()
+    suite = root.find("testsuite")
+    assert suite is not None and suite.get("name") == "local" and suite.get("failures") == "1"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    failure = cases["local :: ready"].find("failure")
+    assert failure is not None and failure.get("message", "").startswith("expected status 200, got 503")
+    assert cases["local :: health"].find("failure") is None
+
+
+def test_color_only_on_a_tty(monkeypatch: pytest.MonkeyPatch, http_app: HttpApp) -> None:
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    report, _ = verify([{"http": http_app.url("/health")}])
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert rpt.use_color(Tty())  # type: ignore[arg-type]
+    assert "\033[32m✔\033[0m" in rpt.render(report, color=True)
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not rpt.use_color(Tty())  # type: ignore[arg-type]
+    assert "\033" not in rpt.render(report)
+
+
+def test_assertions_with_an_invoke_context(http_app: HttpApp) -> None:
+    c = Context()
+    assert assert_http(c, http_app.url("/health"), contains="ok").ok
+    assert_port(c, http_app.port)
+    assert_command(LocalTarget(), "uname -s", stdout="Linux")
+    with pytest.raises(CheckFailed) as caught:
+        assert_http(c, http_app.url("/fail"))
+    assert re.fullmatch(r'✘ local http \S+/fail: expected status 200, got 502 after \d\.\ds \(body: "upstream down"\)',
+                        str(caught.value))
+    assert isinstance(caught.value, AssertionError)
+    with pytest.raises(CheckFailed) as many:
+        check_all(c, [{"port": free_closed_port()}, make_check("command", run="false", name="false")])
+    assert len(str(many.value).splitlines()) == 2
