@@ -67,6 +67,7 @@ def check_all(
     :param interval: seconds between attempts.
     :returns: the host's report, all green.
     """
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     built = [c if isinstance(c, Check) else parse_check(c, f"checks[{i}]") for i, c in enumerate(checks)]
     target = as_target(where)
     report = run_checks([target], built, VerifySettings(timeout=within, interval=interval)).hosts[0]
@@ -79,6 +80,7 @@ def check_all(
 
 
 def _one(where: Where, kind: str, within: float, interval: float, params: dict[str, Any]) -> CheckResult:
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     report = check_all(where, [make_check(kind, **params)], within=within, interval=interval)
     return report.results[0]
 
@@ -95,6 +97,7 @@ def assert_command(
     **params: Any,
 ) -> CheckResult:
     """Assert a command's exit status and output (``stdout``/``stderr`` contain; see the command check)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(
         where, "command", within, interval, dict(params, run=run, exit=exit, stdout=stdout, stderr=stderr)
     )
@@ -104,6 +107,7 @@ def assert_file(
     where: Where, path: str, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert facts about a path: ``exists``, ``type``, ``mode``, ``owner``, ``contains``, ``sha256``..."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "file", within, interval, dict(params, path=path))
 
 
@@ -118,6 +122,7 @@ def assert_http(
     **params: Any,
 ) -> CheckResult:
     """Assert an HTTP response seen from the host: ``status``, ``contains``, ``json``, ``header``..."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "http", within, interval, dict(params, url=url, status=status, contains=contains))
 
 
@@ -125,6 +130,7 @@ def assert_port(
     where: Where, port: int, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert something listens on ``port`` on the host (``proto``, ``address``, ``listening``)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "port", within, interval, dict(params, port=port))
 
 
@@ -132,6 +138,7 @@ def assert_tcp(
     where: Where, host: str, port: int, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert the host can open a TCP connection to ``host:port``."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "tcp", within, interval, dict(params, host=host, port=port))
 
 
@@ -139,6 +146,7 @@ def assert_service(
     where: Where, name: str, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert a service is ``running`` (and ``enabled``) under systemd, supervisor or SysV init."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "service", within, interval, dict(params, name=name))
 
 
@@ -146,6 +154,7 @@ def assert_process(
     where: Where, pattern: str, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert processes match ``pattern`` (``user``, ``count``, ``min``, ``max``)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "process", within, interval, dict(params, pattern=pattern))
 
 
@@ -159,6 +168,7 @@ def assert_package(
     **params: Any,
 ) -> CheckResult:
     """Assert a package is installed, optionally at a ``version`` like ``">=1.2"``."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "package", within, interval, dict(params, name=name, version=version))
 
 
@@ -166,6 +176,7 @@ def assert_user(
     where: Where, name: str, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert a user exists (``uid``, ``groups``, ``home``, ``shell``)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "user", within, interval, dict(params, name=name))
 
 
@@ -173,6 +184,7 @@ def assert_group(
     where: Where, name: str, *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert a group exists (``gid``, ``members``)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "group", within, interval, dict(params, name=name))
 
 
@@ -188,6 +200,7 @@ def assert_database(
     **params: Any,
 ) -> CheckResult:
     """Assert a database answers ``query`` (postgres, mysql, sqlite); credentials never shown."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(
         where,
         "database",
@@ -201,4 +214,5 @@ def assert_disk(
     where: Where, path: str = "/", *, within: float = 0.0, interval: float = 1.0, **params: Any
 ) -> CheckResult:
     """Assert free space on the filesystem of ``path`` (``min_free_mb``, ``max_used_percent``)."""
+    __tracebackhide__ = True  # pytest shows the failure line, not these frames
     return _one(where, "disk", within, interval, dict(params, path=path))

@@ -76,3 +76,10 @@ def make_hosts() -> Iterator[Callable[..., testbed.TestBed]]:
 
 
 # ============================================ end of SSH test bed fixtures ========================
+
+
+# ==================================================================================================
+# Real services for the check tests (tests/services.py): http_app, postgres, supervisor (session scope).
+# ==================================================================================================
+
+from services import http_app, postgres, supervisor  # noqa: E402,F401

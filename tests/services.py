@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-APP = r'''
+APP = r"""
 import json, os, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -54,7 +54,8 @@ class App(BaseHTTPRequestHandler):
         if path == "/health":
             self.send(200, "ok\n")
         elif path == "/json":
-            self.send(200, json.dumps({"status": "ok", "db": {"up": True}, "items": [1, 2]}), "application/json")
+            document = {"status": "ok", "db": {"up": True}, "items": [1, 2]}
+            self.send(200, json.dumps(document), "application/json")
         elif path == "/fail":
             self.send(502, "upstream down")
         elif path == "/slow":
@@ -78,7 +79,7 @@ class App(BaseHTTPRequestHandler):
 
 ThreadingHTTPServer.daemon_threads = True
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), App).serve_forever()
-'''
+"""
 
 
 def free_port() -> int:
@@ -147,8 +148,9 @@ class Postgres:
 
 
 def _as_postgres(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True,
-                          timeout=120, **kwargs)  # type: ignore[call-overload]
+    return subprocess.run(
+        ["runuser", "-u", "postgres", "--", *args], capture_output=True, text=True, timeout=120, **kwargs
+    )  # type: ignore[call-overload]
 
 
 @pytest.fixture(scope="session")
@@ -156,8 +158,10 @@ def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL server started with initdb/pg_ctl in a temp dir as the postgres user."""
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        pytest.fail("PostgreSQL unavailable: no /usr/lib/postgresql/*/bin/initdb (apt-get install -y postgresql)",
-                    pytrace=False)
+        pytest.fail(
+            "PostgreSQL unavailable: no /usr/lib/postgresql/*/bin/initdb (apt-get install -y postgresql)",
+            pytrace=False,
+        )
     if os.geteuid() != 0:
         pytest.fail("PostgreSQL fixture needs root (it runs initdb as the postgres user)", pytrace=False)
     try:
@@ -174,19 +178,33 @@ def postgres() -> Iterator[Postgres]:
     shutil.chown(pwfile, "postgres", "postgres")
     data = os.path.join(directory, "data")
     port = free_port()
-    init = _as_postgres([f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
-                         "--auth-host=scram-sha-256", f"--pwfile={pwfile}"])
+    init = _as_postgres(
+        [
+            f"{bindir}/initdb",
+            "-D",
+            data,
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            f"--pwfile={pwfile}",
+        ]
+    )
     if init.returncode != 0:
         pytest.fail(f"initdb failed: {init.stderr.strip()[-300:]}", pytrace=False)
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
-    start = _as_postgres([f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{directory}/log", "-w", "start"])
+    start = _as_postgres(
+        [f"{bindir}/pg_ctl", "-D", data, "-o", options, "-l", f"{directory}/log", "-w", "start"]
+    )
     if start.returncode != 0:
         pytest.fail(f"pg_ctl start failed: {start.stderr.strip()[-300:]}", pytrace=False)
     try:
         setup = "CREATE DATABASE app;"
         _as_postgres(["psql", "-h", directory, "-p", str(port), "-U", "postgres", "-c", setup])
         table = "CREATE TABLE items (name text); INSERT INTO items VALUES ('alpha'), ('beta'), ('gamma');"
-        done = _as_postgres(["psql", "-h", directory, "-p", str(port), "-U", "postgres", "-d", "app", "-c", table])
+        done = _as_postgres(
+            ["psql", "-h", directory, "-p", str(port), "-U", "postgres", "-d", "app", "-c", table]
+        )
         if done.returncode != 0:
             pytest.fail(f"PostgreSQL setup failed: {done.stderr.strip()[-300:]}", pytrace=False)
         client_pwfile = os.path.join(directory, "client-password")
@@ -236,12 +254,16 @@ autostart=false
 def supervisor() -> Iterator[Supervisor]:
     """A real supervisord with its own config and socket in a temp dir."""
     if shutil.which("supervisord") is None or shutil.which("supervisorctl") is None:
-        pytest.fail("supervisor unavailable: no supervisord/supervisorctl (apt-get install -y supervisor)",
-                    pytrace=False)
+        pytest.fail(
+            "supervisor unavailable: no supervisord/supervisorctl (apt-get install -y supervisor)",
+            pytrace=False,
+        )
     directory = tempfile.mkdtemp(prefix="dt-sv-")
     conf = os.path.join(directory, "supervisord.conf")
     Path(conf).write_text(SUPERVISOR_CONF.format(d=directory))
-    proc = subprocess.Popen(["supervisord", "-n", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["supervisord", "-n", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
     def running() -> bool:
         out = subprocess.run(["supervisorctl", "-c", conf, "status", "dtapp"], capture_output=True, text=True)

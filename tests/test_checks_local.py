@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from invoke.context import Context
-from services import HttpApp, Postgres, Supervisor, http_app, postgres, supervisor  # noqa: F401
+from services import HttpApp, Postgres, Supervisor
 
 from deploytest import report as rpt
 from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
@@ -73,8 +73,16 @@ def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None
         {"port": http_app.port},
         {"port": {"port": http_app.port, "address": "127.0.0.1", "name": "port on loopback"}},
         {"tcp": {"host": "127.0.0.1", "port": http_app.port}},
-        {"file": {"path": str(tmp_path / "VERSION"), "contains": "1.0", "mode": "0644", "owner": "root",
-                  "size": 4, "sha256": "6a1f1a7c1a9ddb2a4d2e1d5f0d0d0b9b1e4a0a7e5f1d39f6d0b0b4a0e0c0f0b0"}},
+        {
+            "file": {
+                "path": str(tmp_path / "VERSION"),
+                "contains": "1.0",
+                "mode": "0644",
+                "owner": "root",
+                "size": 4,
+                "sha256": "6a1f1a7c1a9ddb2a4d2e1d5f0d0d0b9b1e4a0a7e5f1d39f6d0b0b4a0e0c0f0b0",
+            }
+        },
         {"file": {"path": str(tmp_path / "current"), "type": "symlink", "target": str(tmp_path)}},
         {"file": {"path": str(tmp_path / "missing"), "exists": False}},
         {"command": {"run": "echo hello 1.0; echo note >&2", "stdout": "1.0", "stderr": "note"}},
@@ -84,8 +92,14 @@ def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None
         {"user": {"name": "root", "uid": 0, "groups": "root"}},
         {"group": {"name": "root", "gid": 0}},
         {"disk": {"path": str(tmp_path), "min_free_mb": 1, "max_used_percent": 100}},
-        {"database": {"engine": "sqlite", "path": str(database), "query": "select name from users order by name",
-                      "equals": "alice\nbob"}},
+        {
+            "database": {
+                "engine": "sqlite",
+                "path": str(database),
+                "query": "select name from users order by name",
+                "equals": "alice\nbob",
+            }
+        },
     ]
     import hashlib
 
@@ -103,7 +117,7 @@ def test_red_lines_name_host_check_expected_observed(http_app: HttpApp) -> None:
     report, _ = verify([{"http": http_app.url("/fail")}, {"port": free_closed_port()}])
     lines = rpt.render(report).splitlines()
     assert re.fullmatch(
-        rf'✘ local http http://127.0.0.1:{http_app.port}/fail: expected status 200, got 502 after \d+\.\ds'
+        rf"✘ local http http://127.0.0.1:{http_app.port}/fail: expected status 200, got 502 after \d+\.\ds"
         r' \(body: "upstream down"\)',
         lines[0],
     ), lines[0]
@@ -137,10 +151,18 @@ def test_eventually_only_red_checks_rerun(http_app: HttpApp) -> None:
         started = time.monotonic()
         seen: list[str] = []
         target = CountingTarget()
-        checks = parse_checks([{"http": {"url": http_app.url("/ready"), "contains": "ready"}},
-                               {"http": http_app.url("/health")}])
-        report = run_checks([target], checks, VerifySettings(timeout=10, interval=0.3),
-                            on_result=lambda host, r: seen.append(f"{host} {r.check.name} {r.ok}"))
+        checks = parse_checks(
+            [
+                {"http": {"url": http_app.url("/ready"), "contains": "ready"}},
+                {"http": http_app.url("/health")},
+            ]
+        )
+        report = run_checks(
+            [target],
+            checks,
+            VerifySettings(timeout=10, interval=0.3),
+            on_result=lambda host, r: seen.append(f"{host} {r.check.name} {r.ok}"),
+        )
     finally:
         timer.cancel()
         http_app.ready_file.unlink(missing_ok=True)
@@ -163,11 +185,14 @@ def test_red_until_timeout_then_reported(http_app: HttpApp) -> None:
 
 def test_hanging_probe_is_killed_and_cleaned_up(http_app: HttpApp) -> None:
     started = time.monotonic()
-    report, _ = verify([
-        {"command": {"run": "sleep 1234.5", "timeout": 2, "name": "hang"}},
-        {"http": {"url": http_app.url("/slow"), "timeout": 2, "name": "slow http"}},
-        {"port": http_app.port},
-    ], VerifySettings(timeout=2, interval=0.5))
+    report, _ = verify(
+        [
+            {"command": {"run": "sleep 1234.5", "timeout": 2, "name": "hang"}},
+            {"http": {"url": http_app.url("/slow"), "timeout": 2, "name": "slow http"}},
+            {"port": http_app.port},
+        ],
+        VerifySettings(timeout=2, interval=0.5),
+    )
     elapsed = time.monotonic() - started
     results = by_name(report)
     assert elapsed < 8, elapsed
@@ -181,10 +206,12 @@ def test_hanging_probe_is_killed_and_cleaned_up(http_app: HttpApp) -> None:
 
 def test_daemon_holding_stdout_does_not_hang_the_run() -> None:
     started = time.monotonic()
-    report, _ = verify([
-        {"command": {"run": "setsid sleep 4321.5 & echo started", "stdout": "started", "name": "daemon"}},
-        {"command": {"run": "echo next", "stdout": "next", "name": "next"}},
-    ])
+    report, _ = verify(
+        [
+            {"command": {"run": "setsid sleep 4321.5 & echo started", "stdout": "started", "name": "daemon"}},
+            {"command": {"run": "echo next", "stdout": "next", "name": "next"}},
+        ]
+    )
     subprocess.run(["pkill", "-f", "sleep 4321.5"])
     assert report.ok, rpt.render(report)
     assert time.monotonic() - started < 8
@@ -192,14 +219,21 @@ def test_daemon_holding_stdout_does_not_hang_the_run() -> None:
 
 def test_hostile_output_cannot_confuse_the_frames(http_app: HttpApp) -> None:
     forged = " ".join(["DT0000000000000000", "1", "0", "0", "2", "0", "b", "b2s=", ""])
-    report, _ = verify([
-        {"command": {"run": f"printf '%s\\n' '{forged}'; printf 'DT\\n\\0\\377\\376'; exit 3", "name": "forger"}},
-        {"command": {"run": "head -c 10000000 /dev/zero; echo", "name": "huge"}},
-        {"command": {"run": "printf '\\377\\376 ok \\303'", "stdout": "ok", "name": "bad utf-8"}},
-        {"command": {"run": "exec 1>&- 2>&-; exit 4", "exit": 4, "name": "closed fds"}},
-        {"http": {"url": http_app.url("/frames"), "contains": "tail-ok", "name": "frame body"}},
-        {"http": {"url": http_app.url("/huge"), "contains": "needle", "name": "huge body"}},
-    ])
+    report, _ = verify(
+        [
+            {
+                "command": {
+                    "run": f"printf '%s\\n' '{forged}'; printf 'DT\\n\\0\\377\\376'; exit 3",
+                    "name": "forger",
+                }
+            },
+            {"command": {"run": "head -c 10000000 /dev/zero; echo", "name": "huge"}},
+            {"command": {"run": "printf '\\377\\376 ok \\303'", "stdout": "ok", "name": "bad utf-8"}},
+            {"command": {"run": "exec 1>&- 2>&-; exit 4", "exit": 4, "name": "closed fds"}},
+            {"http": {"url": http_app.url("/frames"), "contains": "tail-ok", "name": "frame body"}},
+            {"http": {"url": http_app.url("/huge"), "contains": "needle", "name": "huge body"}},
+        ]
+    )
     results = by_name(report)
     assert results["forger"].verdict.observed == "exit 3"
     assert results["huge"].ok
@@ -214,15 +248,25 @@ def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> N
     tools = tmp_path / "bin"
     tools.mkdir()
     for tool in ("sh", "head", "cat", "tr", "wc", "sleep", "mktemp", "rm", "od", "pkill", "echo", "printf"):
-        path = subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        path = subprocess.run(
+            ["sh", "-c", f"command -v {tool}"], capture_output=True, text=True
+        ).stdout.strip()
         if path.startswith("/"):
             (tools / tool).symlink_to(path)
-    jobs = [ProbeJob(0, "echo hi; echo err >&2; exit 5", 5, 1000), ProbeJob(1, "sleep 1000", 1, 1000),
-            ProbeJob(2, "head -c 5000 /dev/zero", 5, 100)]
+    jobs = [
+        ProbeJob(0, "echo hi; echo err >&2; exit 5", 5, 1000),
+        ProbeJob(1, "sleep 1000", 1, 1000),
+        ProbeJob(2, "head -c 5000 /dev/zero", 5, 100),
+    ]
     nonce = new_nonce()
     started = time.monotonic()
-    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs, {}, nonce)], capture_output=True, text=True,
-                          env={"PATH": str(tools)}, timeout=30)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", build_script(jobs, {}, nonce)],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tools)},
+        timeout=30,
+    )
     frames = parse_frames(proc.stdout, nonce, jobs)
     assert time.monotonic() - started < 8
     assert " h " in proc.stdout  # hex frames: no base64 on this PATH
@@ -233,12 +277,17 @@ def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> N
 
 def test_supervisor_service(supervisor: Supervisor) -> None:
     conf = supervisor.conf
-    report, _ = verify([
-        {"service": {"name": "dtapp", "supervisor_conf": conf, "enabled": True}},
-        {"service": {"name": "dtidle", "supervisor_conf": conf}},
-        {"service": {"name": "dtidle", "supervisor_conf": conf, "running": False}, "name": "idle stopped"},
-        {"service": {"name": "dtghost", "supervisor_conf": conf}},
-    ])
+    report, _ = verify(
+        [
+            {"service": {"name": "dtapp", "supervisor_conf": conf, "enabled": True}},
+            {"service": {"name": "dtidle", "supervisor_conf": conf}},
+            {
+                "service": {"name": "dtidle", "supervisor_conf": conf, "running": False},
+                "name": "idle stopped",
+            },
+            {"service": {"name": "dtghost", "supervisor_conf": conf}},
+        ]
+    )
     app, idle, stopped, ghost = report.hosts[0].results
     assert app.ok and app.verdict.observed == "RUNNING (supervisor)"
     assert not idle.ok and idle.verdict.observed == "STOPPED (supervisor)"
@@ -264,20 +313,50 @@ def test_sysv_service(tmp_path: Path) -> None:
 
 
 def test_postgres_checks_and_secrets(postgres: Postgres) -> None:
-    base = {"engine": "postgres", "host": "127.0.0.1", "port": postgres.port, "user": "postgres",
-            "database": "app"}
+    base = {
+        "engine": "postgres",
+        "host": "127.0.0.1",
+        "port": postgres.port,
+        "user": "postgres",
+        "database": "app",
+    }
     wrong = "Wr0ng-" + postgres.password[::-1]
-    report, _ = verify([
-        {"database": dict(base, password_file=postgres.password_file, query="select count(*) from items",
-                          equals=3), "name": "count via password_file"},
-        {"database": dict(base, env={"PGPASSWORD": postgres.password}, query="select name from items",
-                          contains="beta"), "name": "names via env"},
-        {"database": dict(base, env={"PGPASSWORD": wrong}), "name": "wrong password"},
-        {"database": dict(base, password_file=postgres.password_file, query="select nope"), "name": "bad query"},
-        {"database": {"engine": "postgres", "host": postgres.socket_dir, "port": postgres.port,
-                      "user": "postgres", "query": "select 42", "equals": "42"}, "name": "unix socket"},
-        {"command": {"run": f"echo leaked {wrong}", "stdout": "nothing"}, "name": "echo"},
-    ])
+    report, _ = verify(
+        [
+            {
+                "database": dict(
+                    base, password_file=postgres.password_file, query="select count(*) from items", equals=3
+                ),
+                "name": "count via password_file",
+            },
+            {
+                "database": dict(
+                    base,
+                    env={"PGPASSWORD": postgres.password},
+                    query="select name from items",
+                    contains="beta",
+                ),
+                "name": "names via env",
+            },
+            {"database": dict(base, env={"PGPASSWORD": wrong}), "name": "wrong password"},
+            {
+                "database": dict(base, password_file=postgres.password_file, query="select nope"),
+                "name": "bad query",
+            },
+            {
+                "database": {
+                    "engine": "postgres",
+                    "host": postgres.socket_dir,
+                    "port": postgres.port,
+                    "user": "postgres",
+                    "query": "select 42",
+                    "equals": "42",
+                },
+                "name": "unix socket",
+            },
+            {"command": {"run": f"echo leaked {wrong}", "stdout": "nothing"}, "name": "echo"},
+        ]
+    )
     results = by_name(report)
     assert results["count via password_file"].ok, results["count via password_file"].verdict
     assert results["names via env"].ok
@@ -291,8 +370,12 @@ def test_postgres_checks_and_secrets(postgres: Postgres) -> None:
 
 
 def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None:
-    checks = parse_checks([{"http": {"url": http_app.url("/ready"), "name": "ready"}},
-                           {"http": {"url": http_app.url("/health"), "name": "health"}}])
+    checks = parse_checks(
+        [
+            {"http": {"url": http_app.url("/ready"), "name": "ready"}},
+            {"http": {"url": http_app.url("/health"), "name": "health"}},
+        ]
+    )
     http_app.ready_file.unlink(missing_ok=True)
     baseline = run_checks([LocalTarget()], checks, ONCE)
     http_app.ready_file.touch()
@@ -307,8 +390,12 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     back = rpt.render_transitions(after, baseline)
     assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
 
-    rpt.write_json(str(tmp_path / "out" / "verify.json"), after, baseline=baseline,
-                   extra={"release": "20240101T000000Z", "outcome": "deployed"})
+    rpt.write_json(
+        str(tmp_path / "out" / "verify.json"),
+        after,
+        baseline=baseline,
+        extra={"release": "20240101T000000Z", "outcome": "deployed"},
+    )
     document = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert document["release"] == "20240101T000000Z" and document["ok"] is True
     assert document["transitions"][0]["change"] == "red -> green"
@@ -345,8 +432,10 @@ def test_assertions_with_an_invoke_context(http_app: HttpApp) -> None:
     assert_command(LocalTarget(), "uname -s", stdout="Linux")
     with pytest.raises(CheckFailed) as caught:
         assert_http(c, http_app.url("/fail"))
-    assert re.fullmatch(r'✘ local http \S+/fail: expected status 200, got 502 after \d\.\ds \(body: "upstream down"\)',
-                        str(caught.value))
+    assert re.fullmatch(
+        r'✘ local http \S+/fail: expected status 200, got 502 after \d\.\ds \(body: "upstream down"\)',
+        str(caught.value),
+    )
     assert isinstance(caught.value, AssertionError)
     with pytest.raises(CheckFailed) as many:
         check_all(c, [{"port": free_closed_port()}, make_check("command", run="false", name="false")])
