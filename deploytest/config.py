@@ -61,6 +61,7 @@ class Settings:
     sudo: bool = False
     connect_timeout: float = 10.0
     min_free_mb: int = 1
+    step_timeout: float = 900.0
     base_dir: str = "."
 
     @property
@@ -97,6 +98,7 @@ _TOP_KEYS = {
     "sudo",
     "connect_timeout",
     "min_free_mb",
+    "step_timeout",
 }
 
 
@@ -277,6 +279,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         sudo=sudo,
         connect_timeout=float(_number(data, "connect_timeout", "", 10.0, minimum=1)),
         min_free_mb=int(_number(data, "min_free_mb", "", 1, integer=True)),
+        step_timeout=float(_number(data, "step_timeout", "", 900.0, minimum=1)),
         base_dir=base_dir,
     )
 

@@ -21,6 +21,7 @@ from .console import Console
 from .errors import (
     ChecksFailed,
     DeploytestError,
+    HostUnreachable,
     NeedsHuman,
     Refused,
     RolledBack,
@@ -178,12 +179,18 @@ def prepare(run: Rollout) -> None:
 def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> None:
     """Switch one batch, restart it and (with ``verify``) wait for every check to turn green."""
     settings = run.settings
-    kind = "canary" if number == 1 and len(run.targets) > 1 else f"batch {number}"
+    kind = "canary" if number == 1 and len(batch) < len(run.targets) else f"batch {number}"
     run.console.stage(f"{kind}: switch {', '.join(batch)}")
 
     def switch(target: Target) -> None:
-        run.switched[target.name] = release.switch(target, settings, run.release_id)
-        release.restart(target, settings)
+        try:
+            run.switched[target.name] = release.switch_and_restart(target, settings, run.release_id)
+        except release.RestartFailed as error:
+            run.switched[target.name] = error.previous
+            raise
+        except HostUnreachable:
+            run.switched[target.name] = run.states[target.name].live  # switched or not: unknown
+            raise
 
     for name in run.each(batch, "switch", switch):
         run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
@@ -238,6 +245,8 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         stuck: dict[str, str] = {}
 
         def back(target: Target) -> None:
+            if not target.alive(run.settings.connect_timeout):
+                raise HostUnreachable(target.name, "no answer; its state is unknown")
             previous = run.switched[target.name]
             release.switch_back(target, run.settings, previous, run.release_id)
             if previous:

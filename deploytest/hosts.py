@@ -89,10 +89,20 @@ class Target(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the connection, if any."""
 
+    #: Seconds a command may run when the caller gives no timeout (None: no limit).
+    default_timeout: float | None = None
+
     @property
     def user(self) -> str:
         """The login user on the target."""
         return getpass.getuser()
+
+    def alive(self, timeout: float = 5.0) -> bool:
+        """True when the target answers a trivial command within ``timeout`` seconds."""
+        try:
+            return self.run("true", timeout=timeout).ok
+        except (HostUnreachable, CommandTimeout, HostKeyError):
+            return False
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
@@ -110,6 +120,8 @@ class LocalTarget(Target):
 
     def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
         started = time.monotonic()
+        if timeout is None:
+            timeout = self.default_timeout
         try:
             proc = subprocess.run(
                 ["/bin/sh", "-c", script],
@@ -166,6 +178,9 @@ class SSHTarget(Target):
                 raise HostUnreachable(self.name, _describe(exc)) from exc
             except (OSError, EOFError) as exc:
                 raise HostUnreachable(self.name, _describe(exc)) from exc
+            transport = self.connection.client.get_transport()
+            if transport is not None:
+                _detect_dead_peer(transport.sock)
 
     def close(self) -> None:
         try:
@@ -176,6 +191,8 @@ class SSHTarget(Target):
     def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
         self.open()
         started = time.monotonic()
+        if timeout is None:
+            timeout = self.default_timeout
         transport = self.connection.client.get_transport()
         if transport is None or not transport.is_active():
             raise HostUnreachable(self.name, "connection lost")
@@ -225,6 +242,36 @@ def _drain(
             raise CommandTimeout(f"{name}: command ran past {timeout}s")
         select.select([channel], [], [], 0.05)
     return b"".join(out), b"".join(err)
+
+
+#: A host that stops answering (cable cut, kernel panic) is noticed within about this many seconds,
+#: even while a long command runs on it: the kernel's TCP keepalive probes go unanswered.
+DEAD_PEER_SECONDS = 12
+
+
+def _detect_dead_peer(sock: object) -> None:
+    """Turn on TCP keepalive with short timers, so a silent host fails its session instead of hanging.
+
+    Without it a command running on a host whose network was cut waits for TCP's retransmission
+    limit (15 minutes or more). Only for plain sockets (not a ProxyJump channel), only where the
+    platform has the options.
+    """
+    if not isinstance(sock, socket.socket):
+        return
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), 4),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), 2),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), DEAD_PEER_SECONDS * 1000),
+    ]
+    for level, option, value in options:
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,8 +30,16 @@ from .flow import Rollout, deploy_and_verify as run_flow
 from .hosts import LocalTarget, SSHTarget, Target, connect, secure
 
 
-def targets_of(c: Context) -> List[Target]:
-    """The targets a task acts on: the ``-H`` hosts, the Connection it was given, or local."""
+def targets_of(c: Context, settings: Settings) -> List[Target]:
+    """The targets a task acts on (the ``-H`` hosts, the Connection it was given, or local), with the
+    config's connect and step time limits."""
+    targets = _targets(c, settings)
+    for target in targets:
+        target.default_timeout = settings.step_timeout
+    return targets
+
+
+def _targets(c: Context, settings: Settings) -> List[Target]:
     if isinstance(c, HostsContext):
         hosts: List[str] = getattr(c, "hosts", [])
         seen: List[str] = []
@@ -43,7 +51,7 @@ def targets_of(c: Context) -> List[Target]:
         for host in seen:
             if not host or host.startswith("-") or any(ch.isspace() or ch in "\"'`$;&|<>\\" for ch in host):
                 raise UsageError(f"bad host name {host!r}; nothing was changed.")
-        return [connect(host, c.config) for host in seen]
+        return [connect(host, c.config, connect_timeout=settings.connect_timeout) for host in seen]
     if isinstance(c, Connection):
         if c.config.get("tasks", {}).get("executor_class") != EXECUTOR_PATH:
             sys.stderr.write(
@@ -120,7 +128,7 @@ def deploy_and_verify(c: Context, console: Console, dry_run: bool = False, json:
                       junit: Optional[str] = None) -> int:
     """Deploy a new release, verify it, and roll back on every touched host if it stays red."""
     settings = settings_of(c, need_source=True)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         if dry_run:
             return oncall.dry_run(targets, settings, console, verify=True)
@@ -140,7 +148,7 @@ def deploy_and_verify(c: Context, console: Console, dry_run: bool = False, json:
 def deploy(c: Context, console: Console, dry_run: bool = False) -> int:
     """Prepare and switch to a new release on every host (no verification)."""
     settings = settings_of(c, need_source=True)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         if dry_run:
             return oncall.dry_run(targets, settings, console, verify=False)
@@ -159,7 +167,7 @@ def deploy(c: Context, console: Console, dry_run: bool = False) -> int:
 def verify(c: Context, console: Console, json: Optional[str] = None, junit: Optional[str] = None) -> int:
     """Run the configured checks now; report red/green per host and check (exit 1 if any red)."""
     settings = settings_of(c)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         return oncall.verify(targets, settings, console, json, junit)
     finally:
@@ -171,7 +179,7 @@ def verify(c: Context, console: Console, json: Optional[str] = None, junit: Opti
 def rollback(c: Context, console: Console, to: Optional[str] = None) -> int:
     """Re-activate the previous good release (or --to RELEASE), restart, verify."""
     settings = settings_of(c)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         return oncall.rollback(targets, settings, console, to)
     finally:
@@ -183,7 +191,7 @@ def rollback(c: Context, console: Console, to: Optional[str] = None) -> int:
 def status(c: Context, console: Console) -> int:
     """Per host: the live release, the previous one, the lock holder and the last event."""
     settings = settings_of(c)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         return oncall.status(targets, settings, console)
     finally:
@@ -195,7 +203,7 @@ def status(c: Context, console: Console) -> int:
 def releases(c: Context, console: Console) -> int:
     """Per host: a table of releases (id, when, who, label, live and bad marks)."""
     settings = settings_of(c)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         return oncall.releases(targets, settings, console)
     finally:
@@ -207,7 +215,7 @@ def releases(c: Context, console: Console) -> int:
 def unlock(c: Context, console: Console) -> int:
     """Remove a deploy lock left behind, printing who held it."""
     settings = settings_of(c)
-    targets = targets_of(c)
+    targets = targets_of(c, settings)
     try:
         return oncall.unlock(targets, settings, console)
     finally:

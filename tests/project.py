@@ -99,6 +99,18 @@ class Project:
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
+    """Wait for a background ``fab``; on a hang, kill it and fail with what it printed."""
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        raise AssertionError(f"fab hung for {timeout}s; it printed:\n{out}") from None
+    sys.stdout.write(out)
+    return out
+
+
 def interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60) -> str:
     """Send SIGINT to ``proc`` once ``ready()`` is true; return all its output after it exits."""
     deadline = time.monotonic() + timeout
@@ -108,9 +120,7 @@ def interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60)
             raise AssertionError(f"never became ready; fab exited {proc.returncode}:\n{out}")
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    out = proc.communicate(timeout=120)[0]
-    sys.stdout.write(out)
-    return out
+    return finish(proc, 120)
 
 
 def _plain_env(root: Path) -> Dict[str, str]:

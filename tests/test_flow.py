@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
-from project import Project, hello_config, interrupt_when
+from project import Project, finish, hello_config, interrupt_when
 
 PORT = 8000
 DEPLOY_TO = "/srv/hello"
@@ -149,9 +149,8 @@ def test_host_cut_off_mid_verify_needs_a_human(five: Dict[str, Any]) -> None:
 
     cutter = threading.Thread(target=cut_when_switched)
     cutter.start()
-    out = proc.communicate(timeout=240)[0]
+    out = finish(proc, 90)
     cutter.join()
-    print(out)
     assert proc.returncode == 3, out
     assert victim.name in out
     victim.heal()

@@ -138,6 +138,8 @@ class Check(ABC):
             return Verdict(
                 False, self.expectation(), f"no answer within {output.seconds_limit:g}s (probe killed)"
             )
+        if output.exit_code == 128 + 25 and output.truncated:  # SIGXFSZ: past the host's file limit
+            return Verdict(False, self.expectation(), "more than 16 MiB of output (probe stopped)")
         if output.exit_code < 0:
             return Verdict(
                 False,

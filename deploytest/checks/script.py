@@ -1,15 +1,25 @@
 """One shell script per host and attempt: every probe in its own time-limited ``/bin/sh``, framed.
 
-The script runs the probes side by side, each with its output capped on the host, then prints one
-line per probe: ``DT<nonce> <index> <exit> <timed-out> <out-bytes> <err-bytes> <encoding> <out> <err>``,
-where out and err are base64 (or hex when the host has no ``base64``). Probe output never reaches
-the session directly, so no output, however hostile, can forge or break a frame.
+The script starts the probes side by side, each writing to its own files in a private temporary
+directory (never to the session), waits for them, then prints frames::
+
+    DT<nonce> <index> <exit> <timed-out> <encoding>   one per probe
+    DT<nonce> <index> o                               then its stdout, base64 (or hex) lines
+    DT<nonce> <index> e                               then its stderr, likewise
+    DT<nonce> sizes                                   then ``wc -c`` of every output file
+    DT<nonce> end
+
+Encoded lines hold no spaces, so no probe output, however hostile, can forge or break a frame.
+Each probe's output is cut at its cap when framed; files are bounded on the host by ``ulimit -f``
+so an endless writer is stopped (exit 153, SIGXFSZ) instead of filling the disk.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -18,6 +28,8 @@ from .base import ProbeOutput, q
 
 #: Exit status of the script when the host has no usable temporary directory.
 NO_TMPDIR = 97
+#: The most a probe may write to one output file on the host (in 512-byte blocks: 16 MiB).
+FILE_LIMIT_BLOCKS = 32768
 
 _PRELUDE = r"""
 umask 077
@@ -28,44 +40,34 @@ trap 'rm -rf "$_dt_d"' EXIT
 trap 'exit 98' HUP INT TERM
 if timeout -k 1 5 true >/dev/null 2>&1; then _dt_to=1; else _dt_to=; fi
 if command -v base64 >/dev/null 2>&1; then _dt_enc=b; else _dt_enc=h; fi
-# Unbuffered when possible, so what a probe printed is on disk even if a daemon it started keeps
-# the pipe open (the frame is then emitted without waiting for the end of the pipe).
-if command -v stdbuf >/dev/null 2>&1; then _dt_sb="stdbuf -o0"; else _dt_sb=; fi
-_dt_cap() { $_dt_sb head -c "$2" >"$1"; cat >/dev/null; }
-_dt_probe() {
-  if [ -n "$_dt_to" ]; then
-    timeout -k 2 "$2" /bin/sh -c "$4" "dt-$_dt_n" </dev/null
-    _dt_rc=$?; [ "$_dt_rc" -eq 124 ] || [ "$_dt_rc" -eq 137 ] && : >"$_dt_d/$1.t"
-    return "$_dt_rc"
-  fi
-  /bin/sh -c "$4" "dt-$_dt_n" </dev/null & _dt_p=$!
-  ( sleep "$2"; : >"$_dt_d/$1.t"; pkill -TERM -P "$_dt_p"; kill -TERM "$_dt_p"; sleep 2
-    pkill -KILL -P "$_dt_p"; kill -KILL "$_dt_p" ) >/dev/null 2>&1 3>&- &
-  _dt_k=$!; wait "$_dt_p"; _dt_rc=$?; kill "$_dt_k" 2>/dev/null; return "$_dt_rc"
-}
 _dt_run() {
-  exec </dev/null >/dev/null 2>&1  # never hold the session's output open
-  { { _dt_probe "$@" 2>&1 1>&3 3>&-; echo $? >"$_dt_d/$1.x"; } | _dt_cap "$_dt_d/$1.e" "$3"; } 3>&1 \
-    | _dt_cap "$_dt_d/$1.o" "$3"
-  : >"$_dt_d/$1.done"
+  exec </dev/null >"$_dt_d/$1.o" 2>"$_dt_d/$1.e"  # never the session's output
+  ulimit -f __LIMIT__ 2>/dev/null
+  if [ -n "$_dt_to" ]; then
+    timeout -k 2 "$2" /bin/sh -c "$3" "dt-$_dt_n"
+    _dt_rc=$?; _dt_t=0; if [ "$_dt_rc" -eq 124 ] || [ "$_dt_rc" -eq 137 ]; then _dt_t=1; fi
+  else
+    /bin/sh -c "$3" "dt-$_dt_n" & _dt_p=$!
+    ( sleep "$2"; : >"$_dt_d/$1.t"; pkill -TERM -P "$_dt_p"; kill -TERM "$_dt_p"; sleep 2
+      pkill -KILL -P "$_dt_p"; kill -KILL "$_dt_p" ) >/dev/null 2>&1 &
+    _dt_k=$!; wait "$_dt_p"; _dt_rc=$?; kill "$_dt_k" 2>/dev/null
+    _dt_t=0; if [ -e "$_dt_d/$1.t" ]; then _dt_t=1; fi
+  fi
+  echo "$_dt_rc $_dt_t" >"$_dt_d/$1.x"
 }
-_dt_enc_file() {
-  if [ "$_dt_enc" = b ]; then head -c "$2" "$1" 2>/dev/null | base64 | tr -d '\n'
-  else head -c "$2" "$1" 2>/dev/null | od -An -v -tx1 | tr -d ' \n'; fi
+_dt_body() {
+  if [ -s "$1" ]; then
+    if [ "$_dt_enc" = b ]; then head -c "$2" "$1" | base64; else head -c "$2" "$1" | od -An -v -tx1; fi
+  fi
 }
 _dt_emit() {
-  _dt_w=0
-  while [ ! -e "$_dt_d/$1.done" ]; do
-    if [ -e "$_dt_d/$1.x" ]; then _dt_w=$((_dt_w + 1)); [ "$_dt_w" -gt 40 ] && break; fi
-    sleep 0.05 2>/dev/null || sleep 1
-  done
-  _dt_x=$(cat "$_dt_d/$1.x" 2>/dev/null); _dt_t=0; [ -e "$_dt_d/$1.t" ] && _dt_t=1
-  _dt_os=$(wc -c <"$_dt_d/$1.o" 2>/dev/null); _dt_es=$(wc -c <"$_dt_d/$1.e" 2>/dev/null)
-  printf 'DT%s %s %s %s %s %s %s ' "$_dt_n" "$1" "${_dt_x:--1}" "$_dt_t" \
-    $((_dt_os + 0)) $((_dt_es + 0)) "$_dt_enc"
-  _dt_enc_file "$_dt_d/$1.o" "$2"; printf ' '; _dt_enc_file "$_dt_d/$1.e" "$2"; printf '\n'
+  _dt_x=-1; _dt_t=0
+  if [ -s "$_dt_d/$1.x" ]; then read -r _dt_x _dt_t <"$_dt_d/$1.x"; fi
+  echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_enc"
+  echo "DT$_dt_n $1 o"; _dt_body "$_dt_d/$1.o" "$2"
+  echo "DT$_dt_n $1 e"; _dt_body "$_dt_d/$1.e" "$2"
 }
-"""
+""".replace("__LIMIT__", str(FILE_LIMIT_BLOCKS))
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,12 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     lines.append(_PRELUDE)
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        lines.append(f"_dt_run {job.index} {seconds} {job.cap + 1} {q(job.text)} &")
+        lines.append(f"_dt_run {job.index} {seconds} {q(job.text)} &")
+    lines.append("wait")
     for job in jobs:
         lines.append(f"_dt_emit {job.index} {job.cap}")
+    files = " ".join(f"{job.index}.o {job.index}.e" for job in jobs)
+    lines.append(f'echo "DT$_dt_n sizes"; (cd "$_dt_d" && wc -c {files} 2>/dev/null); echo "DT$_dt_n end"')
     return "\n".join(lines) + "\n"
 
 
@@ -108,42 +113,59 @@ def new_nonce() -> str:
     return secrets.token_hex(8)
 
 
-def _decode(encoding: str, text: str) -> bytes:
-    if not text:
-        return b""
+def _decode(encoding: str, lines: list[str]) -> bytes:
+    text = "".join("".join(line.split()) for line in lines)
     try:
         return base64.b64decode(text, validate=True) if encoding == "b" else bytes.fromhex(text)
-    except ValueError:
+    except (ValueError, binascii.Error):
         return b""
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s+(\d+)\.([oe])$")
 
 
 def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int, ProbeOutput]:
     """Probe outputs by index from the script's standard output; a missing frame is left out."""
-    limits = {job.index: job for job in jobs}
+    by_index = {job.index: job for job in jobs}
     marker = f"DT{nonce}"
-    out: dict[int, ProbeOutput] = {}
+    heads: dict[int, tuple[int, bool, str]] = {}
+    bodies: dict[tuple[int, str], list[str]] = {}
+    sizes: dict[tuple[int, str], int] = {}
+    section: tuple[int, str] | None = None
+    in_sizes = False
     for line in stdout.splitlines():
         fields = line.split(" ")
-        if len(fields) != 9 or fields[0] != marker:
+        if fields[0] == marker:
+            section, in_sizes = None, False
+            if fields[1:] == ["sizes"]:
+                in_sizes = True
+            elif len(fields) == 5 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
+                heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4]))
+            elif len(fields) == 3 and fields[1].isdigit() and fields[2] in ("o", "e"):
+                section = (int(fields[1]), fields[2])
+                if section in bodies:
+                    section = None  # a second frame for the same output is not ours
+                else:
+                    bodies[section] = []
+        elif in_sizes:
+            match = _SIZE.match(line)
+            if match:
+                sizes[(int(match.group(2)), match.group(3))] = int(match.group(1))
+        elif section is not None:
+            bodies[section].append(line)
+    out: dict[int, ProbeOutput] = {}
+    for index, (exit_code, timed_out, encoding) in heads.items():
+        job = by_index.get(index)
+        if job is None:
             continue
-        _, index_text, code, timed_out, out_size, err_size, encoding, out_text, err_text = fields
-        try:
-            index = int(index_text)
-            exit_code = int(code)
-            sizes = int(out_size), int(err_size)
-        except ValueError:
-            continue
-        job = limits.get(index)
-        if job is None or index in out:
-            continue
-        stdout_bytes = _decode(encoding, out_text)[: job.cap]
-        stderr_bytes = _decode(encoding, err_text)[: job.cap]
+        stdout_bytes = _decode(encoding, bodies.get((index, "o"), []))[: job.cap]
+        stderr_bytes = _decode(encoding, bodies.get((index, "e"), []))[: job.cap]
         out[index] = ProbeOutput(
             exit_code=exit_code,
             stdout=stdout_bytes,
             stderr=stderr_bytes,
-            timed_out=timed_out == "1",
-            truncated=sizes[0] > job.cap or sizes[1] > job.cap,
+            timed_out=timed_out,
+            truncated=sizes.get((index, "o"), 0) > job.cap or sizes.get((index, "e"), 0) > job.cap,
             seconds_limit=float(max(1, math.ceil(job.seconds))),
         )
     return out
