@@ -73,13 +73,15 @@ def wrap_sudo(script: str) -> str:
 
     Without a password sudo must not be asked for one (``sudo -n``); with one, it is fed through
     ``sudo -S`` (which reads it byte by byte, so the rest of stdin reaches the script untouched).
+    Whatever happens, stdin is read to its end, so an upload never stalls on a refused sudo.
     """
     inner = shlex.quote(script)
     return (
         "IFS= read -r dt_pw || dt_pw=''\n"
-        f"if sudo -n true 2>/dev/null; then exec sudo -n -- /bin/sh -c {inner}; fi\n"
-        'if [ -z "$dt_pw" ]; then echo "sudo: a password is required (set sudo.password)" >&2; exit 95; fi\n'
-        f"{{ printf '%s\\n' \"$dt_pw\"; exec cat; }} | sudo -S -p '' -- /bin/sh -c {inner}\n"
+        f"if sudo -n true 2>/dev/null; then sudo -n -- /bin/sh -c {inner}; rc=$?\n"
+        'elif [ -z "$dt_pw" ]; then echo "sudo: a password is required (set sudo.password)" >&2; rc=95\n'
+        f"else {{ printf '%s\\n' \"$dt_pw\"; cat; }} | sudo -S -p '' -- /bin/sh -c {inner}; rc=$?; fi\n"
+        "cat >/dev/null 2>&1; exit $rc\n"
     )
 
 
@@ -334,9 +336,14 @@ def log_line(event: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def script_for_log_line(event: Mapping[str, Any]) -> str:
-    """Shell text that appends ``event`` to ``$S/log.jsonl`` (needs the prelude)."""
+def script_for_log_line(event: Mapping[str, Any], *, fatal: bool = True) -> str:
+    """Shell text that appends ``event`` to ``$S/log.jsonl`` (needs the prelude).
+
+    :param fatal: a failed write ends the script; otherwise it prints a ``warn`` line and goes on.
+    """
+    failed = 'dt_fail log "cannot write $S/log.jsonl"' if fatal else \
+        "printf '@@dt warn\\tcannot write %s\\n' \"$S/log.jsonl\""
     return (
-        'mkdir -p -- "$S" && printf \'%s\\n\' '
-        f"{shlex.quote(log_line(event))} >> \"$S/log.jsonl\" || dt_fail log \"cannot write $S/log.jsonl\"\n"
+        'mkdir -p -- "$S" 2>/dev/null; printf \'%s\\n\' '
+        f"{shlex.quote(log_line(event))} 2>/dev/null >> \"$S/log.jsonl\" || {failed}\n"
     )

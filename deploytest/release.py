@@ -810,7 +810,7 @@ def script_for_finish(settings: Settings, owner: LockOwner, event: Mapping[str, 
     if cleanup:
         body += _cleanup_body(settings)
     if event is not None:
-        body += script_for_log_line(event)
+        body += script_for_log_line(event, fatal=False)
     unlock = script_for_release_lock(settings, owner)
     return body + unlock[len(prelude(settings)):]
 
@@ -819,9 +819,8 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
            *, cleanup: bool = True) -> FinishResult:
     """End a deploy on a host in one round trip: clean up old releases, log ``event``, release our lock.
 
-    A release that cannot be removed is a warning, not an error, so the lock is still released.
-
-    :raises RemoteCommandFailed: the log could not be written (the lock is then kept).
+    A release that cannot be removed or a log line that cannot be written (disk full) is a
+    warning in the result, not an error: the lock is released whatever happens.
     """
     script = script_for_finish(settings, owner, event, cleanup=cleanup)
     _result, marks = run_script(target, settings, script, "finish")

@@ -121,6 +121,12 @@ def test_disk_full_during_upload(make_hosts: MakeHosts, tmp_path: Path) -> None:
         assert "no space left on device under /srv/app" in error.detail
         assert "release 2 was removed and current was not changed" in error.detail
         state = release.inspect(target, small)  # the connection is fine afterwards
+        # with the disk completely full, finish still releases the lock (the log line is a warning)
+        owner = LockOwner.new()
+        release.acquire_lock(target, small, owner)
+        host.sh("dd if=/dev/zero of=/srv/fill bs=64k; dd if=/dev/zero of=/srv/fill2 bs=1")
+        result = release.finish(target, small, owner, {"event": "deploy", "outcome": "failed"})
+        assert result.unlocked and any("cannot write" in w for w in result.warnings), result
     finally:
         target.close()
     assert state.release_ids == ["1"] and state.live == "1"
