@@ -600,6 +600,8 @@ def script_for_mark(settings: Settings, release_id: str, state: str) -> str:
 [ -d "$R" ] || dt_fail complete "release $id does not exist"
 case $(dt_state "$id") in preparing|complete) ;; *) dt_fail complete "release $id is $(dt_state "$id")";; esac
 """
+    else:
+        body += '[ -d "$R" ] || exit 0\n'
     return body + f'dt_set_state "$id" {_q(state)} mark\n'
 
 
@@ -612,7 +614,10 @@ def mark_complete(target: Target, settings: Settings, release_id: str) -> None:
 
 
 def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
-    """Mark a release bad: never live again, never a rollback target, removed by cleanup (one round trip)."""
+    """Mark a release bad: never live again, never a rollback target, removed by cleanup (one round trip).
+
+    A release the host does not have is left alone.
+    """
     run_script(target, settings, script_for_mark(settings, release_id, BAD), "mark bad")
 
 

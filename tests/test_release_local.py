@@ -599,3 +599,13 @@ def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     target.sudo_password = "wrong"  # type: ignore[attr-defined]
     with pytest.raises(RemoteCommandFailed, match="sudo failed: sudo: 1 incorrect password attempt"):
         release.inspect(target, settings)
+
+
+def test_real_sudo_without_password(tmp_path: Path) -> None:
+    if subprocess.run(["sh", "-c", "sudo -n true"], capture_output=True).returncode != 0:
+        pytest.fail("this test needs sudo usable without a password (it runs as root in CI)")
+    make_source(tmp_path, files=20)
+    settings = settings_for(tmp_path, sudo=True, build_hooks=("id -u > UID",))
+    rid = deploy(LocalTarget(), settings, LockOwner.new())
+    assert Path(settings.releases_dir, rid, "UID").read_text() == "0\n"
+    assert Path(settings.current, "f19.txt").read_text() == "file 19\n"
