@@ -543,7 +543,7 @@ def prepare(target: Target, settings: Settings, release_id: str, package: Packag
     try:
         _result, marks = run_script(target, settings, script, "prepare", stdin=package.data, timeout=timeout)
     except RemoteCommandFailed as error:
-        if "No space left" in error.detail or "Cannot write" in error.detail and error.step == "upload":
+        if "No space left" in error.detail:
             raise RemoteCommandFailed(
                 target.name, error.step,
                 f"no space left on device under {settings.deploy_to} ({package.size_mb} MB archive);"
