@@ -51,8 +51,20 @@ def _id(path: Path) -> str:
 def test_enough_cases() -> None:
     assert len(JUDGE_CASES) + len(CONFIG_CASES) >= 60
     kinds = {p.parent.name for p in JUDGE_CASES}
-    assert kinds >= {"command", "file", "http", "port", "tcp", "service", "process", "package", "user",
-                     "group", "database", "disk"}
+    assert kinds >= {
+        "command",
+        "file",
+        "http",
+        "port",
+        "tcp",
+        "service",
+        "process",
+        "package",
+        "user",
+        "group",
+        "database",
+        "disk",
+    }
 
 
 @pytest.mark.parametrize("path", JUDGE_CASES, ids=_id)
