@@ -43,7 +43,7 @@ class HostsCall(Call):
         return HostsContext(config, self.hosts)
 
 
-class CoordinatedTask(Task):  # type: ignore[misc]
+class CoordinatedTask(Task):  # type: ignore[type-arg]
     """A task that takes all of its hosts in one call: use as ``@task(klass=CoordinatedTask)``."""
 
     coordinated = True

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import release
-from .checks import run_checks
+from .checks import Check, HostReport, VerifyReport, run_checks
+from .checks.runner import verify_host
 from .config import Settings, VerifySettings, plan_batches
 from .console import Console
 from .errors import (
@@ -27,8 +28,7 @@ from .errors import (
     RolledBack,
 )
 from .hosts import Target, in_parallel
-from .checks import HostReport, VerifyReport
-from .report import explain, result_line, transitions
+from .report import explain, result_line
 
 T = TypeVar("T")
 
@@ -298,19 +298,35 @@ def roll_back(run: Rollout, error: BaseException) -> None:
 
 
 def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -> None:
-    """Checks that were green in the baseline must be green again on the rolled-back hosts."""
+    """Checks that were green in the baseline must be green again on the rolled-back hosts.
+
+    Only those are waited for ("eventually"); a check that was already red before the deploy is not
+    the rollback's to fix. Without a baseline for a host every check must turn green.
+    """
     if not restored or not run.settings.checks:
         return
-    report = run_checks(run.pick(restored), list(run.settings.checks), run.settings.verify,
-                        parallel=run.settings.rollout.parallel)
-    run.rollback_report = report
-    for host in report.hosts:
-        regressions = [t.check for t in transitions(run.baseline, report)
-                       if t.host == host.host and t.regression]
+    checks = list(run.settings.checks)
+
+    def expected(name: str) -> list[Check]:
+        before = run.baseline.host(name) if run.baseline else None
+        if before is None or before.error:
+            return checks
+        green = {r.check.name for r in before.results if r.ok}
+        return [c for c in checks if c.name in green]
+
+    def verify(target: Target) -> HostReport:
+        return verify_host(target, expected(target.name), run.settings.verify)
+
+    hosts: list[HostReport] = []
+    for target, result in in_parallel(run.pick(restored), verify, limit=run.settings.rollout.parallel):
+        hosts.append(result if isinstance(result, HostReport) else HostReport(target.name, error=_reason(result)))
+    run.rollback_report = VerifyReport(hosts)
+    for host in hosts:
         if host.error:
             stuck[host.host] = f"rollback not verified: {host.error}"
-        elif regressions:
-            stuck[host.host] = "rollback not verified: still red: " + ", ".join(regressions)
+        elif not host.ok:
+            red = [r.check.name for r in host.results if not r.ok]
+            stuck[host.host] = "rollback not verified: green before the deploy, red now: " + ", ".join(red)
         colour = "red" if host.host in stuck else "green"
         run.console.host(host.host, "rollback verify", stuck.get(host.host, summary(host)), colour)
 

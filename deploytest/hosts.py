@@ -63,6 +63,19 @@ class CommandTimeout(Exception):
     """A command ran past its time limit; the session was closed."""
 
 
+class Cancelled(Exception):
+    """Ctrl-C arrived while hosts worked in parallel: no new command starts until they have stopped."""
+
+
+# Set while in_parallel() winds down after Ctrl-C, so the workers' next command does not start.
+_CANCEL = threading.Event()
+
+
+def _not_cancelled(name: str) -> None:
+    if _CANCEL.is_set():
+        raise Cancelled(f"{name}: interrupted (Ctrl-C)")
+
+
 class Target(ABC):
     """A machine deploytest acts on: a host over SSH, or the local machine."""
 
@@ -119,6 +132,7 @@ class LocalTarget(Target):
         return True
 
     def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        _not_cancelled(self.name)
         started = time.monotonic()
         if timeout is None:
             timeout = self.default_timeout
@@ -189,6 +203,7 @@ class SSHTarget(Target):
             pass
 
     def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+        _not_cancelled(self.name)
         self.open()
         started = time.monotonic()
         if timeout is None:
@@ -358,9 +373,10 @@ def in_parallel(
     """Run ``fn`` over ``items`` with at most ``limit`` at once; results in input order.
 
     Exceptions are returned, not raised, so one host's failure never hides another's result. The
-    calling thread waits in short slices so Ctrl-C reaches it; on Ctrl-C it waits for the calls
-    already running to end (they are remote commands that must not be orphaned mid-step), drops
-    the ones not started, and re-raises ``KeyboardInterrupt``.
+    calling thread waits in short slices so Ctrl-C reaches it; on Ctrl-C it lets the commands already
+    running end (a remote step must not be orphaned halfway), starts no new command (the workers'
+    next :meth:`Target.run` raises :class:`Cancelled`), drops the calls not started, and re-raises
+    ``KeyboardInterrupt``.
     """
     items = list(items)
     if not items:
@@ -381,9 +397,13 @@ def in_parallel(
                 error = future.exception()
                 results[futures[future]] = error if error is not None else future.result()
     except KeyboardInterrupt:
-        for future in futures:
-            future.cancel()
-        pool.shutdown(wait=True)
+        _CANCEL.set()
+        try:
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=True)
+        finally:
+            _CANCEL.clear()
         raise
     pool.shutdown(wait=True)
     return [(item, results[index]) for index, item in enumerate(items)]

@@ -22,6 +22,7 @@ from .errors import (
 )
 from .flow import Rollout, preflight
 from .hosts import Target, in_parallel
+from .lock import prelude, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
 
 
@@ -55,11 +56,28 @@ def verify(targets: Sequence[Target], settings: Settings, console: Console, json
         write_json(json_path, report)
     if junit_path:
         write_junit(junit_path, report)
+    _log_verify(targets, settings, report)
     unreachable = [h.host for h in report.hosts if h.error]
     if unreachable:
         raise NeedsHuman(f"lost {', '.join(unreachable)} while verifying", hosts=unreachable,
                          next_step=f"fab -H {','.join(unreachable)} status")
     return OK if report.ok else ChecksFailed.exit_code
+
+
+def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyReport) -> None:
+    """Append a ``verify`` event to the log of each host that has been deployed to (best effort)."""
+    me = release.LockOwner.new().who
+
+    def log(target: Target) -> None:
+        host = report.host(target.name)
+        if host is None or host.error:
+            return
+        event = {"event": "verify", "who": me, "outcome": "green" if host.ok else "red",
+                 "red": [r.check.name for r in host.results if not r.ok]}
+        script = prelude(settings) + 'if [ -d "$S" ]; then\n' + script_for_log_line(event, fatal=False) + "fi\n"
+        target.run(script)
+
+    in_parallel(targets, log, limit=settings.rollout.parallel)
 
 
 def rollback(targets: Sequence[Target], settings: Settings, console: Console, to: Optional[str]) -> int:
@@ -140,7 +158,8 @@ def releases(targets: Sequence[Target], settings: Settings, console: Console) ->
 def unlock(targets: Sequence[Target], settings: Settings, console: Console) -> int:
     """Remove each host's deploy lock and say whose it was."""
     _connect_all(targets, settings, console)
-    for target, result in in_parallel(targets, lambda t: release.force_unlock(t, settings),
+    me = release.LockOwner.new().who
+    for target, result in in_parallel(targets, lambda t: release.force_unlock(t, settings, me),
                                       limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
             raise RemoteCommandFailed(target.name, "unlock", _message(result))

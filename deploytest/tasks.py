@@ -26,7 +26,8 @@ from .config import Settings
 from .console import Console
 from .errors import DeploytestError, UsageError, exit_code_for
 from .executor import EXECUTOR_PATH, CoordinatedTask, HostsContext
-from .flow import Rollout, deploy_and_verify as run_flow
+from .flow import Rollout
+from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, SSHTarget, Target, connect, secure
 
 
@@ -96,7 +97,7 @@ def _guarded(body: Callable[..., Optional[int]]) -> Callable[..., None]:
             raise Exit(code=code)
 
     # invoke reads the signature for its CLI flags: hide our injected console argument.
-    wrapper.__wrapped__ = _without_console(body)  # type: ignore[attr-defined]
+    wrapper.__wrapped__ = _without_console(body)
     return wrapper
 
 
