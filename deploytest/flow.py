@@ -72,7 +72,7 @@ class Rollout:
         ok: dict[str, T] = {}
         for target, result in in_parallel(self.pick(names), fn, limit=self.settings.rollout.parallel):
             if isinstance(result, BaseException):
-                reason = _reason(result)
+                reason = _reason(result).removeprefix(f"{target.name}: ")
                 self.failed.setdefault(target.name, f"{step}: {reason}")
                 self.console.host(target.name, step, reason, "red")
             else:
@@ -173,7 +173,7 @@ def prepare(run: Rollout) -> None:
     for name in done:
         run.console.host(name, "prepare", f"release {run.release_id} ready")
     if run.failed:
-        raise DeploytestError("prepare failed on " + ", ".join(run.failed))
+        raise DeploytestError("; ".join(f"{host}: {why}" for host, why in run.failed.items()))
 
 
 def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> None:
@@ -255,7 +255,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         switched = list(run.switched)
         for target, result in in_parallel(run.pick(switched), back, limit=run.settings.rollout.parallel):
             if isinstance(result, BaseException):
-                stuck[target.name] = f"rollback failed: {_reason(result)}"
+                stuck[target.name] = f"rollback failed: {_reason(result).removeprefix(target.name + ': ')}"
                 run.console.host(target.name, "rollback", stuck[target.name], "red")
             else:
                 previous = run.switched[target.name] or "nothing (first deploy: current removed)"
@@ -290,9 +290,13 @@ def roll_back(run: Rollout, error: BaseException) -> None:
             hosts=hosts,
             next_step=f"fab -H {','.join(hosts)} status   (then rollback or unlock as it shows)",
         ) from (error if isinstance(error, Exception) else None)
+    if run.switched:
+        done = (f"{len(run.switched)} switched host(s) rolled back and verified, release marked bad,"
+                " locks released.")
+    else:
+        done = "nothing went live; the unfinished release was removed and the locks released."
     raise RolledBack(
-        f"deploy of {run.release_id} failed ({cause}); "
-        f"{len(run.switched)} switched host(s) rolled back and verified, release marked bad, locks released.",
+        f"deploy of {run.release_id} failed ({cause}); {done}",
         hosts=sorted(run.failed),
     ) from (error if isinstance(error, Exception) else None)
 
