@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -21,7 +23,7 @@ from services import HttpApp, Postgres, Supervisor
 
 from deploytest import report as rpt
 from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
-from deploytest.checks import CheckResult, VerifyReport, make_check, parse_checks, run_checks
+from deploytest.checks import CheckResult, ProbeOutput, VerifyReport, make_check, parse_checks, run_checks
 from deploytest.checks.script import ProbeJob, build_script, new_nonce, parse_frames
 from deploytest.config import VerifySettings
 from deploytest.hosts import LocalTarget, RunResult, Target
@@ -88,7 +90,7 @@ def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None
         {"command": {"run": "echo hello 1.0; echo note >&2", "stdout": "1.0", "stderr": "note"}},
         {"process": {"pattern": f"-c .*serve_forever.* {http_app.port}$", "count": 1}},
         {"package": {"name": "bash", "version": ">=4"}},
-        {"package": {"name": "pytest", "manager": "pip", "python": os.sys.executable, "version": ">=7"}},
+        {"package": {"name": "pytest", "manager": "pip", "python": sys.executable, "version": ">=7"}},
         {"user": {"name": "root", "uid": 0, "groups": "root"}},
         {"group": {"name": "root", "gid": 0}},
         {"disk": {"path": str(tmp_path), "min_free_mb": 1, "max_used_percent": 100}},
@@ -277,6 +279,36 @@ def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> N
     assert frames[2].truncated and frames[2].stdout == b"\0" * 100
 
 
+@pytest.mark.parametrize("tool", ["curl", "wget", "python3"])
+def test_http_probe_with_each_tool(http_app: HttpApp, tool: str, tmp_path: Path) -> None:
+    for name in ("sh", "mktemp", "awk", "cat", "grep", "rm", tool):
+        found = sys.executable if name == "python3" else shutil.which(name)
+        assert found, f"{name} is needed for this test"
+        (tmp_path / name).symlink_to(found)
+    cases = [
+        ("/health", {"contains": "ok"}, True, "200"),
+        ("/fail", {}, False, "502"),
+        ("/redirect", {"status": 302}, True, "302"),
+        ("/redirect", {"follow": True, "contains": "ok"}, True, "200"),
+        ("/json", {"json": {"db.up": True, "items.0": 1}}, True, "200"),
+        ("/health", {"method": "HEAD"}, True, "200"),
+    ]
+    for path, params, ok, observed in cases:
+        check = make_check("http", url=http_app.url(path), **params)
+        proc = subprocess.run(
+            ["/bin/sh", "-c", check.probe()], env={"PATH": str(tmp_path)}, capture_output=True
+        )
+        assert proc.stdout.startswith(f"tool={tool}\n".encode())
+        verdict = check.evaluate(ProbeOutput(proc.returncode, proc.stdout, proc.stderr))
+        assert (verdict.ok, verdict.observed) == (ok, observed), (path, params, verdict)
+    refused = make_check("http", url=f"http://127.0.0.1:{free_closed_port()}/")
+    proc = subprocess.run(
+        ["/bin/sh", "-c", refused.probe()], env={"PATH": str(tmp_path)}, capture_output=True
+    )
+    verdict = refused.evaluate(ProbeOutput(proc.returncode, proc.stdout, proc.stderr))
+    assert verdict.observed == "no response" and verdict.detail
+
+
 def test_supervisor_service(supervisor: Supervisor) -> None:
     conf = supervisor.conf
     report, _ = verify(
@@ -389,6 +421,9 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     assert "✔ local ready: red -> green (was 503, now 200)" in text
     assert "✔ local health: still green (200)" in text
     assert text.splitlines()[-1] == "changes: 1 turned green, 0 regressions, 0 still red, 1 still green"
+    restored = VerifyReport.from_dict(json.loads(json.dumps(baseline.to_dict())))
+    assert rpt.render(restored) == rpt.render(baseline)
+    assert rpt.render_transitions(restored, after) == text
     back = rpt.render_transitions(after, baseline)
     assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
 

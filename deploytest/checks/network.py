@@ -146,7 +146,9 @@ class HttpCheck(Check):
                 "  echo tool=wget",
                 "  f=$(mktemp) || exit 125",
                 f'  wget -q -S -O "$f" {" ".join(q(o) for o in wget_opts)} "$u" 2>"$f.h"; rc=$?',
-                "  sed -n 's/^  //p' \"$f.h\"; printf '\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
+                # wget -S prints each response's headers indented; one blank line between responses.
+                '  awk \'sub(/^  /, "") { if (/^HTTP\\//) { if (n++) print "" } print }\' "$f.h"',
+                "  printf '\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
                 '  rm -f "$f" "$f.h"; exit $rc',
                 "elif command -v python3 >/dev/null 2>&1; then",
                 "  echo tool=python3",
