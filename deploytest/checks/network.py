@@ -315,21 +315,30 @@ class TcpCheck(Check):
     def probe(self) -> str:
         return "\n".join(
             [
-                f"h={q(self.params['host'])}; p={int(self.params['port'])}",
+                f"h={q(self.params['host'])}; p={int(self.params['port'])}; w={self._connect_limit()}",
+                # A silently dropped SYN must not hold the whole attempt: bound the connect itself.
+                'if timeout 1 true >/dev/null 2>&1; then t="timeout $w"; else t=; fi',
                 "if command -v bash >/dev/null 2>&1; then",
-                '  bash -c \'exec 3<>"/dev/tcp/$1/$2"\' tcp "$h" "$p"',
+                '  $t bash -c \'exec 3<>"/dev/tcp/$1/$2"\' tcp "$h" "$p"',
                 "elif command -v nc >/dev/null 2>&1; then",
-                '  nc -z -w 5 "$h" "$p"',
+                '  nc -z -w "$w" "$h" "$p"',
                 "elif command -v python3 >/dev/null 2>&1; then",
                 "  python3 -c 'import socket, sys;"
-                " socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)'"
-                ' "$h" "$p"',
+                " socket.create_connection((sys.argv[1], int(sys.argv[2])), int(sys.argv[3]))'"
+                ' "$h" "$p" "$w"',
                 "else echo 'no bash, nc or python3 on the host' >&2; exit 127; fi",
             ]
         )
 
+    def _connect_limit(self) -> int:
+        return max(1, int(self.timeout)) if self.timeout else 5
+
     def judge(self, output: ProbeOutput) -> Verdict:
         reachable = output.exit_code == 0
+        if output.exit_code == 124:
+            return Verdict(
+                self.params["reachable"] is False, self.expectation(), "no answer (connect timed out)"
+            )
         observed = "reachable" if reachable else "not reachable"
         detail = "" if reachable else snippet(output.error_text, 120)
         return Verdict(reachable == self.params["reachable"], self.expectation(), observed, detail)
