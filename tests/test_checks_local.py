@@ -3,6 +3,7 @@ supervisord, PostgreSQL, SQLite; "eventually"; hostile output; hanging probes; s
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -477,3 +478,29 @@ def test_assertions_with_an_invoke_context(http_app: HttpApp) -> None:
     with pytest.raises(CheckFailed) as many:
         check_all(c, [{"port": free_closed_port()}, make_check("command", run="false", name="false")])
     assert len(str(many.value).splitlines()) == 2
+
+
+def test_pytest_plugin_defaults_to_this_machine(tmp_path: Path, http_app: HttpApp) -> None:
+    (tmp_path / "test_here.py").write_text(
+        "from deploytest.assertions import assert_http\n\n"
+        "def test_app(deploytest_host):\n"
+        f"    assert deploytest_host.is_local\n"
+        f"    assert_http(deploytest_host, {http_app.url('/health')!r}, contains='ok')\n\n"
+        "def test_all(deploytest_hosts):\n"
+        "    assert [h.name for h in deploytest_hosts] == ['local']\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    names = {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
+    plugin = [] if "deploytest" in names else ["-p", "deploytest.pytest_plugin"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugin, "-v"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "2 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert "test_app[local] PASSED" in proc.stdout
+    assert "deploytest hosts: local" in proc.stdout
