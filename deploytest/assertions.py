@@ -22,7 +22,7 @@ from invoke.context import Context
 
 from .checks import Check, CheckResult, HostReport, make_check, parse_check, run_checks
 from .config import VerifySettings
-from .hosts import LocalTarget, SSHTarget, Target
+from .hosts import LocalTarget, SSHTarget, Target, secure
 from .report import host_error_line, result_line
 
 Where = Union[Target, Connection, Context]
@@ -46,7 +46,8 @@ def as_target(where: Where) -> Target:
     if isinstance(where, Connection):
         target = _TARGETS.get(where)
         if target is None:
-            target = _TARGETS[where] = SSHTarget(where)
+            # Fabric alone accepts any host key; check it against known_hosts as OpenSSH would.
+            target = _TARGETS[where] = SSHTarget(where if where.is_connected else secure(where))
         return target
     if isinstance(where, Context):
         return LocalTarget()

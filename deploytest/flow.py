@@ -245,7 +245,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         stuck: dict[str, str] = {}
 
         def back(target: Target) -> None:
-            if not target.alive(run.settings.connect_timeout):
+            if not target.alive(max(run.settings.connect_timeout, 10.0)):
                 raise HostUnreachable(target.name, "no answer; its state is unknown")
             previous = run.switched[target.name]
             release.switch_back(target, run.settings, previous, run.release_id)
