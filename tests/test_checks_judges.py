@@ -67,13 +67,11 @@ def test_enough_cases() -> None:
     }
 
 
-@pytest.mark.parametrize("path", JUDGE_CASES, ids=_id)
+@pytest.mark.parametrize("path", [p for p in JUDGE_CASES if "output" in _load(p)], ids=_id)
 def test_judge(path: Path) -> None:
     case = _load(path)
     check = parse_check(case["check"], path.stem)
     assert check.kind == path.parent.name
-    if "output" not in case:
-        pytest.skip("probe-only case")
     verdict = check.evaluate(_output(case["output"]))
     want = case["verdict"]
     assert verdict.ok is want["ok"], verdict
