@@ -4,6 +4,7 @@ the dry run and reports of a deploy. Each works on all its hosts in parallel and
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Optional, Sequence
 
@@ -187,22 +188,43 @@ def _inspect_all(targets: Sequence[Target], settings: Settings, console: Console
 
 
 def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, verify: bool) -> int:
-    """Print, per host, the commands a deploy would run; change nothing (not even the lock)."""
+    """Print, per host, what a deploy would do and the commands it would run; change nothing.
+
+    Only read-only commands run (connect, read the deploy state). ``DEPLOYTEST_DEBUG=1`` also prints
+    the complete shell script of every step.
+    """
     package = release.pack_source(settings)
-    _connect_all(targets, settings, console)
     states = _inspect_all(targets, settings, console)
     release_id = release.new_release_id(rid for s in states.values() for rid in s.release_ids)
     console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
                  " nothing will be changed")
+    base = f"{settings.releases_dir}/{release_id}"
     for target in targets:
-        console.stage(f"{target.name}: what deploy{'-and-verify' if verify else ''} would run")
-        for step, script in release.plan(settings, release_id, package, release.LockOwner.new(release_id)):
-            console.line(f"# {step}")
-            console.line(script.rstrip())
-    if verify and settings.checks:
-        console.stage("then verify, on every host, in one command per attempt:")
-        for check in settings.checks:
-            console.line(f"  - {check.name}")
+        state = states[target.name]
+        console.stage(f"{target.name} (live: {state.live or 'nothing'}): deploy{'-and-verify' if verify else ''}"
+                      " would")
+        steps = [f"lock      {settings.state_dir}/lock"]
+        if package.data is not None:
+            steps.append(f"upload    {package.files} files ({package.size // 1024 + 1} KB) as one archive"
+                         f" into {base}")
+        else:
+            steps.append(f"clone     {package.origin} at {package.label} into {base}")
+        steps += [f"share     {base}/{path} -> {settings.shared_dir}/{path}" for path in settings.shared]
+        steps += [f"build     (in {base}) {hook}" for hook in settings.build_hooks]
+        steps.append(f"switch    {settings.current} -> {base}")
+        steps += [f"restart   (in {settings.current}) {hook}" for hook in settings.restart_hooks]
+        if verify and settings.checks:
+            steps.append(f"verify    {len(settings.checks)} checks, one command per attempt, up to"
+                         f" {settings.verify.timeout:g}s; on red: switch back to {state.live or 'nothing'}")
+        removed = release.cleanup_plan(state, settings.keep_releases)
+        steps.append(f"finish    keep {settings.keep_releases} good releases"
+                     f"{' (remove ' + ', '.join(removed) + ')' if removed else ''}, log, unlock")
+        for number, step in enumerate(steps, 1):
+            console.line(f"  {number:2}. {step}")
+        if os.environ.get("DEPLOYTEST_DEBUG"):
+            for step, script in release.plan(settings, release_id, package, release.LockOwner.new(release_id)):
+                console.line(f"# --- {step} ---")
+                console.line(script.rstrip())
     return OK
 
 
