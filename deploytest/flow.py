@@ -70,7 +70,19 @@ class Rollout:
         A host that fails is recorded in ``failed`` with the step and the reason.
         """
         ok: dict[str, T] = {}
-        for target, result in in_parallel(self.pick(names), fn, limit=self.settings.rollout.parallel):
+        picked = self.pick(names)
+        done = [0]
+        lock = threading.Lock()
+
+        def counted(target: Target) -> T:
+            try:
+                return fn(target)
+            finally:
+                with lock:
+                    done[0] += 1
+                    self.console.progress(step, done[0], len(picked))
+
+        for target, result in in_parallel(picked, counted, limit=self.settings.rollout.parallel):
             if isinstance(result, BaseException):
                 reason = _reason(result).removeprefix(f"{target.name}: ")
                 self.failed.setdefault(target.name, f"{step}: {reason}")
@@ -210,7 +222,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
             for result in host.results:
                 if not result.ok:
                     run.console.line("    " + result_line(host.host, result, color=run.console.colour))
-    run.console.progress("rollout", len(run.switched), len(run.targets))
+    run.console.progress("live", len(run.switched), len(run.targets))
     too_many = len(run.failed) > settings.rollout.max_fail
     if too_many or any(_unreachable(why) for why in run.failed.values()):
         raise ChecksFailed(f"{kind} failed: " + "; ".join(f"{h}: {why}" for h, why in run.failed.items()))
