@@ -176,10 +176,9 @@ def prepare(run: Rollout) -> None:
     run.console.stage(f"prepare release {run.release_id} ({package.label})")
 
     def build(target: Target) -> None:
-        release.prepare(target, settings, run.release_id, package, run.owner.who)
         run.prepared.append(target.name)
-        release.run_build_hooks(target, settings, run.release_id)
-        release.mark_complete(target, settings, run.release_id)
+        # upload, shared links, build hooks and "complete", in one round trip
+        release.prepare(target, settings, run.release_id, package, run.owner.who, build=True)
 
     done = run.each(run.names, "prepare", build)
     for name in done:
