@@ -1,0 +1,401 @@
+"""The ``deploy`` and ``rollback`` tasks over real sshd hosts: what a user sees and finds on the hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pytest
+from project import Project, finish, hello_config, interrupt_when
+
+PORT = 8000
+DEPLOY_TO = "/srv/hello"
+
+pytestmark = pytest.mark.testbed
+
+
+# -- what is on a host ----------------------------------------------------------------------------
+
+
+def link(host: Any) -> str:
+    """Where ``current`` points on ``host``, as written in the link ('' if none)."""
+    return host.sh(f"readlink {DEPLOY_TO}/current").stdout.strip()
+
+
+def live(host: Any) -> str:
+    """The release ``current`` points at on ``host`` ('' if none)."""
+    out = link(host)
+    return out.rsplit("/", 1)[-1] if out else ""
+
+
+def releases_on(host: Any) -> List[str]:
+    return sorted(host.sh(f"ls -1 {DEPLOY_TO}/releases 2>/dev/null").stdout.split())
+
+
+def metadata(host: Any, release_id: str) -> Dict[str, Any]:
+    out = host.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{release_id}.json").stdout
+    return json.loads(out) if out.strip() else {}
+
+
+def state_of(host: Any, release_id: str) -> str:
+    return str(metadata(host, release_id).get("state", "none"))
+
+
+def locked(host: Any) -> bool:
+    return host.sh(f"test -e {DEPLOY_TO}/.deploytest/lock").returncode == 0
+
+
+def served(host: Any) -> str:
+    """What /health answers on the host itself."""
+    return host.sh(f"curl -s -m 3 http://127.0.0.1:{PORT}/health").stdout.strip()
+
+
+def wait_served(host: Any, expected: str, timeout: float = 10) -> str:
+    """What /health answers once it answers ``expected`` (or what it answered last)."""
+    deadline = time.monotonic() + timeout
+    answer = served(host)
+    while answer != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        answer = served(host)
+    return answer
+
+
+def snapshot(bed: Any) -> Dict[str, Any]:
+    """Everything a failed or refused deploy must leave as it was: live release and release dirs."""
+    return {h.name: (link(h), releases_on(h)) for h in bed.hosts}
+
+
+def assert_clean(bed: Any, before: Optional[Dict[str, Any]] = None) -> None:
+    """No lock anywhere, no release left half-built, and (with ``before``) nothing changed."""
+    for host in bed.hosts:
+        assert not locked(host), f"{host.name}: lock left behind"
+        for rid in releases_on(host):
+            assert state_of(host, rid) in ("complete", "bad"), (host.name, rid, metadata(host, rid))
+        if before is not None:
+            assert (link(host), releases_on(host)) == before[host.name], host.name
+
+
+def output(proc: Any) -> str:
+    return str(proc.stdout) + str(proc.stderr)
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
+    bed = make_hosts(3)
+    # one batch: the hosts restart together (canary batches are the flow tests' business)
+    config = hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
+    project = Project(tmp_path / "project", config, env=bed.env(), ssh_config=bed.ssh_config)
+    return {"bed": bed, "project": project, "hosts": bed.names}
+
+
+def deploy(project: Project, hosts: List[str], version: str = "1.0") -> None:
+    project.set_version(version)
+    proc = project.fab("deploy", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+
+
+def health_only(project: Project) -> None:
+    """Checks that hold for every good release (no version pinned): what a rollback verifies."""
+    project.config["checks"] = [c for c in project.config["checks"] if "file" not in c]
+    project.write(project.config)
+
+
+# -- deploy -----------------------------------------------------------------------------------------
+
+
+def test_deploy_to_three_hosts_goes_live_with_one_release_id(three: Dict[str, Any]) -> None:
+    project, bed = three["project"], three["bed"]
+    started = time.monotonic()
+    proc = project.fab("deploy", hosts=three["hosts"])
+    assert proc.returncode == 0, output(proc)
+    assert time.monotonic() - started < 60
+    ids = {live(h) for h in bed.hosts}
+    assert len(ids) == 1 and "" not in ids, ids
+    (rid,) = ids
+    assert rid in proc.stdout
+    for host in bed.hosts:
+        target = link(host)
+        assert target == f"{DEPLOY_TO}/releases/{rid}", target  # absolute, straight to the release
+        assert releases_on(host) == [rid]
+        assert state_of(host, rid) == "complete"
+        assert host.sh(f"test -f {target}/hello.py && test -f {target}/VERSION").returncode == 0
+        assert host.sh(f"test -L {target}/log").returncode == 0  # the shared path is linked in
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+        assert not locked(host)
+
+
+def test_seven_deploys_keep_five_good_releases(three: Dict[str, Any]) -> None:
+    project, bed = three["project"], three["bed"]
+    lives: List[str] = []
+    for n in range(7):
+        deploy(project, three["hosts"], f"1.{n}")
+        lives.append(live(bed.hosts[0]))
+    assert lives == sorted(lives) and len(set(lives)) == 7, lives  # ids sort by deploy order
+    for host in bed.hosts:
+        kept = releases_on(host)
+        assert kept == lives[-5:], (host.name, kept)
+        assert live(host) == lives[-1]
+        assert all(state_of(host, rid) == "complete" for rid in kept)
+        meta = sorted(host.sh(f"ls -1 {DEPLOY_TO}/.deploytest/releases").stdout.split())
+        assert meta == [f"{rid}.json" for rid in kept], (host.name, meta)  # no metadata of removed ones
+        assert wait_served(host, "ok 1.6") == "ok 1.6"
+        assert not locked(host)
+
+
+# -- rollback ----------------------------------------------------------------------------------------
+
+
+def test_rollback_goes_back_marks_bad_and_skips_it_next_time(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    ids = []
+    for version in ("1.0", "2.0", "3.0"):
+        deploy(project, hosts, version)
+        ids.append(live(bed.hosts[0]))
+    r1, r2, r3 = ids
+    health_only(project)
+
+    proc = project.fab("rollback", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    for host in bed.hosts:
+        assert live(host) == r2
+        assert wait_served(host, "ok 2.0") == "ok 2.0"
+        assert state_of(host, r3) == "bad"
+        assert not locked(host)
+
+    table = project.fab("releases", hosts=hosts)
+    assert table.returncode == 0, output(table)
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()[:1].isdigit()}
+    assert "bad" in rows[r3] and "live" not in rows[r3], table.stdout
+    assert "live" in rows[r2], table.stdout
+    assert table.stdout.count(r3) == len(hosts)  # one table per host
+
+    # the bad release cannot be brought back by name
+    refused = project.fab("rollback", "--to", r3, hosts=hosts)
+    assert refused.returncode == 2, output(refused)
+    assert "bad" in refused.stderr
+    assert all(live(h) == r2 and not locked(h) for h in bed.hosts)
+
+    # a new good release, then a rollback: back to r2, skipping the bad r3
+    deploy(project, hosts, "4.0")
+    health_only(project)
+    r4 = live(bed.hosts[0])
+    proc = project.fab("rollback", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    for host in bed.hosts:
+        assert live(host) == r2, (host.name, r4)
+        assert wait_served(host, "ok 2.0") == "ok 2.0"
+
+    # rollback --to an older good release
+    proc = project.fab("rollback", "--to", r1, hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    for host in bed.hosts:
+        assert live(host) == r1
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+        assert not locked(host)
+        events = [json.loads(line) for line in host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout.splitlines()]
+        rollbacks = [e for e in events if e.get("event") == "rollback"]
+        assert [e.get("release") for e in rollbacks] == [r2, r2, r1], rollbacks
+
+
+@pytest.mark.parametrize("to", ["../../etc", "x;rm -rf /", "$(id)", "20000101000000"])
+def test_rollback_to_a_bad_name_is_refused_and_changes_nothing(three: Dict[str, Any], to: str) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    deploy(project, hosts, "2.0")
+    health_only(project)
+    before = snapshot(bed)
+    proc = project.fab("rollback", "--to", to, hosts=hosts)
+    assert proc.returncode == 2, output(proc)
+    assert "Traceback" not in output(proc)
+    assert "Nothing was changed" in proc.stderr, proc.stderr
+    assert to in proc.stderr  # the message names what was refused
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert wait_served(host, "ok 2.0") == "ok 2.0"
+    assert host.sh("test -d /etc && test -d /srv").returncode == 0
+
+
+# -- failures ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hook", ["false", "exit 3"])
+def test_failing_build_hook_changes_nothing_live(three: Dict[str, Any], hook: str) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    project.set_version("2.0")
+    project.config["hooks"]["build"] = ["python3 -m py_compile hello.py", hook]
+    project.write(project.config)
+    proc = project.fab("deploy", hosts=hosts)
+    assert proc.returncode == 1, output(proc)
+    text = output(proc)
+    assert "Traceback" not in text
+    assert "build hook" in text and hook in text, text
+    assert any(name in text for name in hosts)
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
+def test_two_deploys_at_once_one_wins_the_other_names_the_holder(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    project.set_version("2.0")
+    project.config["hooks"]["build"] = ["python3 -m py_compile hello.py", "sleep 3"]
+    project.write(project.config)
+    first = project.start("deploy", hosts=hosts)
+    try:
+        deadline = time.monotonic() + 30
+        while not all(locked(h) for h in bed.hosts) and time.monotonic() < deadline and first.poll() is None:
+            time.sleep(0.02)
+        assert all(locked(h) for h in bed.hosts), "the first deploy never held every lock"
+        second = project.fab("deploy", hosts=hosts)
+    finally:
+        out = finish(first, 120)
+    assert first.returncode == 0, out
+    assert second.returncode == 2, output(second)
+    assert "locked by" in second.stderr, second.stderr
+    assert "root@" in second.stderr  # the holder: user@machine (pid N)
+    assert "pid" in second.stderr
+    ids = {live(h) for h in bed.hosts}
+    assert len(ids) == 1, ids
+    (rid,) = ids
+    assert rid in out
+    assert_clean(bed)
+    for host in bed.hosts:
+        assert state_of(host, rid) == "complete"
+        assert wait_served(host, "ok 2.0") == "ok 2.0"
+
+
+def test_ctrl_c_during_build_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    project.set_version("2.0")
+    project.config["hooks"]["build"] = ["sleep 20.25"]
+    project.write(project.config)
+    proc = project.start("deploy", hosts=hosts)
+
+    def building() -> bool:
+        return all(h.sh("grep -l 'sleep 20.25' /proc/[0-9]*/cmdline 2>/dev/null | head -n 1").stdout.strip()
+                   and len(releases_on(h)) == 2 for h in bed.hosts)
+
+    started = time.monotonic()
+    out = interrupt_when(proc, building, timeout=30)
+    interrupted_after = time.monotonic() - started
+    assert proc.returncode not in (0, None), out
+    assert proc.returncode in (1, 3), out
+    assert interrupted_after < 30, f"fab took {interrupted_after:.1f}s to stop after Ctrl-C"
+    assert "interrupted" in out.lower(), out
+    assert "Traceback" not in out
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
+def _fill_app(project: Project, megabytes: int, *, random: bool) -> None:
+    blob = project.root / "app" / "assets"
+    blob.mkdir(exist_ok=True)
+    for i in range(megabytes):
+        data = os.urandom(1024 * 1024) if random else b"\0" * (1024 * 1024)
+        (blob / f"blob{i}.bin").write_bytes(data)
+
+
+def test_no_room_for_the_release_is_refused_before_anything_changes(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    small = bed.hosts[1]
+    small.tiny_disk("4m")
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    _fill_app(project, 3, random=True)  # a few MB gzip cannot shrink
+    project.set_version("2.0")
+    proc = project.fab("deploy", hosts=hosts)
+    text = output(proc)
+    assert proc.returncode == 2, text  # preflight sees it: nothing touched anywhere
+    assert "Traceback" not in text
+    assert f"{small.name}: preflight: only" in proc.stderr and "MB free" in proc.stderr, proc.stderr
+    assert DEPLOY_TO in proc.stderr
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
+def test_disk_filling_up_during_upload_rolls_back_cleanly(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    small = bed.hosts[1]
+    small.tiny_disk("4m")
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    _fill_app(project, 12, random=False)  # tiny archive, 12 MB once unpacked: passes preflight
+    project.set_version("2.0")
+    proc = project.fab("deploy", hosts=hosts)
+    text = output(proc)
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text
+    assert f"{small.name}: prepare: upload failed: no space left on device under {DEPLOY_TO}" in text, text
+    assert_clean(bed, before)
+    assert small.sh("df -Pk /srv | awk 'NR==2 {print $4}'").stdout.strip() != "0"  # the partial upload is gone
+    for host in bed.hosts:
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
+def test_build_hook_filling_the_disk_rolls_back_and_unlocks(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    small = bed.hosts[2]
+    small.tiny_disk("4m")
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    project.set_version("2.0")
+    project.config["hooks"]["build"] = ["head -c 8000000 /dev/zero > filler.bin"]
+    project.write(project.config)
+    proc = project.fab("deploy", hosts=hosts)
+    text = output(proc)
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text
+    assert small.name in text and "build hook" in text, text
+    assert_clean(bed, before)
+
+
+# -- dry run -------------------------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_plan_per_host_and_changes_nothing(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    proc = project.fab("deploy", "--dry-run", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    text = proc.stdout
+    assert "nothing will be changed" in text
+    for name in hosts:
+        assert f"== {name} " in text, text  # one plan per host
+    for step in ("lock", "upload", "build", "switch", "restart", "finish"):
+        assert text.count(step) >= len(hosts), (step, text)
+    assert "python3 -m py_compile hello.py" in text and "sh bin/restart 8000" in text  # the hooks it would run
+    # with DEPLOYTEST_DEBUG the complete commands of every step are printed as well
+    project.env["DEPLOYTEST_DEBUG"] = "1"
+    verbose = project.fab("deploy", "--dry-run", hosts=hosts)
+    del project.env["DEPLOYTEST_DEBUG"]
+    assert verbose.returncode == 0, output(verbose)
+    assert "mkdir" in verbose.stdout and "tar -x" in verbose.stdout and "ln -s" in verbose.stdout
+    for host in bed.hosts:
+        assert host.sh(f"ls -A {DEPLOY_TO} 2>/dev/null").stdout.strip() == "", host.name
+        assert not locked(host)
+
+
+def test_dry_run_after_a_deploy_changes_nothing(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    project.set_version("2.0")
+    before = snapshot(bed)
+    logs = {h.name: h.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout for h in bed.hosts}
+    proc = project.fab("deploy", "--dry-run", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout == logs[host.name]
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
