@@ -86,7 +86,8 @@ class Project:
             cmd += ["-H", ",".join(hosts)]
         return cmd + list(args)
 
-    def fab(self, *args: str, hosts: Optional[List[str]] = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def fab(self, *args: str, hosts: Optional[List[str]] = None,
+            timeout: float = 180) -> subprocess.CompletedProcess[str]:
         """Run ``fab [-S ssh_config] [-H hosts] ARGS`` in the project; output is echoed for debugging."""
         proc = subprocess.run(self.command(*args, hosts=hosts), cwd=self.root, env=self.env, text=True,
                               capture_output=True, timeout=timeout)

@@ -298,8 +298,11 @@ class Host:
         steps = []
         if self.netns is not None:
             steps += [f"ip addr add {self.address}/30 dev eth0", "ip link set eth0 up", "ip link set lo up"]
-        steps += [f"mount --bind {self.srv} /srv", f"hostname {self.name}", "echo ready",
-                  "exec sleep infinity"]
+        steps += [f"mount --bind {self.srv} /srv", f"hostname {self.name}"]
+        # The hosts share this machine's /root. A developer's ~/.bashrc (pyenv, conda...) would run
+        # for every SSH command, unlike on a server; give each host an empty one in its own namespace.
+        steps += ['{ [ ! -f /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; }',
+                  "echo ready", "exec sleep infinity"]
         return " && ".join(steps)
 
     def _spawn_holder(self) -> None:
