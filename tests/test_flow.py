@@ -12,6 +12,10 @@ from typing import Any, Callable, Dict, List
 import pytest
 from project import Project, finish, hello_config, interrupt_when
 
+from deploytest import release
+from deploytest.config import load
+from deploytest.hosts import connect
+
 PORT = 8000
 DEPLOY_TO = "/srv/hello"
 
@@ -107,25 +111,20 @@ def test_lock_held_on_one_host_refuses_and_changes_nothing(five: Dict[str, Any])
     project, bed = five["project"], five["bed"]
     deploy_good(project, five["hosts"])
     before = {h.name: (live(h), releases_on(h)) for h in bed.hosts}
-    holder = project.start("deploy-and-verify", hosts=[five["hosts"][2]])
-    try:
-        # a second operator's deploy holds web3's lock while ours starts
-        project.set_version("1.1")
-        deadline = time.monotonic() + 30
-        while not locked(bed.hosts[2]) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert locked(bed.hosts[2])
-        bed.hosts[2].sh(f"touch {DEPLOY_TO}/.keep")  # nothing else to do while it holds the lock
-        proc = project.fab("deploy-and-verify", hosts=five["hosts"])
-    finally:
-        holder.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.fail("the other deploy finished before ours started; the lock was never contended")
+    # another operator's deploy holds web3's lock, taken over SSH as deploytest itself takes it
+    other = release.LockOwner("alice", "laptop", 4242, "2026-11-25T10:00:01Z", token="a" * 32)
+    target = connect("web3", bed.fabric_config())
+    settings = load(project.config)
+    release.acquire_lock(target, settings, other)
+    target.close()
+    project.set_version("1.1")
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
     assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "locked by" in proc.stderr
+    assert "web3: preflight: locked by alice@laptop (pid 4242) since 2026-11-25T10:00:01Z" in proc.stderr
+    assert "nothing was changed" in proc.stderr.lower()
     for host in bed.hosts:
-        if host is not bed.hosts[2]:
-            assert (live(host), releases_on(host)) == before[host.name]
+        assert (live(host), releases_on(host)) == before[host.name]
+        assert locked(host) == (host.name == "web3")  # ours released, alice's kept
 
 
 def test_host_cut_off_mid_verify_needs_a_human(five: Dict[str, Any]) -> None:
