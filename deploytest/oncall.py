@@ -40,7 +40,8 @@ def _connect_all(targets: Sequence[Target], settings: Settings, console: Console
 
 def _message(error: BaseException) -> str:
     text = getattr(error, "message", None) or str(error) or type(error).__name__
-    prefix = f"{getattr(error, 'host', '')}: "
+    hosts = getattr(error, "hosts", None) or [""]
+    prefix = f"{getattr(error, 'host', '') or hosts[0]}: "  # HostKeyError names its host in .hosts only
     return text[len(prefix):] if prefix != ": " and text.startswith(prefix) else text
 
 

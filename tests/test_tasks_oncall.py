@@ -269,6 +269,25 @@ def test_verify_with_an_unknown_host_key_is_refused(three: Dict[str, Any], tmp_p
     assert "Traceback" not in output(proc)
     named = host_lines(proc.stderr, stranger.name)
     assert named and "known_hosts" in " ".join(named), proc.stderr
+    assert f"{stranger.name}: {stranger.name}:" not in proc.stderr, proc.stderr  # the host named once
     assert not host_lines(proc.stderr, hosts[0]) and not host_lines(proc.stderr, hosts[2]), proc.stderr
+    for host in bed.hosts:
+        assert host.sh(f"test -e {DEPLOY_TO}").returncode != 0  # nothing was created anywhere
+
+
+def test_deploy_with_an_unknown_host_key_is_refused_naming_the_host_once(three: Dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    stranger = bed.hosts[2]
+    known = tmp_path / "known_hosts"
+    known.write_text("".join(line + "\n" for line in bed.known_hosts.read_text().splitlines()
+                             if not line.startswith(stranger.address + " ")))
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(bed.ssh_config.read_text().replace(str(bed.known_hosts), str(known)))
+    project.ssh_config = ssh_config
+    proc = project.fab("deploy-and-verify", hosts=hosts)
+    assert proc.returncode == 2, output(proc)
+    assert "known_hosts" in proc.stderr, proc.stderr
+    assert f"{stranger.name}: preflight: {stranger.name}:" not in proc.stderr, proc.stderr  # named once
     for host in bed.hosts:
         assert host.sh(f"test -e {DEPLOY_TO}").returncode != 0  # nothing was created anywhere
