@@ -10,6 +10,7 @@ machine. Errors become one clear message and the contract's exit code (0/1/2/3),
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import traceback
@@ -70,157 +71,132 @@ def settings_of(c: Context, *, need_source: bool = False) -> Settings:
                               need_source=need_source)
 
 
-def _guarded(body: Callable[..., Optional[int]]) -> Callable[..., None]:
-    """Map deploytest errors to one message and the contract's exit code; never a bare traceback."""
-
-    @functools.wraps(body)
-    def wrapper(c: Context, *args: Any, **kwargs: Any) -> None:
-        console = Console()
-        try:
-            code = body(c, console, *args, **kwargs) or 0
-        except DeploytestError as error:
-            console.error(f"deploytest: {error.render()}")
-            raise Exit(code=error.exit_code) from None
-        except KeyboardInterrupt:
-            console.error("deploytest: interrupted")
-            raise Exit(code=exit_code_for(KeyboardInterrupt())) from None
-        except Exit:
-            raise
-        except Exception as error:  # noqa: BLE001 - a bug of ours: say so, with the way to see more
-            console.error(f"deploytest: internal error: {type(error).__name__}: {error}")
-            if os.environ.get("DEPLOYTEST_DEBUG"):
-                traceback.print_exc()
-            else:
-                console.error("deploytest: set DEPLOYTEST_DEBUG=1 for the traceback; hosts may need: fab status")
-            raise Exit(code=3) from None
-        if code:
-            raise Exit(code=code)
-
-    # invoke reads the signature for its CLI flags: hide our injected console argument.
-    wrapper.__wrapped__ = _without_console(body)
-    return wrapper
+Body = Callable[..., Optional[int]]
 
 
-def _without_console(body: Callable[..., Any]) -> Callable[..., Any]:
-    import inspect
+def _on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., None]]:
+    """Give a task body ``(targets, settings, console, **options)`` and make it safe to run.
 
+    Config is validated before any host is touched; connections are closed at the end; deploytest's
+    errors become one message and the contract's exit code, never a bare traceback.
+    """
+
+    def decorate(body: Body) -> Callable[..., None]:
+        @functools.wraps(body)
+        def task_body(c: Context, **options: Any) -> None:
+            console = Console()
+            targets: List[Target] = []
+            try:
+                settings = settings_of(c, need_source=need_source)
+                targets = targets_of(c, settings)
+                code = body(targets, settings, console, **options) or 0
+            except DeploytestError as error:
+                console.error(f"deploytest: {error.render()}")
+                raise Exit(code=error.exit_code) from None
+            except KeyboardInterrupt:
+                console.error("deploytest: interrupted")
+                raise Exit(code=exit_code_for(KeyboardInterrupt())) from None
+            except Exception as error:  # noqa: BLE001 - a bug of ours: say so, with the way to see more
+                console.error(f"deploytest: internal error: {type(error).__name__}: {error}")
+                if os.environ.get("DEPLOYTEST_DEBUG"):
+                    traceback.print_exc()
+                else:
+                    console.error("deploytest: set DEPLOYTEST_DEBUG=1 for the traceback; the hosts may need:"
+                                  " fab status")
+                raise Exit(code=3) from None
+            finally:
+                for target in targets:
+                    target.close()
+            if code:
+                raise Exit(code=code)
+
+        # invoke reads the signature for the task's flags: (c, options...) without our arguments.
+        task_body.__wrapped__ = _task_signature(body)
+        return task_body
+
+    return decorate
+
+
+def _task_signature(body: Body) -> Callable[..., Any]:
     signature = inspect.signature(body)
-    params = [p for name, p in signature.parameters.items() if name != "console"]
+    context = inspect.Parameter("c", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    options = [p for name, p in signature.parameters.items() if name not in ("targets", "settings", "console")]
 
     def shape(*args: Any, **kwargs: Any) -> Any:  # only its signature is read
         raise NotImplementedError
 
-    shape.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    shape.__signature__ = signature.replace(parameters=[context, *options])  # type: ignore[attr-defined]
     return shape
 
 
-def _close(targets: List[Target]) -> None:
-    for target in targets:
-        target.close()
-
-
-@task(klass=CoordinatedTask, name="deploy-and-verify", help={
-    "dry-run": "print what would be done on each host, change nothing",
-    "json": "write a JSON report of baseline and result to this path",
+_REPORTS = {
+    "json": "write a JSON report (baseline, result, transitions) to this path",
     "junit": "write a JUnit XML report (one testsuite per host) to this path",
-})
-@_guarded
-def deploy_and_verify(c: Context, console: Console, dry_run: bool = False, json: Optional[str] = None,
-                      junit: Optional[str] = None) -> int:
+}
+_DRY_RUN = {"dry-run": "print what would be done on each host, and change nothing"}
+
+
+@task(klass=CoordinatedTask, name="deploy-and-verify", help={**_DRY_RUN, **_REPORTS})
+@_on_hosts(need_source=True)
+def deploy_and_verify(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False,
+                      json: Optional[str] = None, junit: Optional[str] = None) -> int:
     """Deploy a new release, verify it, and roll back on every touched host if it stays red."""
-    settings = settings_of(c, need_source=True)
-    targets = targets_of(c, settings)
+    if dry_run:
+        return oncall.dry_run(targets, settings, console, verify=True)
+    run = Rollout(settings, targets, console)
     try:
-        if dry_run:
-            return oncall.dry_run(targets, settings, console, verify=True)
-        run = Rollout(settings, targets, console)
-        try:
-            run_flow(run, verify=True)
-        finally:
-            oncall.write_reports(run, json, junit)
-            oncall.print_transitions(run)
-        return oncall.summarise(run)
+        run_flow(run, verify=True)
     finally:
-        _close(targets)
+        oncall.write_reports(run, json, junit)
+        oncall.print_transitions(run)
+    return oncall.summarise(run)
 
 
-@task(klass=CoordinatedTask, help={"dry-run": "print what would be done on each host, change nothing"})
-@_guarded
-def deploy(c: Context, console: Console, dry_run: bool = False) -> int:
+@task(klass=CoordinatedTask, help=_DRY_RUN)
+@_on_hosts(need_source=True)
+def deploy(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False) -> int:
     """Prepare and switch to a new release on every host (no verification)."""
-    settings = settings_of(c, need_source=True)
-    targets = targets_of(c, settings)
-    try:
-        if dry_run:
-            return oncall.dry_run(targets, settings, console, verify=False)
-        run = Rollout(settings, targets, console)
-        run_flow(run, verify=False)
-        return oncall.summarise(run)
-    finally:
-        _close(targets)
+    if dry_run:
+        return oncall.dry_run(targets, settings, console, verify=False)
+    run = Rollout(settings, targets, console)
+    run_flow(run, verify=False)
+    return oncall.summarise(run)
 
 
-@task(klass=CoordinatedTask, help={
-    "json": "write a JSON report to this path",
-    "junit": "write a JUnit XML report (one testsuite per host) to this path",
-})
-@_guarded
-def verify(c: Context, console: Console, json: Optional[str] = None, junit: Optional[str] = None) -> int:
+@task(klass=CoordinatedTask, help=_REPORTS)
+@_on_hosts()
+def verify(targets: List[Target], settings: Settings, console: Console, json: Optional[str] = None,
+           junit: Optional[str] = None) -> int:
     """Run the configured checks now; report red/green per host and check (exit 1 if any red)."""
-    settings = settings_of(c)
-    targets = targets_of(c, settings)
-    try:
-        return oncall.verify(targets, settings, console, json, junit)
-    finally:
-        _close(targets)
+    return oncall.verify(targets, settings, console, json, junit)
 
 
 @task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)"})
-@_guarded
-def rollback(c: Context, console: Console, to: Optional[str] = None) -> int:
+@_on_hosts()
+def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None) -> int:
     """Re-activate the previous good release (or --to RELEASE), restart, verify."""
-    settings = settings_of(c)
-    targets = targets_of(c, settings)
-    try:
-        return oncall.rollback(targets, settings, console, to)
-    finally:
-        _close(targets)
+    return oncall.rollback(targets, settings, console, to)
 
 
 @task(klass=CoordinatedTask)
-@_guarded
-def status(c: Context, console: Console) -> int:
+@_on_hosts()
+def status(targets: List[Target], settings: Settings, console: Console) -> int:
     """Per host: the live release, the previous one, the lock holder and the last event."""
-    settings = settings_of(c)
-    targets = targets_of(c, settings)
-    try:
-        return oncall.status(targets, settings, console)
-    finally:
-        _close(targets)
+    return oncall.status(targets, settings, console)
 
 
 @task(klass=CoordinatedTask)
-@_guarded
-def releases(c: Context, console: Console) -> int:
+@_on_hosts()
+def releases(targets: List[Target], settings: Settings, console: Console) -> int:
     """Per host: a table of releases (id, when, who, label, live and bad marks)."""
-    settings = settings_of(c)
-    targets = targets_of(c, settings)
-    try:
-        return oncall.releases(targets, settings, console)
-    finally:
-        _close(targets)
+    return oncall.releases(targets, settings, console)
 
 
 @task(klass=CoordinatedTask)
-@_guarded
-def unlock(c: Context, console: Console) -> int:
+@_on_hosts()
+def unlock(targets: List[Target], settings: Settings, console: Console) -> int:
     """Remove a deploy lock left behind, printing who held it."""
-    settings = settings_of(c)
-    targets = targets_of(c, settings)
-    try:
-        return oncall.unlock(targets, settings, console)
-    finally:
-        _close(targets)
+    return oncall.unlock(targets, settings, console)
 
 
 __all__ = ["deploy", "verify", "rollback", "deploy_and_verify", "status", "releases", "unlock",
