@@ -15,9 +15,6 @@ Two CPU columns say where the time went: the ``fab`` process's own CPU time (use
 the commands of the remote scripts), per host. All hosts share this machine's CPUs, so on a small
 machine the hosts' CPU, not deploytest, bounds the many-host rows.
 
-The hosts share the machine's /root, so by default root's ``~/.bashrc`` (which bash sources for every
-SSH command, and which on a developer machine may run ``pyenv init`` and the like) is hidden inside the
-test hosts by an empty bind mount in their private mount namespaces; ``--keep-bashrc`` keeps it.
 
 Run: ``PYTHONPATH=. python benchmarks/bench_deploy.py`` (as root); prints one reStructuredText
 simple table. ``--hosts`` and ``--files`` choose the rows, ``--rounds`` takes the median of several
@@ -39,38 +36,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import testbed  # noqa: E402
+from common import fab_env, host_cpu, int_list, simple_table, testbed
 
 FABFILE = "from deploytest.tasks import deploy, deploy_and_verify, releases, rollback, status, unlock, verify\n"
 DEPLOY_TO = "/srv/bench"
 FAB_TIMEOUT = 600.0
 
 
-def int_list(text: str) -> List[int]:
-    """``"1,10,30"`` -> ``[1, 10, 30]``."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def simple_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A reStructuredText simple table (right-aligned cells, except the last column)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    rule = "  ".join("=" * w for w in widths)
-
-    def line(cells: Sequence[str]) -> str:
-        out = [str(c).rjust(w) for c, w in zip(cells[:-1], widths[:-1])]
-        return "  ".join(out + [str(cells[-1])]).rstrip()
-
-    return "\n".join([rule, line(header), rule, *(line(r) for r in rows), rule])
 
 
 def make_source(directory: Path, files: int) -> None:
@@ -99,20 +71,6 @@ def write_project(root: Path, source: str, parallel: int) -> None:
     (root / "fabric.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def hide_bashrc(bed: testbed.TestBed) -> None:
-    """Bind-mount an empty file over root's ~/.bashrc inside every host's own mount namespace."""
-    for host in bed.hosts:
-        host.sh('[ ! -f "$HOME/.bashrc" ] || mount --bind /dev/null "$HOME/.bashrc"', check=True)
-
-
-def host_cpu(host: testbed.Host) -> float:
-    """CPU seconds of everything the host's sshd ran and reaped so far (cutime + cstime + own)."""
-    try:
-        with open(f"/proc/{host.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -129,9 +87,7 @@ class Run:
 def fab(root: Path, bed: testbed.TestBed, task: str, hosts: Sequence[str]) -> Run:
     """Run ``python -m fabric -S <ssh_config> -H <hosts> TASK`` in ``root`` and measure it."""
     cmd = [sys.executable, "-m", "fabric", "-S", str(bed.ssh_config), "-H", ",".join(hosts), task]
-    env = bed.env()
-    env.setdefault("PYTHONPATH", str(ROOT))
-    env["NO_COLOR"] = "1"
+    env = fab_env(bed)
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -164,8 +120,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs per row; the median time is shown")
     parser.add_argument("--parallel", type=int, default=0,
                         help="rollout.parallel (default: the largest host count)")
-    parser.add_argument("--keep-bashrc", action="store_true",
-                        help="leave root's ~/.bashrc visible to the hosts' shells")
     args = parser.parse_args()
     problem = testbed.check_requirements(netns=True)
     if problem:
@@ -183,8 +137,6 @@ def main() -> int:
         bed = testbed.start_hosts(most, prefix="web")
         print(f"{most} hosts up in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         try:
-            if not args.keep_bashrc:
-                hide_bashrc(bed)
             for files in args.files:
                 project = work / f"project{files}"
                 project.mkdir()
@@ -228,9 +180,8 @@ def main() -> int:
     for row in rows:
         by_files.setdefault(row[1], {})[row[0]] = (float(row[2]), float(row[6]) * int(row[0]))
     print()
-    bashrc = "root's ~/.bashrc kept" if args.keep_bashrc else "root's ~/.bashrc hidden"
     print(f"``fab -H <hosts> deploy``: no hooks; rollout batches [1, \"100%\"], parallel {parallel}; "
-          f"{os.cpu_count()} CPUs shared by fab and all hosts; {bashrc}; median of {args.rounds} run(s)")
+          f"{os.cpu_count()} CPUs shared by fab and all hosts; median of {args.rounds} run(s)")
     print()
     print(simple_table(["hosts", "files", "wall (s)", "sessions/host min", "max", "fab CPU (s)",
                         "host CPU (s/host)", "result"], rows))

@@ -16,9 +16,6 @@ serving it (each sshd's reaped children: sessions, shells, hooks, checks), per h
 this machine's CPUs. Every row deploys a new release over a live one (an untimed first deploy to
 all hosts comes first).
 
-The hosts share the machine's /root, so by default root's ``~/.bashrc`` (which bash sources for every
-SSH command, and which on a developer machine may run ``pyenv init`` and the like) is hidden inside the
-test hosts by an empty bind mount in their private mount namespaces; ``--keep-bashrc`` keeps it.
 
 The example's restart script waits until the old ``hello`` is gone (``kill -0``). The old process is
 an orphan (started in the background by an earlier session), and an orphan that exits stays a zombie
@@ -46,11 +43,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Sequence, Set
 
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import testbed  # noqa: E402
+from common import ROOT, fab_env, host_cpu, int_list, simple_table, testbed
 
 FABFILE = "from deploytest.tasks import deploy, deploy_and_verify, releases, rollback, status, unlock, verify\n"
 APP = ROOT / "examples" / "hello" / "app"
@@ -59,28 +52,6 @@ PORT = 8000
 FAB_TIMEOUT = 600.0
 
 
-def int_list(text: str) -> List[int]:
-    """``"1,10,50"`` -> ``[1, 10, 50]``; an empty string is an empty list."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if values and min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def simple_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A reStructuredText simple table; numbers right-aligned, text left-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    rule = "  ".join("=" * w for w in widths)
-    numeric = [all(str(r[i]).replace(".", "").isdigit() for r in rows) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        out = [str(c).rjust(w) if num else str(c).ljust(w) for c, w, num in zip(cells, widths, numeric)]
-        return "  ".join(out).rstrip()
-
-    return "\n".join([rule, line(header), rule, *(line(r) for r in rows), rule])
 
 
 def hello_config(parallel: int) -> Dict[str, Any]:
@@ -146,20 +117,6 @@ def reap_orphans(keep: Set[int]) -> None:
                 os.waitpid(int(entry), os.WNOHANG)
 
 
-def hide_bashrc(bed: testbed.TestBed) -> None:
-    """Bind-mount an empty file over root's ~/.bashrc inside every host's own mount namespace."""
-    for host in bed.hosts:
-        host.sh('[ ! -f "$HOME/.bashrc" ] || mount --bind /dev/null "$HOME/.bashrc"', check=True)
-
-
-def host_cpu(host: testbed.Host) -> float:
-    """CPU seconds of everything the host's sshd ran and reaped so far (cutime + cstime + own)."""
-    try:
-        with open(f"/proc/{host.pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, TypeError):
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -186,9 +143,7 @@ def fab(root: Path, bed: testbed.TestBed, task: str, hosts: Sequence[str]) -> Ru
     """Run ``python -m fabric -S <ssh_config> -H <hosts> TASK`` in ``root`` and measure it (and,
     as subreaper, reap the hosts' orphans meanwhile)."""
     cmd = [sys.executable, "-m", "fabric", "-S", str(bed.ssh_config), "-H", ",".join(hosts), task]
-    env = bed.env()
-    env.setdefault("PYTHONPATH", str(ROOT))
-    env["NO_COLOR"] = "1"
+    env = fab_env(bed)
     with tempfile.TemporaryFile() as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
@@ -242,8 +197,6 @@ def main() -> int:
     parser.add_argument("--sequential", type=int_list, default=[10, 50],
                         help="host counts of the one-fab-per-host loop rows (default 10,50; '' for none)")
     parser.add_argument("--parallel", type=int, default=50, help="rollout.parallel (default 50)")
-    parser.add_argument("--keep-bashrc", action="store_true",
-                        help="leave root's ~/.bashrc visible to the hosts' shells")
     parser.add_argument("--no-reaper", action="store_true",
                         help="leave the hosts' orphans to PID 1 instead of reaping them at once")
     args = parser.parse_args()
@@ -265,8 +218,6 @@ def main() -> int:
         bed = testbed.start_hosts(most, prefix="web")
         print(f"{most} hosts up in {time.perf_counter() - started:.1f}s", file=sys.stderr)
         try:
-            if not args.keep_bashrc:
-                hide_bashrc(bed)
             warm = fab(project, bed, "deploy-and-verify", bed.names)  # first deploy: untimed
             print(f"first deploy-and-verify to {most} hosts: {warm.seconds:.2f}s, {warm.result}", file=sys.stderr)
             if warm.codes != [0]:
@@ -295,11 +246,10 @@ def main() -> int:
             bed.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    bashrc = "root's ~/.bashrc kept" if args.keep_bashrc else "root's ~/.bashrc hidden"
     reaper = "orphans reaped at once" if REAPER[0] else "orphans left to PID 1"
     print()
     print(f"``fab -H <hosts> deploy-and-verify`` of examples/hello/app (build + restart hooks, 3 checks); "
-          f"{os.cpu_count()} CPUs shared by fab and all hosts; {bashrc}; {reaper}")
+          f"{os.cpu_count()} CPUs shared by fab and all hosts; {reaper}")
     print()
     print(simple_table(["mode", "hosts", "rollout", "wall (s)", "peak RSS (MB)", "fab CPU (s)",
                         "host CPU (s/host)", "result"], rows))
