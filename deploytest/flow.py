@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import release
-from .checks import Check, HostReport, VerifyReport, run_checks
-from .checks.runner import verify_host
+from .checks import HostReport, VerifyReport
 from .config import Settings, VerifySettings, plan_batches
 from .console import Console
 from .errors import (
@@ -29,6 +28,7 @@ from .errors import (
 )
 from .hosts import Target, in_parallel
 from .report import explain, result_line
+from .verifiers import Verifier, checks_verifier
 
 T = TypeVar("T")
 
@@ -53,6 +53,18 @@ class Rollout:
     rollback_report: Optional[VerifyReport] = None
     outcome: str = "pending"
     started: float = field(default_factory=time.monotonic)
+    verifier: Optional[Verifier] = None  # default: the configured checks
+
+    @property
+    def verifies(self) -> bool:
+        """True when there is something to verify (configured checks or a verifier of one's own)."""
+        return self.verifier is not None or bool(self.settings.checks)
+
+    def verify(self, names: Sequence[str], settings: VerifySettings, only: Sequence[str] = ()) -> VerifyReport:
+        """Verify the named hosts now (checks limited to ``only`` when given)."""
+        verifier = self.verifier or checks_verifier(list(self.settings.checks),
+                                                    parallel=self.settings.rollout.parallel)
+        return verifier(self.pick(names), settings, list(only))
 
     @property
     def names(self) -> list[str]:
@@ -160,11 +172,10 @@ def record_baseline(run: Rollout) -> None:
     """Red: one pass of the checks against what is live now (no waiting); a first deploy has none."""
     settings = run.settings
     live = [name for name, state in run.states.items() if state.live]
-    if not settings.checks or not live:
+    if not run.verifies or not live:
         return
     run.console.stage("baseline: checks against what is live now")
-    run.baseline = run_checks(run.pick(live), list(settings.checks), VerifySettings(0, settings.verify.interval),
-                              parallel=settings.rollout.parallel)
+    run.baseline = run.verify(live, VerifySettings(0, settings.verify.interval))
     for host in run.baseline.hosts:
         run.console.host(host.host, "baseline", summary(host), "green" if host.ok else "yellow")
 
@@ -205,10 +216,9 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
 
     for name in run.each(batch, "switch", switch):
         run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
-    if verify and settings.checks:
+    if verify and run.verifies:
         live = [name for name in batch if name not in run.failed]
-        report = run_checks(run.pick(live), list(settings.checks), settings.verify,
-                            parallel=settings.rollout.parallel)
+        report = run.verify(live, settings.verify)
         run.after = report if run.after is None else VerifyReport(run.after.hosts + report.hosts)
         for host in report.hosts:
             if host.error:
@@ -318,23 +328,18 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
     Only those are waited for ("eventually"); a check that was already red before the deploy is not
     the rollback's to fix. Without a baseline for a host every check must turn green.
     """
-    if not restored or not run.settings.checks:
+    if not restored or not run.verifies:
         return
-    checks = list(run.settings.checks)
-
-    def expected(name: str) -> list[Check]:
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name in restored:
         before = run.baseline.host(name) if run.baseline else None
-        if before is None or before.error:
-            return checks
-        green = {r.check.name for r in before.results if r.ok}
-        return [c for c in checks if c.name in green]
-
-    def verify(target: Target) -> HostReport:
-        return verify_host(target, expected(target.name), run.settings.verify)
-
+        green = () if before is None or before.error else tuple(r.check.name for r in before.results if r.ok)
+        if before is not None and not before.error and not green:
+            continue  # nothing was green before: nothing to hold the rollback to
+        groups.setdefault(green, []).append(name)
     hosts: list[HostReport] = []
-    for target, result in in_parallel(run.pick(restored), verify, limit=run.settings.rollout.parallel):
-        hosts.append(result if isinstance(result, HostReport) else HostReport(target.name, error=_reason(result)))
+    for only, names in groups.items():
+        hosts += run.verify(names, run.settings.verify, only).hosts
     run.rollback_report = VerifyReport(hosts)
     for host in hosts:
         if host.error:

@@ -74,7 +74,7 @@ def settings_of(c: Context, *, need_source: bool = False) -> Settings:
 Body = Callable[..., Optional[int]]
 
 
-def _on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., None]]:
+def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., None]]:
     """Give a task body ``(targets, settings, console, **options)`` and make it safe to run.
 
     Config is validated before any host is touched; connections are closed at the end; deploytest's
@@ -137,7 +137,7 @@ _DRY_RUN = {"dry-run": "print what would be done on each host, and change nothin
 
 
 @task(klass=CoordinatedTask, name="deploy-and-verify", help={**_DRY_RUN, **_REPORTS})
-@_on_hosts(need_source=True)
+@on_hosts(need_source=True)
 def deploy_and_verify(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False,
                       json: Optional[str] = None, junit: Optional[str] = None) -> int:
     """Deploy a new release, verify it, and roll back on every touched host if it stays red."""
@@ -153,7 +153,7 @@ def deploy_and_verify(targets: List[Target], settings: Settings, console: Consol
 
 
 @task(klass=CoordinatedTask, help=_DRY_RUN)
-@_on_hosts(need_source=True)
+@on_hosts(need_source=True)
 def deploy(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False) -> int:
     """Prepare and switch to a new release on every host (no verification)."""
     if dry_run:
@@ -164,7 +164,7 @@ def deploy(targets: List[Target], settings: Settings, console: Console, dry_run:
 
 
 @task(klass=CoordinatedTask, help=_REPORTS)
-@_on_hosts()
+@on_hosts()
 def verify(targets: List[Target], settings: Settings, console: Console, json: Optional[str] = None,
            junit: Optional[str] = None) -> int:
     """Run the configured checks now; report red/green per host and check (exit 1 if any red)."""
@@ -172,32 +172,32 @@ def verify(targets: List[Target], settings: Settings, console: Console, json: Op
 
 
 @task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)"})
-@_on_hosts()
+@on_hosts()
 def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None) -> int:
     """Re-activate the previous good release (or --to RELEASE), restart, verify."""
     return oncall.rollback(targets, settings, console, to)
 
 
 @task(klass=CoordinatedTask)
-@_on_hosts()
+@on_hosts()
 def status(targets: List[Target], settings: Settings, console: Console) -> int:
     """Per host: the live release, the previous one, the lock holder and the last event."""
     return oncall.status(targets, settings, console)
 
 
 @task(klass=CoordinatedTask)
-@_on_hosts()
+@on_hosts()
 def releases(targets: List[Target], settings: Settings, console: Console) -> int:
     """Per host: a table of releases (id, when, who, label, live and bad marks)."""
     return oncall.releases(targets, settings, console)
 
 
 @task(klass=CoordinatedTask)
-@_on_hosts()
+@on_hosts()
 def unlock(targets: List[Target], settings: Settings, console: Console) -> int:
     """Remove a deploy lock left behind, printing who held it."""
     return oncall.unlock(targets, settings, console)
 
 
 __all__ = ["deploy", "verify", "rollback", "deploy_and_verify", "status", "releases", "unlock",
-           "CoordinatedTask", "targets_of", "settings_of"]
+           "CoordinatedTask", "on_hosts", "targets_of", "settings_of"]

@@ -111,3 +111,24 @@ def test_missing_source_refuses_before_anything(tmp_path: Path) -> None:
 
 def test_needs_human_is_exit_3() -> None:
     assert NeedsHuman("x").exit_code == NEEDS_HUMAN
+
+
+def test_a_verify_step_of_ones_own(tmp_path: Path) -> None:
+    """A project composes the same flow around its own Python verify step (deploytest.assertions)."""
+    from deploytest.assertions import assert_file
+    from deploytest.verifiers import python_verifier
+
+    seen: list = []
+
+    def version_is_live(target: Any) -> None:
+        seen.append(target.name)
+        assert_file(target, str(tmp_path / "app" / "current" / "VERSION"), contains="2.0")
+
+    settings = settings_for(tmp_path, checks=[])
+    out = io.StringIO()
+    rollout = Rollout(settings, [LocalTarget()], Console(out, out), verifier=python_verifier(version_is_live))
+    with pytest.raises(RolledBack):
+        deploy_and_verify(rollout)
+    assert seen and "version is live" in out.getvalue()
+    assert "expected" in out.getvalue() and "2.0" in out.getvalue()
+    assert current(tmp_path) == ""

@@ -1,0 +1,104 @@
+"""What the red-green flow calls to verify hosts, and how to plug your own verify step into it.
+
+A :data:`Verifier` takes targets and the ``verify`` settings and returns a :class:`VerifyReport`. The
+default runs the configured checks (one command per host per attempt). :func:`python_verifier` turns
+plain Python functions, written with :mod:`deploytest.assertions` the way pytest tests are, into a
+verifier with the same "eventually" semantics and the same reports::
+
+    from deploytest.assertions import assert_http, assert_process
+
+    def app_is_running(target):
+        assert_process(target, "hello.py")
+        assert_http(target, "http://127.0.0.1:8000/health", contains="ok")
+
+    run = Rollout(settings, targets, console, verifier=python_verifier(app_is_running))
+    deploy_and_verify(run)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport, run_checks
+from .config import VerifySettings
+from .hosts import Target, in_parallel
+
+Verifier = Callable[[Sequence[Target], VerifySettings, Sequence[str]], VerifyReport]
+"""``verifier(targets, verify_settings, only)``: ``only`` limits the checks by name (empty: all)."""
+
+HostFunction = Callable[[Target], None]
+
+
+def checks_verifier(checks: Sequence[Check], *, parallel: int = 10) -> Verifier:
+    """The default verifier: the configured checks, all of a host's in one command per attempt."""
+
+    def verify(targets: Sequence[Target], settings: VerifySettings, only: Sequence[str]) -> VerifyReport:
+        picked = [c for c in checks if not only or c.name in only]
+        return run_checks(list(targets), picked, settings, parallel=parallel)
+
+    return verify
+
+
+class FunctionCheck(Check):
+    """A Python function run against a host; it is green when it returns, red when it raises."""
+
+    kind: ClassVar[str] = "python"
+    fields: ClassVar[Mapping[str, Any]] = {}
+    primary: ClassVar[str] = ""
+
+    def __init__(self, function: HostFunction) -> None:
+        super().__init__({}, name=getattr(function, "__name__", "python check").replace("_", " "))
+        self.function = function
+
+    def subject(self) -> str:
+        return getattr(self.function, "__name__", "function")
+
+    def expectation(self) -> str:
+        return "no assertion failed"
+
+    def probe(self) -> str:
+        return "true"  # not run: the function talks to the host itself
+
+    def judge(self, output: ProbeOutput) -> Verdict:
+        del output
+        return Verdict(True, self.expectation(), "passed")
+
+
+def python_verifier(*functions: HostFunction, parallel: int = 10) -> Verifier:
+    """A verifier from functions ``fn(target)`` that raise ``AssertionError`` when a host is not right.
+
+    Each function is re-run every ``interval`` while it fails, until ``timeout``; hosts in parallel.
+    """
+    checks = [FunctionCheck(fn) for fn in functions]
+
+    def verify_one(target: Target, settings: VerifySettings, picked: list[FunctionCheck]) -> HostReport:
+        started = time.monotonic()
+        report = HostReport(target.name)
+        for check in picked:
+            attempts = 0
+            while True:
+                attempts += 1
+                try:
+                    check.function(target)
+                    verdict = Verdict(True, check.expectation(), "passed")
+                except AssertionError as error:
+                    verdict = Verdict(False, check.expectation(), str(error).splitlines()[0] if str(error) else
+                                      "an assertion failed")
+                if verdict.ok or time.monotonic() - started + settings.interval > settings.timeout:
+                    break
+                time.sleep(settings.interval)
+            report.results.append(CheckResult(check, verdict, attempts, time.monotonic() - started))
+        report.seconds = time.monotonic() - started
+        return report
+
+    def verify(targets: Sequence[Target], settings: VerifySettings, only: Sequence[str]) -> VerifyReport:
+        picked = [c for c in checks if not only or c.name in only]
+        hosts: list[HostReport] = []
+        for target, result in in_parallel(list(targets), lambda t: verify_one(t, settings, picked),
+                                          limit=parallel):
+            hosts.append(result if isinstance(result, HostReport) else
+                         HostReport(target.name, error=str(result) or type(result).__name__))
+        return VerifyReport(hosts)
+
+    return verify
