@@ -62,3 +62,11 @@ def test_help_describes_deploytest_tasks(tmp_path: Path) -> None:
     assert helptext.returncode == 0, helptext.stderr
     assert "--dry-run" in helptext.stdout and "--junit" in helptext.stdout
     assert "console" not in helptext.stdout
+
+
+def test_reference_fabfile_lists_the_tasks_and_its_own_flow(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
+    listing = subprocess.run([sys.executable, "-m", "fabric", "-r", str(REPO), "--list"], cwd=tmp_path, env=env,
+                             text=True, capture_output=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    assert "ship" in listing.stdout and "deploy-and-verify" in listing.stdout
