@@ -137,8 +137,26 @@ def raise_for(target: Target, settings: Settings, result: RunResult, marks: dict
     if result.exit_code != 0:
         detail = result.tail(3) or "no output"
         if settings.sudo and "sudo" in detail:
-            raise RemoteCommandFailed(target.name, "sudo", detail)
+            raise RemoteCommandFailed(target.name, "sudo", sudo_detail(result))
         raise RemoteCommandFailed(target.name, step, f"exit {result.exit_code}: {detail}")
+
+
+_SUDO_NOISE = ("no password was provided", "Sorry, try again", "unable to resolve host")
+
+
+def sudo_detail(result: RunResult) -> str:
+    """What a refused ``sudo`` said, without its noise, with what to do about a wrong password.
+
+    After a wrong password ``sudo -S`` says "Sorry, try again", asks again and finds the end of its
+    input ("no password was provided"); a host missing from its own /etc/hosts adds "unable to
+    resolve host". Only the lines that explain the refusal are kept.
+    """
+    lines = [line.strip() for line in (result.stderr.strip() or result.stdout).splitlines()]
+    lines = [line for line in lines if line and not any(noise in line for noise in _SUDO_NOISE)]
+    wrong = [line for line in lines if "incorrect password" in line]
+    if wrong:
+        return f"{wrong[-1]} (wrong sudo.password: fab --prompt-for-sudo-password, or FABRIC_SUDO_PASSWORD)"
+    return " | ".join(lines[-3:]) or f"exit {result.exit_code}"
 
 
 def parse_marks(stdout: str) -> dict[str, list[str]]:
