@@ -273,30 +273,47 @@ def test_two_deploys_at_once_one_wins_the_other_names_the_holder(three: Dict[str
         assert wait_served(host, "ok 2.0") == "ok 2.0"
 
 
-def test_ctrl_c_during_build_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
+def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
+    """Deploy with a build hook sleeping ``seconds``, Ctrl-C fab while the hook runs on every host;
+    check that nothing changed and return how long fab took to exit after the Ctrl-C."""
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
     before = snapshot(bed)
     project.set_version("2.0")
-    project.config["hooks"]["build"] = ["sleep 20.25"]
+    hook = f"sleep {seconds}"
+    project.config["hooks"]["build"] = [hook]
     project.write(project.config)
     proc = project.start("deploy", hosts=hosts)
+    sent: List[float] = []
 
     def building() -> bool:
-        return all(h.sh("grep -l 'sleep 20.25' /proc/[0-9]*/cmdline 2>/dev/null | head -n 1").stdout.strip()
-                   and len(releases_on(h)) == 2 for h in bed.hosts)
+        # no pid namespaces: one pgrep sees the hook on every host
+        found = bed.hosts[0].sh(f"pgrep -c -x -f '{hook}'").stdout.strip()
+        ready = int(found or 0) >= len(hosts) and all(len(releases_on(h)) == 2 for h in bed.hosts)
+        if ready:
+            sent.append(time.monotonic())
+        return ready
 
-    started = time.monotonic()
     out = interrupt_when(proc, building, timeout=30)
-    interrupted_after = time.monotonic() - started
-    assert proc.returncode not in (0, None), out
+    took = time.monotonic() - sent[0]
     assert proc.returncode in (1, 3), out
-    assert interrupted_after < 30, f"fab took {interrupted_after:.1f}s to stop after Ctrl-C"
     assert "interrupted" in out.lower(), out
     assert "Traceback" not in out
     assert_clean(bed, before)
     for host in bed.hosts:
         assert wait_served(host, "ok 1.0") == "ok 1.0"
+    return took
+
+
+def test_ctrl_c_during_build_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
+    took = _interrupt_during_build(three, 20.25)
+    assert took < 30, f"fab took {took:.1f}s to stop after Ctrl-C"
+
+
+@pytest.mark.xfail(strict=True, reason="Ctrl-C waits for a running build hook to end before rolling back")
+def test_ctrl_c_does_not_wait_for_a_long_build(three: Dict[str, Any]) -> None:
+    took = _interrupt_during_build(three, 45.25)
+    assert took < 20, f"fab took {took:.1f}s to stop after Ctrl-C"
 
 
 def _fill_app(project: Project, megabytes: int, *, random: bool) -> None:
