@@ -416,3 +416,79 @@ def test_dry_run_after_a_deploy_changes_nothing(three: Dict[str, Any]) -> None:
     for host in bed.hosts:
         assert host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout == logs[host.name]
         assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
+def test_two_deploys_started_together_leave_the_hosts_consistent(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    project.set_version("2.0")
+    runs = [project.start("deploy", hosts=hosts), project.start("deploy", hosts=hosts)]
+    outs = [finish(run, 120) for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes in ([0, 2], [2, 2]), outs  # at most one wins; a loser is refused, never half-done
+    for run, out in zip(runs, outs):
+        if run.returncode == 2:
+            assert "locked by" in out, out
+    ids = {live(h) for h in bed.hosts}
+    assert len(ids) == 1, ids
+    assert_clean(bed)
+
+
+def test_rollback_with_nothing_to_go_back_to_is_refused(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    health_only(project)
+    before = snapshot(bed)
+    proc = project.fab("rollback", hosts=hosts)
+    assert proc.returncode == 2, output(proc)
+    assert "no previous good release" in proc.stderr, proc.stderr
+    assert_clean(bed, before)
+    live_now = live(bed.hosts[0])
+    proc = project.fab("rollback", "--to", live_now, hosts=hosts)
+    assert proc.returncode == 2, output(proc)
+    assert "already live" in proc.stderr, proc.stderr
+    assert_clean(bed, before)
+
+
+def test_rollback_to_a_release_one_host_lacks_changes_no_host(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    r1 = live(bed.hosts[0])
+    deploy(project, hosts, "2.0")
+    health_only(project)
+    gone = bed.hosts[2]
+    gone.sh(f"rm -rf {DEPLOY_TO}/releases/{r1} {DEPLOY_TO}/.deploytest/releases/{r1}.json")
+    before = snapshot(bed)
+    proc = project.fab("rollback", "--to", r1, hosts=hosts)
+    assert proc.returncode == 2, output(proc)
+    assert f"{gone.name}: release {r1} does not exist" in proc.stderr, proc.stderr
+    assert_clean(bed, before)
+    for host in bed.hosts:
+        assert wait_served(host, "ok 2.0") == "ok 2.0"
+
+
+@pytest.mark.parametrize("checks", [
+    "health",
+    pytest.param("version", marks=pytest.mark.xfail(
+        strict=True, reason="plain deploy keeps no baseline, so its rollback demands checks of the new release")),
+])
+def test_failing_restart_of_the_new_release_switches_every_host_back(three: Dict[str, Any], checks: str) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    project.set_version("2.0")  # with "version", a check says /srv/hello/current/VERSION contains 2.0
+    if checks == "health":
+        health_only(project)
+    restart = project.root / "app" / "bin" / "restart"
+    restart.write_text("#!/bin/sh\necho 'cannot start: port taken' >&2\nexit 4\n")
+    proc = project.fab("deploy", hosts=hosts)
+    text = output(proc)
+    assert proc.returncode == 1, text
+    assert "Traceback" not in text
+    assert "restart" in text and "cannot start: port taken" in text, text
+    for host in bed.hosts:
+        assert link(host) == before[host.name][0], host.name
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+        assert not locked(host)
+        new = [rid for rid in releases_on(host) if rid not in before[host.name][1]]
+        assert all(state_of(host, rid) == "bad" for rid in new), new  # it went live: kept, marked bad
