@@ -310,10 +310,9 @@ def test_ctrl_c_during_build_leaves_everything_as_it_was(three: Dict[str, Any]) 
     assert took < 30, f"fab took {took:.1f}s to stop after Ctrl-C"
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C waits for a running build hook to end before rolling back")
 def test_ctrl_c_does_not_wait_for_a_long_build(three: Dict[str, Any]) -> None:
-    took = _interrupt_during_build(three, 45.25)
-    assert took < 20, f"fab took {took:.1f}s to stop after Ctrl-C"
+    took = _interrupt_during_build(three, 30.25)
+    assert took < 15, f"fab took {took:.1f}s to stop after Ctrl-C"
 
 
 def _fill_app(project: Project, megabytes: int, *, random: bool) -> None:
