@@ -25,6 +25,7 @@ from .errors import (
     NeedsHuman,
     Refused,
     RolledBack,
+    UsageError,
 )
 from .hosts import Target, in_parallel
 from .report import explain, result_line
@@ -210,8 +211,12 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
         except release.RestartFailed as error:
             run.switched[target.name] = error.previous
             raise
-        except HostUnreachable:
-            run.switched[target.name] = run.states[target.name].live  # switched or not: unknown
+        except UsageError:
+            raise  # refused before anything was switched
+        except BaseException:
+            # lost, interrupted or timed out mid-step: switched or not is unknown, so treat it as
+            # switched (switching back to the release it had is safe either way)
+            run.switched[target.name] = run.states[target.name].live
             raise
 
     for name in run.each(batch, "switch", switch):

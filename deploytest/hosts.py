@@ -16,6 +16,7 @@ import getpass
 import os
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -136,23 +137,49 @@ class LocalTarget(Target):
         started = time.monotonic()
         if timeout is None:
             timeout = self.default_timeout
+        # Its own process group, so that a time-out or Ctrl-C stops the whole step (hooks included).
+        proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        data: bytes | None = stdin if stdin is not None else b""
         try:
-            proc = subprocess.run(
-                ["/bin/sh", "-c", script],
-                input=stdin if stdin is not None else b"",
-                capture_output=True,
-                timeout=timeout,
-                start_new_session=True,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(f"{self.name}: command ran past {timeout}s") from exc
+            while True:
+                try:
+                    out, err = proc.communicate(data, timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    data = None  # given once; communicate() goes on feeding it
+                    if _CANCEL.is_set():
+                        raise Cancelled(f"{self.name}: interrupted (Ctrl-C)") from None
+                    if timeout is not None and time.monotonic() - started > timeout:
+                        raise CommandTimeout(f"{self.name}: command ran past {timeout}s") from None
+        except BaseException:
+            _stop_group(proc)
+            raise
         return RunResult(
             self.name,
             proc.returncode,
-            proc.stdout.decode("utf-8", "replace"),
-            proc.stderr.decode("utf-8", "replace"),
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
             time.monotonic() - started,
         )
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """TERM the process group of ``proc``, KILL it if it lingers, and reap ``proc``."""
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            break
+        try:
+            proc.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        proc.communicate(timeout=1)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        pass
 
 
 class SSHTarget(Target):
@@ -213,7 +240,7 @@ class SSHTarget(Target):
             raise HostUnreachable(self.name, "connection lost")
         try:
             channel = transport.open_session(timeout=_DEFAULT_CONNECT_TIMEOUT)
-            channel.exec_command("/bin/sh -c " + shlex.quote(script))
+            channel.exec_command("/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + script))
             if stdin:
                 channel.sendall(stdin)
             channel.shutdown_write()
@@ -223,6 +250,7 @@ class SSHTarget(Target):
             raise HostUnreachable(self.name, _describe(exc)) from exc
         if code == -1:
             raise HostUnreachable(self.name, "connection lost while the command ran")
+        _group, err = _split_group(err)
         return RunResult(
             self.name,
             code,
@@ -230,6 +258,42 @@ class SSHTarget(Target):
             err.decode("utf-8", "replace"),
             time.monotonic() - started,
         )
+
+
+# sshd runs each command in a session of its own; the first stderr line names its process group, so
+# that a time-out or Ctrl-C can stop the whole remote step (its hooks included) from a second session.
+_GROUP_MARK = b"@@dt-group "
+_ANNOUNCE_GROUP = (
+    "{ read -r _ _ _ _ dt_group _ </proc/$$/stat; } 2>/dev/null || dt_group=$$\n"
+    "printf '@@dt-group %s\\n' \"$dt_group\" >&2\n"
+)
+
+
+def _split_group(err: bytes) -> tuple[int | None, bytes]:
+    if not err.startswith(_GROUP_MARK):
+        return None, err
+    line, _, rest = err.partition(b"\n")
+    try:
+        return int(line[len(_GROUP_MARK):]), rest
+    except ValueError:
+        return None, rest
+
+
+def _stop_remote(transport: paramiko.Transport, err: list[bytes]) -> None:
+    """Stop a running remote step: TERM its process group, then KILL what is left, in a new session."""
+    group, _rest = _split_group(b"".join(err))
+    if group is None or group <= 1 or not transport.is_active():
+        return
+    try:
+        channel = transport.open_session(timeout=5)
+        channel.exec_command(f"kill -TERM -- -{group} 2>/dev/null; sleep 2; kill -KILL -- -{group} 2>/dev/null; true")
+        channel.shutdown_write()
+        deadline = time.monotonic() + 5
+        while not channel.exit_status_ready() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        channel.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
 
 
 def _drain(
@@ -241,21 +305,27 @@ def _drain(
 ) -> tuple[bytes, bytes]:
     out: list[bytes] = []
     err: list[bytes] = []
-    while True:
-        while channel.recv_ready():
-            out.append(channel.recv(65536))
-        while channel.recv_stderr_ready():
-            err.append(channel.recv_stderr(65536))
-        if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
-            break
-        if not transport.is_active():
-            raise HostUnreachable(name, "connection lost while the command ran")
-        if timeout is not None and time.monotonic() - started > timeout:
-            channel.close()
-            raise CommandTimeout(f"{name}: command ran past {timeout}s")
-        select.select([channel], [], [], 0.05)
+    try:
+        while True:
+            while channel.recv_ready():
+                out.append(channel.recv(65536))
+            while channel.recv_stderr_ready():
+                err.append(channel.recv_stderr(65536))
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if not transport.is_active():
+                raise HostUnreachable(name, "connection lost while the command ran")
+            if _CANCEL.is_set():
+                raise Cancelled(f"{name}: interrupted (Ctrl-C)")
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise CommandTimeout(f"{name}: command ran past {timeout}s")
+            select.select([channel], [], [], 0.05)
+    except (Cancelled, CommandTimeout, KeyboardInterrupt):
+        _stop_remote(transport, err)
+        channel.close()
+        raise
     return b"".join(out), b"".join(err)
 
 

@@ -536,14 +536,33 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     first = deploy(target, settings, owner)
     slow = dataclasses.replace(settings, build_hooks=("sleep 30",))
     rid = release.new_release_id([first])
-    with pytest.raises(CommandTimeout):  # the session dies hard (SIGKILL): no trap runs
+    with pytest.raises(CommandTimeout):  # the step's process group is stopped (TERM, then KILL)
         release.prepare(target, slow, rid, release.pack_source(slow), "me", build=True, timeout=1)
+    state = release.inspect(target, settings)
+    if state.release(rid) is not None:  # killed before its own clean-up could run
+        assert state.release(rid).state == PREPARING  # type: ignore[union-attr]
+        with pytest.raises(UsageError, match="preparing"):
+            release.switch(target, settings, rid)
+        with pytest.raises(UsageError, match="preparing"):
+            release.rollback_target(state, rid)
+        assert release.cleanup(target, settings) == [rid]
+    assert release.inspect(target, settings).release(rid) is None
+    assert live_link(settings).endswith(first)
+
+
+def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    first = deploy(target, settings, LockOwner.new())
+    rid = release.new_release_id([first])
+    # what a power cut leaves: metadata says preparing, the directory is half there
+    killer = dataclasses.replace(settings, build_hooks=("kill -KILL 0",))  # the whole step at once
+    with pytest.raises(Exception):  # noqa: B017 - the session dies; what it raises does not matter here
+        release.prepare(target, killer, rid, release.pack_source(killer), "me", build=True, timeout=10)
     state = release.inspect(target, settings)
     assert state.release(rid) is not None and state.release(rid).state == PREPARING  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="preparing"):
         release.switch(target, settings, rid)
-    with pytest.raises(UsageError, match="preparing"):
-        release.rollback_target(state, rid)
     assert release.cleanup(target, settings) == [rid]
     assert live_link(settings).endswith(first)
 
