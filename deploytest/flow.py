@@ -55,6 +55,7 @@ class Rollout:
     outcome: str = "pending"
     started: float = field(default_factory=time.monotonic)
     verifier: Optional[Verifier] = None  # default: the configured checks
+    verifying: bool = True  # False for a plain deploy
 
     @property
     def verifies(self) -> bool:
@@ -116,6 +117,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     :raises RolledBack: a step failed and every switched host is back and verified (exit 1).
     :raises NeedsHuman: a rollback failed or a host's state is unknown (exit 3).
     """
+    run.verifying = verify
     run.package = release.pack_source(run.settings)
     preflight(run)
     try:
@@ -151,7 +153,13 @@ def preflight(run: Rollout, *, lock: bool = True) -> None:
     try:
         run.states = run.each(run.names, "preflight", check)
         if not run.failed and lock:
-            run.locked = list(run.each(run.names, "lock", lambda t: release.acquire_lock(t, settings, run.owner)))
+            take = lambda t: release.acquire_lock(t, settings, run.owner)  # noqa: E731
+            # The first host in name order is taken alone: two deploys racing for the same hosts meet
+            # there first, so exactly one of them goes on to lock the rest (in parallel).
+            first, *rest = sorted(run.names)
+            run.locked = list(run.each([first], "lock", take))
+            if not run.failed:
+                run.locked += list(run.each(rest, "lock", take))
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
     if run.failed:
@@ -333,8 +341,8 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
     Only those are waited for ("eventually"); a check that was already red before the deploy is not
     the rollback's to fix. Without a baseline for a host every check must turn green.
     """
-    if not restored or not run.verifies:
-        return
+    if not restored or not run.verifies or not run.verifying:
+        return  # a plain deploy checks nothing, going forward or back
     groups: dict[tuple[str, ...], list[str]] = {}
     for name in restored:
         before = run.baseline.host(name) if run.baseline else None

@@ -267,6 +267,9 @@ def preflight_problem(state: HostState, need_mb: int) -> str | None:
     if state.current_kind == "other":
         return f"{state.deploy_to}/current exists and is not a symlink; move it away first"
     if state.lock is not None:
+        if state.lock.looks_dead():
+            return (f"locked by {state.lock.describe()}, whose process is no longer running (a stale lock);"
+                    f" check, then: fab -H {state.host} unlock")
         return f"locked by {state.lock.describe()}; if that deploy is dead: fab -H {state.host} unlock"
     return None
 
@@ -519,6 +522,9 @@ out=$(tar -x -z -o -f - -C "$R" 2>&1) \\
             lines.append(f"dt_share {_q(clean)} {_shared_kind(clean)}\n")
     if build:
         lines.append(_build_body(settings))
+        # Still connected? If the deploy that asked vanished (killed, network gone), this write raises
+        # SIGPIPE and the release is undone instead of being marked complete behind its back.
+        lines.append("trap 'exit 98' PIPE\nprintf '@@dt built\\n' || exit 98\n")
         lines.append(f"dt_set_state \"$id\" {COMPLETE} prepare\n")
     lines.append("dt_ok=1\nprintf '@@dt label\\t%s\\n' \"$label\"\n")
     return "".join(lines)

@@ -171,7 +171,6 @@ def test_unlock_removes_the_lock_of_a_killed_deploy(three: Dict[str, Any]) -> No
         assert live(host) != r1 and not locked(host)
 
 
-@pytest.mark.xfail(strict=True, reason="preflight names the holder of a lock but not that its process is gone")
 def test_a_lock_whose_deploy_died_is_called_stale(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
