@@ -10,36 +10,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from onhost import DEPLOY_TO, PORT, live, locked, releases_on, served
 from project import Project, finish, hello_config, interrupt_when
 
 from deploytest import release
 from deploytest.config import load
 from deploytest.hosts import connect
 
-PORT = 8000
-DEPLOY_TO = "/srv/hello"
-
 pytestmark = pytest.mark.testbed
-
-
-def live(host: Any) -> str:
-    """The release ``current`` points at on ``host`` ('' if none)."""
-    out = host.sh(f"readlink {DEPLOY_TO}/current").stdout.strip()
-    return out.rsplit("/", 1)[-1] if out else ""
-
-
-def releases_on(host: Any) -> List[str]:
-    out = host.sh(f"ls -1 {DEPLOY_TO}/releases 2>/dev/null").stdout.split()
-    return sorted(out)
-
-
-def served(host: Any) -> str:
-    """What /health answers on the host itself."""
-    return host.sh(f"curl -s -m 3 http://127.0.0.1:{PORT}/health").stdout.strip()
-
-
-def locked(host: Any) -> bool:
-    return host.sh(f"ls -A {DEPLOY_TO}/.deploytest | grep -q lock").returncode == 0
 
 
 @pytest.fixture

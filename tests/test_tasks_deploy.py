@@ -6,80 +6,25 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import pytest
+from onhost import (
+    DEPLOY_TO,
+    PORT,
+    assert_clean,
+    link,
+    live,
+    locked,
+    output,
+    releases_on,
+    snapshot,
+    state_of,
+    wait_served,
+)
 from project import Project, finish, hello_config, interrupt_when
 
-PORT = 8000
-DEPLOY_TO = "/srv/hello"
-
 pytestmark = pytest.mark.testbed
-
-
-# -- what is on a host ----------------------------------------------------------------------------
-
-
-def link(host: Any) -> str:
-    """Where ``current`` points on ``host``, as written in the link ('' if none)."""
-    return host.sh(f"readlink {DEPLOY_TO}/current").stdout.strip()
-
-
-def live(host: Any) -> str:
-    """The release ``current`` points at on ``host`` ('' if none)."""
-    out = link(host)
-    return out.rsplit("/", 1)[-1] if out else ""
-
-
-def releases_on(host: Any) -> List[str]:
-    return sorted(host.sh(f"ls -1 {DEPLOY_TO}/releases 2>/dev/null").stdout.split())
-
-
-def metadata(host: Any, release_id: str) -> Dict[str, Any]:
-    out = host.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{release_id}.json").stdout
-    return json.loads(out) if out.strip() else {}
-
-
-def state_of(host: Any, release_id: str) -> str:
-    return str(metadata(host, release_id).get("state", "none"))
-
-
-def locked(host: Any) -> bool:
-    return host.sh(f"test -e {DEPLOY_TO}/.deploytest/lock").returncode == 0
-
-
-def served(host: Any) -> str:
-    """What /health answers on the host itself."""
-    return host.sh(f"curl -s -m 3 http://127.0.0.1:{PORT}/health").stdout.strip()
-
-
-def wait_served(host: Any, expected: str, timeout: float = 10) -> str:
-    """What /health answers once it answers ``expected`` (or what it answered last)."""
-    deadline = time.monotonic() + timeout
-    answer = served(host)
-    while answer != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        answer = served(host)
-    return answer
-
-
-def snapshot(bed: Any) -> Dict[str, Any]:
-    """Everything a failed or refused deploy must leave as it was: live release and release dirs."""
-    return {h.name: (link(h), releases_on(h)) for h in bed.hosts}
-
-
-def assert_clean(bed: Any, before: Optional[Dict[str, Any]] = None) -> None:
-    """No lock anywhere, no release left half-built, and (with ``before``) nothing changed."""
-    for host in bed.hosts:
-        assert not locked(host), f"{host.name}: lock left behind"
-        for rid in releases_on(host):
-            assert state_of(host, rid) in ("complete", "bad"), (host.name, rid, metadata(host, rid))
-        if before is not None:
-            assert (link(host), releases_on(host)) == before[host.name], host.name
-
-
-def output(proc: Any) -> str:
-    return str(proc.stdout) + str(proc.stderr)
 
 
 # -- fixtures -------------------------------------------------------------------------------------

@@ -11,30 +11,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from onhost import DEPLOY_TO, PORT, events, live, locked, output
 from project import Project, hello_config
 
-PORT = 8000
-DEPLOY_TO = "/srv/hello"
-
 pytestmark = pytest.mark.testbed
-
-
-def live(host: Any) -> str:
-    out = host.sh(f"readlink {DEPLOY_TO}/current").stdout.strip()
-    return out.rsplit("/", 1)[-1] if out else ""
-
-
-def locked(host: Any) -> bool:
-    return host.sh(f"test -e {DEPLOY_TO}/.deploytest/lock").returncode == 0
-
-
-def events(host: Any) -> List[Dict[str, Any]]:
-    out = host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl 2>/dev/null").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
-def output(proc: Any) -> str:
-    return str(proc.stdout) + str(proc.stderr)
 
 
 def host_lines(text: str, name: str) -> List[str]:
