@@ -407,9 +407,10 @@ def summary(host: HostReport) -> str:
 
 
 def _package_mb(package: Optional[release.Package]) -> int:
-    if package is None or package.data is None:
+    """Room the release needs on a host: its unpacked size (the archive is streamed, not stored)."""
+    if package is None:
         return 0
-    return -(-len(package.data) * 3 // (1024 * 1024))  # room for the archive and what it unpacks to
+    return -(-package.unpacked_size * 11 // 10 // (1024 * 1024))
 
 
 def _reason(error: BaseException) -> str:

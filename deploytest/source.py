@@ -51,6 +51,13 @@ class Package:
         return len(self.data) if self.data is not None else 0
 
     @property
+    def unpacked_size(self) -> int:
+        """Bytes the release takes once unpacked (about): the tar stream's length from gzip's trailer."""
+        if self.data is None or len(self.data) < 18:
+            return 0
+        return max(int.from_bytes(self.data[-4:], "little"), self.size)  # the trailer counts mod 4 GiB
+
+    @property
     def size_mb(self) -> int:
         """Upload size in MiB, rounded up; what preflight adds to ``min_free_mb``."""
         return -(-self.size // (1024 * 1024))

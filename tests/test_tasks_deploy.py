@@ -290,10 +290,11 @@ def test_no_room_for_the_release_is_refused_before_anything_changes(three: Dict[
 def test_disk_filling_up_during_upload_rolls_back_cleanly(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     small = bed.hosts[1]
-    small.tiny_disk("4m")
+    # releases/ on a volume of its own: preflight sees the room at deploy_to, the upload meets the limit
+    small.sh(f"mkdir -p {DEPLOY_TO}/releases && mount -t tmpfs -o size=4m tmpfs {DEPLOY_TO}/releases", check=True)
     deploy(project, hosts, "1.0")
     before = snapshot(bed)
-    _fill_app(project, 12, random=False)  # tiny archive, 12 MB once unpacked: passes preflight
+    _fill_app(project, 12, random=False)  # 12 MB once unpacked: more than releases/ holds
     project.set_version("2.0")
     proc = project.fab("deploy", hosts=hosts)
     text = output(proc)
@@ -301,7 +302,8 @@ def test_disk_filling_up_during_upload_rolls_back_cleanly(three: Dict[str, Any])
     assert "Traceback" not in text
     assert f"{small.name}: prepare: upload failed: no space left on device under {DEPLOY_TO}" in text, text
     assert_clean(bed, before)
-    assert small.sh("df -Pk /srv | awk 'NR==2 {print $4}'").stdout.strip() != "0"  # the partial upload is gone
+    free = small.sh(f"df -Pk {DEPLOY_TO}/releases | awk 'NR==2 {{print $4}}'").stdout.strip()
+    assert free != "0", free  # the partial upload is gone
     for host in bed.hosts:
         assert wait_served(host, "ok 1.0") == "ok 1.0"
 
