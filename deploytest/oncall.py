@@ -128,6 +128,9 @@ def rollback(targets: Sequence[Target], settings: Settings, console: Console, to
     if red:
         console.error(f"deploytest: rolled back, but checks are red on {', '.join(sorted(red))}")
         return ChecksFailed.exit_code
+    where = ", ".join(sorted(set(picked.values())))
+    console.line(console.paint(f"deploytest: rolled back: {len(picked)} host(s) live on {where}"
+                               f"{', verified' if report is not None else ''}", "green"))
     return OK
 
 
