@@ -420,6 +420,8 @@ def secure(connection: Connection) -> Connection:
     if strict not in ("no", "off", "false"):
         # load_host_keys() makes paramiko save keys back there on close; keep known_hosts as it is.
         client._host_keys_filename = None  # noqa: SLF001
+    if isinstance(connection.gateway, Connection):  # ProxyJump hops: their keys are checked too
+        secure(connection.gateway)
     return connection
 
 
