@@ -141,22 +141,49 @@ def _release_locks(run: Rollout) -> None:
 
 
 def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
-    """Per host: live release, previous good release, lock holder, last event."""
-    states = _inspect_all(targets, settings, console)
+    """Per host: live release, previous good release, lock holder, last event.
+
+    A host that cannot be read is listed as such and the others are still shown (exit 3 then).
+    """
+    states, lost = _read_states(targets, settings, console)
     for name, state in states.items():
         lock = state.lock.describe() if state.lock else "free"
         last = describe_event(state.last_event) if state.last_event else "none"
         console.line(f"{name}: live {state.live or '-'}  previous {state.previous or '-'}  "
                      f"lock {lock}  last event: {last}")
-    return OK
+    return _unknown(lost)
 
 
 def releases(targets: Sequence[Target], settings: Settings, console: Console) -> int:
     """Per host: a table of releases (id, when, who, label, live / bad / rollback-target marks)."""
-    states = _inspect_all(targets, settings, console)
+    states, lost = _read_states(targets, settings, console)
     for name, state in states.items():
         console.line(f"{name}:")
         console.line(release_table(state))
+    return _unknown(lost)
+
+
+def _read_states(targets: Sequence[Target], settings: Settings,
+                 console: Console) -> tuple[dict[str, release.HostState], dict[str, str]]:
+    """Each host's deploy state, and why the others could not be read (on-call wants what it can get)."""
+    console.set_hosts([t.name for t in targets])
+    states: dict[str, release.HostState] = {}
+    lost: dict[str, str] = {}
+    for target, result in in_parallel(targets, lambda t: release.inspect(t, settings),
+                                      limit=settings.rollout.parallel):
+        if isinstance(result, BaseException):
+            lost[target.name] = _message(result)
+        else:
+            states[target.name] = result
+    for name, why in lost.items():
+        console.line(f"{name}: state unknown: {why}")
+    return states, lost
+
+
+def _unknown(lost: dict[str, str]) -> int:
+    if lost:
+        raise NeedsHuman(f"could not read the state of {', '.join(lost)}", hosts=list(lost),
+                         next_step="check that the host is up and reachable over SSH, then run this again")
     return OK
 
 

@@ -77,6 +77,19 @@ def test_status_shows_live_previous_lock_and_last_event(three: Dict[str, Any]) -
         assert f"lock root@{socket.gethostname()} (pid {pid}) since " in line, line
 
 
+def test_status_shows_every_reachable_host_when_one_is_down(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    rid = live(bed.hosts[0])
+    bed.hosts[1].stop_sshd()
+    proc = project.fab("status", hosts=hosts)
+    assert proc.returncode == 3, output(proc)  # a host's state is unknown: a human looks
+    assert "web2: state unknown: unreachable: connection refused" in proc.stdout, output(proc)
+    for name in ("web1", "web3"):
+        assert any(line.startswith(f"{name}: live {rid}") for line in proc.stdout.splitlines()), output(proc)
+    assert "could not read the state of web2" in proc.stderr
+
+
 def test_releases_table_marks_live_bad_and_rollback_target(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
