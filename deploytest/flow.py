@@ -56,6 +56,7 @@ class Rollout:
     started: float = field(default_factory=time.monotonic)
     verifier: Optional[Verifier] = None  # default: the configured checks
     verifying: bool = True  # False for a plain deploy
+    tolerated: list[str] = field(default_factory=list)  # failed within max_fail, put back on their own
 
     @property
     def verifies(self) -> bool:
@@ -258,11 +259,23 @@ def finish(run: Rollout) -> None:
     run.console.stage("finish")
     run.outcome = "verified" if run.after is not None else "deployed"
     event = _event(run, "deploy", run.outcome)
-    done = run.each([n for n in run.locked if n not in run.failed], "finish",
+    done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
                     lambda t: release.finish(t, run.settings, run.owner, event, cleanup=True))
-    run.locked = [n for n in run.locked if n not in done]
     for name in done:
         run.console.host(name, "finish", f"live on {run.release_id}, cleaned up, unlocked", "green")
+    back = _event(run, "deploy", "rolled back (within max_fail)", error=", ".join(run.failed.values()))
+
+    def tidy(target: Target) -> None:
+        release.discard(target, run.settings, run.release_id, bad=True)
+        release.finish(target, run.settings, run.owner, back, cleanup=False)
+
+    tidied = run.each([n for n in run.locked if n in run.tolerated], "finish", tidy)
+    for name in tidied:
+        run.console.host(name, "finish", f"stays on its previous release; {run.release_id} marked bad, unlocked",
+                         "yellow")
+    run.locked = [n for n in run.locked if n not in done and n not in tidied]
+    if run.locked:
+        raise DeploytestError("could not finish on " + ", ".join(run.locked))
 
 
 # -- failure -------------------------------------------------------------------------------------
@@ -372,6 +385,7 @@ def _tolerate(run: Rollout, name: str) -> None:
     if previous:
         release.restart(target, run.settings)
     run.switched.pop(name, None)
+    run.tolerated.append(name)
     run.console.host(name, "rollback", f"back on {previous or 'nothing'} (within max_fail)", "yellow")
 
 

@@ -283,9 +283,13 @@ def print_transitions(run: Rollout) -> None:
 def summarise(run: Rollout) -> int:
     """The closing line of a successful run."""
     console = run.console
+    live = len(run.targets) - len(run.tolerated)
     console.line(console.paint(
-        f"deploytest: {run.outcome}: release {run.release_id} live on {len(run.targets)} host(s)"
+        f"deploytest: {run.outcome}: release {run.release_id} live on {live} host(s)"
         f" in {time.monotonic() - run.started:.1f}s", "green"))
+    if run.tolerated:
+        console.error(f"deploytest: within rollout.max_fail, {len(run.tolerated)} host(s) stay on their previous"
+                      f" release: {', '.join(run.tolerated)} ({'; '.join(run.failed[h] for h in run.tolerated)})")
     return OK
 
 

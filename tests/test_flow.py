@@ -152,3 +152,49 @@ def test_ctrl_c_during_verify_rolls_back_and_unlocks(five: Dict[str, Any]) -> No
     for host in bed.hosts:
         assert live(host) == before[host.name]
         assert not locked(host)
+
+
+def _with_marker_check(project: Project, max_fail: int) -> None:
+    """Require /srv/ok on each host, tolerating ``max_fail`` hosts that lack it."""
+    config = dict(project.config)
+    config["checks"] = config["checks"] + [{"file": {"path": "/srv/ok", "name": "host is ready"}}]
+    config["rollout"] = {"batches": [1, "100%"], "max_fail": max_fail, "parallel": 10}
+    config["verify"] = {"timeout": 2, "interval": 0.3}
+    project.write(config)
+
+
+def test_failures_within_max_fail_are_put_back_alone(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    for host in bed.hosts:
+        if host.name != "web2":
+            host.sh("touch /srv/ok", check=True)
+    project.set_version("2.0")
+    _with_marker_check(project, max_fail=1)
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "web2" in proc.stderr and "previous release" in proc.stderr, proc.stderr
+    new = {live(h) for h in bed.hosts if h.name != "web2"}
+    assert len(new) == 1 and new != {before["web1"]}
+    web2 = bed.host("web2")
+    assert live(web2) == before["web2"] and served(web2) == "ok 1.0"
+    state = web2.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{new.pop()}.json").stdout
+    assert '"state": "bad"' in state, state
+    assert not any(locked(h) for h in bed.hosts)
+
+
+def test_more_failures_than_max_fail_roll_everything_back(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    for host in bed.hosts:
+        if host.name not in ("web2", "web4"):
+            host.sh("touch /srv/ok", check=True)
+    project.set_version("2.0")
+    _with_marker_check(project, max_fail=1)
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for host in bed.hosts:
+        assert live(host) == before[host.name] and served(host) == "ok 1.0"
+        assert not locked(host)
