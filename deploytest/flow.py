@@ -205,7 +205,7 @@ def prepare(run: Rollout) -> None:
     for name in done:
         run.console.host(name, "prepare", f"release {run.release_id} ready")
     if run.failed:
-        raise DeploytestError("; ".join(f"{host}: {why}" for host, why in run.failed.items()))
+        raise DeploytestError(f"prepare failed on {_some(run.failed)}")
 
 
 def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> None:
@@ -248,7 +248,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
     run.console.progress("live", len(run.switched), len(run.targets))
     too_many = len(run.failed) > settings.rollout.max_fail
     if too_many or any(_unreachable(why) for why in run.failed.values()):
-        raise ChecksFailed(f"{kind} failed: " + "; ".join(f"{h}: {why}" for h, why in run.failed.items()))
+        raise ChecksFailed(f"{kind} failed on {_some(run.failed)}")
     for name in [n for n in batch if n in run.failed]:
         _tolerate(run, name)
 
@@ -308,6 +308,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
                 previous = run.switched[target.name] or "nothing (first deploy: current removed)"
                 run.console.host(target.name, "rollback", f"back on {previous}", "yellow")
         restored = [n for n in switched if n not in stuck and run.switched[n]]
+        unreached = set(stuck)  # not put back: leave their locks, they need a look first
         _verify_rollback(run, restored, stuck)
 
         event = _event(run, "deploy", "rolled back", error=cause)
@@ -317,15 +318,16 @@ def roll_back(run: Rollout, error: BaseException) -> None:
                             bad=target.name in run.switched)
             release.finish(target, run.settings, run.owner, event, cleanup=False)
 
-        for target, result in in_parallel(run.pick([n for n in run.locked if n not in stuck]), tidy,
+        for target, result in in_parallel(run.pick([n for n in run.locked if n not in unreached]), tidy,
                                           limit=run.settings.rollout.parallel):
             if isinstance(result, BaseException):
-                stuck.setdefault(target.name, f"could not unlock: {_reason(result)}")
+                why = _reason(result).removeprefix(target.name + ": ")
+                stuck.setdefault(target.name, f"could not unlock: {why}")
                 run.console.host(target.name, "unlock", stuck[target.name], "red")
             else:
                 run.locked.remove(target.name)
         for name in run.locked:
-            stuck.setdefault(name, "still locked")
+            stuck[name] = stuck.get(name, "") + ("; " if name in stuck else "") + "still locked"
 
     if stuck:
         run.outcome = "needs a human"
@@ -425,6 +427,13 @@ def _package_mb(package: Optional[release.Package]) -> int:
     if package is None:
         return 0
     return -(-package.unpacked_size * 11 // 10 // (1024 * 1024))
+
+
+def _some(failed: dict[str, str], shown: int = 3) -> str:
+    """``web2 (verify: health: ...)`` for a few hosts, and how many more (each was printed above)."""
+    items = [f"{host} ({why})" for host, why in list(failed.items())[:shown]]
+    more = f"; and {len(failed) - shown} more" if len(failed) > shown else ""
+    return "; ".join(items) + more
 
 
 def _reason(error: BaseException) -> str:

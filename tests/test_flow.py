@@ -119,9 +119,13 @@ def test_host_cut_off_mid_verify_needs_a_human(five: Dict[str, Any]) -> None:
     proc = project.start("deploy-and-verify", hosts=five["hosts"])
 
     def cut_when_switched() -> None:
+        # once the new (broken) release answers, the host is in its verify stage
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and live(victim) == before[victim.name]:
+        while time.monotonic() < deadline and served(victim) != "database unreachable":
             time.sleep(0.05)
+        seen = victim.sessions()
+        while time.monotonic() < deadline and victim.sessions() < seen + 2:
+            time.sleep(0.05)  # past the switch's session: its checks are running now
         victim.cut()
 
     cutter = threading.Thread(target=cut_when_switched)

@@ -132,3 +132,24 @@ def test_a_verify_step_of_ones_own(tmp_path: Path) -> None:
     assert seen and "version is live" in out.getvalue()
     assert "expected" in out.getvalue() and "2.0" in out.getvalue()
     assert current(tmp_path) == ""
+
+
+def test_a_rollback_that_does_not_come_back_green_needs_a_human(tmp_path: Path) -> None:
+    """The new release breaks shared state: going back does not make the baseline green again."""
+    marker = str(tmp_path / "app" / "shared" / "data" / "ok")
+    checks = [{"file": {"path": marker, "name": "data is there"}}]
+    run(settings_for(tmp_path, shared=["data"], hooks={"build": ["touch data/ok"]}, checks=checks))
+    good = current(tmp_path)
+    breaking = settings_for(
+        tmp_path, shared=["data"], hooks={"build": ["rm -f data/ok"]},
+        checks=checks + [{"file": {"path": str(tmp_path / "app" / "current" / "VERSION"), "contains": "2.0"}}],
+    )
+    with pytest.raises(NeedsHuman) as info:
+        run(breaking)
+    error = info.value
+    assert error.exit_code == NEEDS_HUMAN
+    assert error.hosts == ["local"]
+    assert "green before the deploy, red now: data is there" in error.message
+    assert "status" in error.next_step
+    assert current(tmp_path) == good  # put back all the same, and the lock released
+    assert not (tmp_path / "app" / ".deploytest" / "lock").exists()
