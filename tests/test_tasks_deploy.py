@@ -300,7 +300,8 @@ def test_disk_filling_up_during_upload_rolls_back_cleanly(three: Dict[str, Any])
     text = output(proc)
     assert proc.returncode == 1, text
     assert "Traceback" not in text
-    assert f"{small.name}: prepare: upload failed: no space left on device under {DEPLOY_TO}" in text, text
+    assert f"[{small.name}] prepare: upload failed: no space left on device under {DEPLOY_TO}" in text, text
+    assert f"prepare failed on {small.name} (prepare: upload failed" in proc.stderr, proc.stderr
     assert_clean(bed, before)
     free = small.sh(f"df -Pk {DEPLOY_TO}/releases | awk 'NR==2 {{print $4}}'").stdout.strip()
     assert free != "0", free  # the partial upload is gone
