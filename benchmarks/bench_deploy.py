@@ -27,22 +27,15 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Dict, List
 
-import yaml
-from common import fab_env, host_cpu, int_list, simple_table, testbed
+from common import Run, fab, host_cpu, int_list, simple_table, testbed, write_fabric_project
 
-FABFILE = "from deploytest.tasks import deploy, deploy_and_verify, releases, rollback, status, unlock, verify\n"
 DEPLOY_TO = "/srv/bench"
-FAB_TIMEOUT = 600.0
-
-
 
 
 def make_source(directory: Path, files: int) -> None:
@@ -57,56 +50,13 @@ def make_source(directory: Path, files: int) -> None:
 
 def write_project(root: Path, source: str, parallel: int) -> None:
     """fabfile.py and fabric.yaml for a hook-less deploy of ``source``."""
-    config: Dict[str, Any] = {
-        "tasks": {"executor_class": "deploytest.executor.Executor"},
-        "deploytest": {
-            "app": "bench",
-            "deploy_to": DEPLOY_TO,
-            "source": source,
-            "keep_releases": 3,
-            "rollout": {"batches": [1, "100%"], "max_fail": 0, "parallel": parallel},
-        },
-    }
-    (root / "fabfile.py").write_text(FABFILE)
-    (root / "fabric.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-
-
-@dataclass
-class Run:
-    """One ``fab`` process: wall seconds, exit code, output, its CPU seconds and peak RSS (MiB)."""
-
-    seconds: float
-    code: int
-    output: str
-    cpu: float
-    rss_mb: float
-
-
-def fab(root: Path, bed: testbed.TestBed, task: str, hosts: Sequence[str]) -> Run:
-    """Run ``python -m fabric -S <ssh_config> -H <hosts> TASK`` in ``root`` and measure it."""
-    cmd = [sys.executable, "-m", "fabric", "-S", str(bed.ssh_config), "-H", ",".join(hosts), task]
-    env = fab_env(bed)
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-        deadline = started + FAB_TIMEOUT
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    return Run(seconds, proc.returncode, text, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    write_fabric_project(root, {
+        "app": "bench",
+        "deploy_to": DEPLOY_TO,
+        "source": source,
+        "keep_releases": 3,
+        "rollout": {"batches": [1, "100%"], "max_fail": 0, "parallel": parallel},
+    })
 
 
 def main() -> int:
@@ -142,9 +92,9 @@ def main() -> int:
                 project.mkdir()
                 write_project(project, str(work / f"src{files}") + "/", parallel)
                 warm = fab(project, bed, "deploy", bed.names)  # untimed
-                print(f"warm-up deploy of {files} files to {most} hosts: {warm.seconds:.2f}s, exit {warm.code}",
+                print(f"warm-up deploy of {files} files to {most} hosts: {warm.seconds:.2f}s, {warm.result}",
                       file=sys.stderr)
-                if warm.code != 0:
+                if not warm.ok:
                     print(warm.output, file=sys.stderr)
                     failed = True
                 for n in args.hosts:
@@ -160,13 +110,13 @@ def main() -> int:
                         remote.append((sum(host_cpu(h) for h in hosts) - cpu_before) / n)
                         sessions += [h.sessions() - b for h, b in zip(hosts, before)]
                         runs.append(run)
-                        if run.code != 0:
+                        if not run.ok:
                             print(run.output, file=sys.stderr)
                             failed = True
-                        print(f"deploy {files} files to {n} hosts: {run.seconds:.2f}s, exit {run.code}, "
+                        print(f"deploy {files} files to {n} hosts: {run.seconds:.2f}s, {run.result}, "
                               f"fab CPU {run.cpu:.2f}s, host CPU {remote[-1]:.2f}s/host, "
                               f"sessions/host {min(sessions)}..{max(sessions)}", file=sys.stderr)
-                    codes = sorted({r.code for r in runs})
+                    codes = sorted({c for r in runs for c in r.codes})
                     rows.append([str(n), f"{files:,}", f"{statistics.median(r.seconds for r in runs):.2f}",
                                  str(min(sessions)), str(max(sessions)),
                                  f"{statistics.median(r.cpu for r in runs):.2f}",

@@ -34,24 +34,18 @@ import argparse
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Set
 
-import yaml
-from common import ROOT, fab_env, host_cpu, int_list, simple_table, testbed
+import common
+from common import ROOT, Run, host_cpu, int_list, simple_table, testbed, write_fabric_project
 
-FABFILE = "from deploytest.tasks import deploy, deploy_and_verify, releases, rollback, status, unlock, verify\n"
 APP = ROOT / "examples" / "hello" / "app"
 DEPLOY_TO = "/srv/hello"
 PORT = 8000
-FAB_TIMEOUT = 600.0
-
-
 
 
 def hello_config(parallel: int) -> Dict[str, Any]:
@@ -81,9 +75,7 @@ def write_project(root: Path, parallel: int) -> None:
     """fabfile.py, fabric.yaml and a copy of the example app."""
     root.mkdir(parents=True)
     shutil.copytree(APP, root / "app")
-    (root / "fabfile.py").write_text(FABFILE)
-    data = {"tasks": {"executor_class": "deploytest.executor.Executor"}, "deploytest": hello_config(parallel)}
-    (root / "fabric.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_fabric_project(root, hello_config(parallel))
 
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -118,56 +110,15 @@ def reap_orphans(keep: Set[int]) -> None:
 
 
 
-
-@dataclass
-class Run:
-    """One or more ``fab`` processes: wall seconds, exit codes, output, CPU seconds, peak RSS (MiB)."""
-
-    seconds: float
-    codes: List[int]
-    output: str
-    cpu: float
-    rss_mb: float
-
-    @property
-    def result(self) -> str:
-        if set(self.codes) == {0}:
-            return "ok"
-        return "exit " + "/".join(str(c) for c in sorted(set(self.codes)))
-
-
 REAPER = [False]
 
 
 def fab(root: Path, bed: testbed.TestBed, task: str, hosts: Sequence[str]) -> Run:
-    """Run ``python -m fabric -S <ssh_config> -H <hosts> TASK`` in ``root`` and measure it (and,
-    as subreaper, reap the hosts' orphans meanwhile)."""
-    cmd = [sys.executable, "-m", "fabric", "-S", str(bed.ssh_config), "-H", ",".join(hosts), task]
-    env = fab_env(bed)
-    with tempfile.TemporaryFile() as out:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT)
-        deadline = started + FAB_TIMEOUT
-        keep = {proc.pid} | bed._pids  # noqa: SLF001 - the bed's holders and sshds: not ours to reap
-        polls = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            polls += 1
-            if REAPER[0] and polls % 5 == 0:
-                reap_orphans(keep)
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        seconds = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    return Run(seconds, [proc.returncode], text, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    """:func:`common.fab`, reaping the hosts' orphans meanwhile when this process is their subreaper."""
+    if not REAPER[0]:
+        return common.fab(root, bed, task, hosts)
+    bed_pids = bed._pids  # noqa: SLF001 - the bed's holders and sshds: not ours to reap
+    return common.fab(root, bed, task, hosts, lambda fab_pid: reap_orphans(bed_pids | {fab_pid}))
 
 
 def measured(bed: testbed.TestBed, hosts: Sequence[testbed.Host], body: Any) -> tuple[Run, float]:

@@ -1,4 +1,4 @@
-"""Per-host release primitives: inspect, prepare, switch, restart, mark bad, clean up, log.
+"""Per-host release primitives: inspect, prepare, switch and restart, mark bad, finish.
 
 Each primitive is one shell script run in ONE :meth:`Target.run` (one remote session), whatever the
 number of files or releases; ``script_for_*`` gives that script as text without running it, for
@@ -49,11 +49,10 @@ from .source import GIT, Package, pack_source
 
 __all__ = [
     "BAD", "COMPLETE", "PREPARING", "UNKNOWN", "FinishResult", "HostState", "LockInfo", "LockOwner",
-    "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "check_release_id", "cleanup",
-    "cleanup_plan", "discard", "finish", "force_unlock", "inspect", "log_event", "mark_bad",
-    "mark_complete", "new_release_id", "pack_source", "parse_state", "preflight_problem", "prepare",
-    "release_lock", "remove_release", "restart", "rollback_target", "run_build_hooks", "switch",
-    "switch_and_restart", "switch_back",
+    "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "check_release_id", "cleanup_plan",
+    "discard", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
+    "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release", "restart",
+    "rollback_target", "switch", "switch_and_restart", "switch_back",
 ]
 
 COMPLETE = "complete"
@@ -567,56 +566,10 @@ def _build_body(settings: Settings) -> str:
     return "".join(lines)
 
 
-def script_for_build(settings: Settings, release_id: str) -> str:
-    """Shell text of :func:`run_build_hooks`."""
-    return prelude(settings) + _HOOK_FN + _ids(release_id) + """\
-[ -d "$R" ] || dt_fail "build hook" "release $id does not exist"
-dt_ok=0
-dt_undo() {
-  [ "$dt_ok" = 1 ] && return 0
-  cd /; chmod -R u+w -- "$R" 2>/dev/null; rm -rf -- "$R"; rm -f -- "$M"
-}
-trap dt_undo EXIT
-trap 'exit 98' HUP INT TERM
-""" + _build_body(settings) + "dt_ok=1\n"
-
-
-def run_build_hooks(target: Target, settings: Settings, release_id: str,
-                    *, timeout: float | None = None) -> RunResult | None:
-    """Run the build hooks in ``releases/<id>`` with ``sh -e`` (one round trip; none without hooks).
-
-    Hooks see ``DEPLOYTEST_RELEASE``, ``DEPLOYTEST_RELEASE_DIR``, ``DEPLOYTEST_DEPLOY_TO`` and
-    ``DEPLOYTEST_SHARED``; their output is in the result's stderr and ``.deploytest/build.log``.
-
-    :raises RemoteCommandFailed: step ``build hook``, detail ``<hook>: exit N: <last lines>``; the
-        release has been removed.
-    """
-    if not settings.build_hooks:
-        return None
-    result, _marks = run_script(target, settings, script_for_build(settings, release_id), "build hook",
-                                timeout=timeout)
-    return result
-
-
-def script_for_mark(settings: Settings, release_id: str, state: str) -> str:
-    """Shell text that sets a release's state (complete only from preparing)."""
-    body = prelude(settings) + _LIST_FN + _STATE_FN + _ids(release_id)
-    if state == COMPLETE:
-        body += """\
-[ -d "$R" ] || dt_fail complete "release $id does not exist"
-case $(dt_state "$id") in preparing|complete) ;; *) dt_fail complete "release $id is $(dt_state "$id")";; esac
-"""
-    else:
-        body += '[ -d "$R" ] || exit 0\n'
-    return body + f'dt_set_state "$id" {_q(state)} mark\n'
-
-
-def mark_complete(target: Target, settings: Settings, release_id: str) -> None:
-    """Mark a prepared (and built) release complete: it may now go live (one round trip).
-
-    :raises RemoteCommandFailed: the release does not exist or is bad.
-    """
-    run_script(target, settings, script_for_mark(settings, release_id, COMPLETE), "complete")
+def script_for_mark_bad(settings: Settings, release_id: str) -> str:
+    """Shell text of :func:`mark_bad`."""
+    return (prelude(settings) + _STATE_FN + _ids(release_id)
+            + f'[ -d "$R" ] || exit 0\ndt_set_state "$id" {BAD} "mark bad"\n')
 
 
 def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
@@ -624,7 +577,7 @@ def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
 
     A release the host does not have is left alone.
     """
-    run_script(target, settings, script_for_mark(settings, release_id, BAD), "mark bad")
+    run_script(target, settings, script_for_mark_bad(settings, release_id), "mark bad")
 
 
 # -- switch and restart ------------------------------------------------------------------------------
@@ -781,30 +734,6 @@ def discard(target: Target, settings: Settings, release_id: str, *, bad: bool) -
         remove_release(target, settings, release_id)
 
 
-def script_for_cleanup(settings: Settings) -> str:
-    """Shell text of :func:`cleanup`."""
-    return (prelude(settings) + _LIST_FN + _REMOVE_FN + _cleanup_body(settings)
-            + '[ "$dt_bad" = 0 ] || dt_fail cleanup "some releases could not be removed"\n')
-
-
-def cleanup(target: Target, settings: Settings) -> list[str]:
-    """Remove what :func:`cleanup_plan` names, decided on the host from its live state (one round trip).
-
-    :returns: the ids removed.
-    :raises RemoteCommandFailed: some release could not be removed.
-    """
-    _result, marks = run_script(target, settings, script_for_cleanup(settings), "cleanup")
-    return marks.get("removed", [])
-
-
-def log_event(target: Target, settings: Settings, event: Mapping[str, Any]) -> None:
-    """Append one JSON line to ``.deploytest/log.jsonl`` (one round trip); ``when`` added if missing.
-
-    Keys that look secret (password, token, secret) are dropped.
-    """
-    run_script(target, settings, prelude(settings) + script_for_log_line(event), "log")
-
-
 @dataclass(frozen=True)
 class FinishResult:
     """What :func:`finish` did on one host."""
@@ -839,14 +768,11 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
 
 
 def plan(settings: Settings, release_id: str, package: Package, owner: LockOwner) -> list[tuple[str, str]]:
-    """``(step, script)`` of a deploy on one host, for ``--dry-run``: nothing runs."""
+    """``(step, script)`` of a deploy on one host, one per session, for ``--dry-run``: nothing runs."""
     return [
         ("inspect", script_for_inspect(settings)),
         ("lock", script_for_acquire_lock(settings, owner)),
-        ("prepare", script_for_prepare(settings, release_id, package, owner.who)),
-        ("build", script_for_build(settings, release_id)),
-        ("complete", script_for_mark(settings, release_id, COMPLETE)),
-        ("switch", script_for_switch(settings, release_id)),
-        ("restart", script_for_restart(settings)),
+        ("prepare, build", script_for_prepare(settings, release_id, package, owner.who, build=True)),
+        ("switch, restart", script_for_switch_and_restart(settings, release_id)),
         ("finish", script_for_finish(settings, owner, {"event": "deploy", "release": release_id})),
     ]

@@ -66,7 +66,8 @@ class Package:
 def pack_source(settings: Settings) -> Package:
     """Pack ``settings.source``; pure local work, no host.
 
-    :raises ConfigError: no source configured, or it does not exist or cannot be read.
+    :raises ConfigError: no source configured, or it does not exist, cannot be read or holds a file name
+        that is not UTF-8.
     """
     source = settings.source
     if source is None:
@@ -77,7 +78,11 @@ def pack_source(settings: Settings) -> Package:
     if not os.path.exists(path):
         raise ConfigError(f"source {source} does not exist (looked for {path}). Nothing was changed.")
     if os.path.isdir(path):
-        data, label, files = pack_directory(path)
+        try:
+            data, label, files = pack_directory(path)
+        except OSError as exc:
+            raise ConfigError(f"source {source}: cannot read {exc.filename or path}: {exc.strerror or exc}."
+                              " Nothing was changed.") from exc
         return Package(data, label, DIRECTORY, path, files)
     if path.endswith((".tar.gz", ".tgz")):
         return _read_tarball(source, path)
@@ -126,6 +131,11 @@ def _walk(root: str) -> list[tuple[str, str]]:
         for name in sorted(dirs) + sorted(names):
             full = os.path.join(directory, name)
             relative = name if rel_dir == "." else posixpath.join(rel_dir.replace(os.sep, "/"), name)
+            try:
+                relative.encode()
+            except UnicodeEncodeError:
+                raise ConfigError(f"source file {os.fsencode(full)!r}: its name is not UTF-8; rename it."
+                                  " Nothing was changed.") from None
             if os.path.isdir(full) and not os.path.islink(full):
                 out.append((relative, full))
             elif os.path.islink(full) or os.path.isfile(full):

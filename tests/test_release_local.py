@@ -63,11 +63,8 @@ def deploy(target: LocalTarget, settings: Settings, owner: LockOwner, rid: str |
     rid = rid or release.new_release_id(state.release_ids)
     package = release.pack_source(settings)
     release.acquire_lock(target, settings, owner)
-    release.prepare(target, settings, rid, package, owner.who)
-    release.run_build_hooks(target, settings, rid)
-    release.mark_complete(target, settings, rid)
-    release.switch(target, settings, rid)
-    release.restart(target, settings)
+    release.prepare(target, settings, rid, package, owner.who, build=True)
+    release.switch_and_restart(target, settings, rid)
     release.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "deployed"})
     return rid
 
@@ -103,7 +100,7 @@ def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None
     assert os.path.isabs(live_link(settings))
 
 
-def test_each_primitive_is_one_session(tmp_path: Path, target: CountingTarget) -> None:
+def test_a_deploy_is_five_sessions(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path, build_hooks=("true",), restart_hooks=("true",))
     owner = LockOwner.new()
@@ -112,16 +109,14 @@ def test_each_primitive_is_one_session(tmp_path: Path, target: CountingTarget) -
     for step in (
         lambda: release.inspect(target, settings),
         lambda: release.acquire_lock(target, settings, owner),
-        lambda: release.prepare(target, settings, "20260101000000", package, owner.who),
-        lambda: release.run_build_hooks(target, settings, "20260101000000"),
-        lambda: release.mark_complete(target, settings, "20260101000000"),
+        lambda: release.prepare(target, settings, "20260101000000", package, owner.who, build=True),
         lambda: release.switch_and_restart(target, settings, "20260101000000"),
         lambda: release.finish(target, settings, owner, {"event": "deploy"}),
     ):
         before = target.calls
         step()
         calls.append(target.calls - before)
-    assert calls == [1] * 7
+    assert calls == [1] * 5
 
 
 def test_prepare_with_build_is_one_session_and_complete(tmp_path: Path, target: CountingTarget) -> None:
@@ -175,9 +170,9 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
     with pytest.raises(UsageError, match="is preparing"):
         release.switch(target, settings, stale)
 
-    removed = release.cleanup(target, settings)
+    removed = release.finish(target, settings, owner, None).removed
     after = release.inspect(target, settings)
-    assert removed == [seventh, stale]
+    assert removed == (seventh, stale)
     assert after.release_ids == ids[1:]
     assert all(r.good for r in after.releases) and len(after.releases) == 5
     assert after.live == ids[-1] and after.previous == ids[-2]
@@ -190,8 +185,8 @@ def test_cleanup_keeps_old_live_and_its_rollback_target(tmp_path: Path, target: 
     ids = [deploy(target, settings_for(tmp_path), owner) for _ in range(5)]
     settings = settings_for(tmp_path, keep_releases=2)
     release.switch(target, settings, ids[1])  # rollback --to an old one
-    removed = release.cleanup(target, settings)
-    assert removed == [ids[2]]
+    removed = release.finish(target, settings, owner, None).removed
+    assert removed == (ids[2],)
     assert release.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
 
 
@@ -227,9 +222,8 @@ def test_failing_build_hook_leaves_nothing(tmp_path: Path, target: CountingTarge
     hooks = ("echo compiling", "echo oops >&2; exit 3", "touch never")
     bad = dataclasses.replace(settings, build_hooks=hooks)
     rid = release.new_release_id([first])
-    release.prepare(target, bad, rid, release.pack_source(bad), "me")
     with pytest.raises(RemoteCommandFailed) as caught:
-        release.run_build_hooks(target, bad, rid)
+        release.prepare(target, bad, rid, release.pack_source(bad), "me", build=True)
     error = caught.value
     assert error.step == "build hook" and error.exit_code == 1
     assert error.detail.startswith("echo oops >&2; exit 3: exit 3:") and "oops" in error.detail
@@ -283,6 +277,15 @@ def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with pytest.raises(ConfigError, match="source build does not exist.*Nothing was changed"):
         release.pack_source(settings)
+
+
+def test_source_file_name_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    src = make_source(tmp_path)
+    with open(os.path.join(os.fsencode(src), b"caf\xe9.txt"), "w") as handle:  # a Latin-1 name
+        handle.write("x\n")
+    with pytest.raises(ConfigError, match=r"caf\\xe9.txt'?: its name is not UTF-8; rename it. Nothing was changed"):
+        release.pack_source(settings_for(tmp_path))
+
 
 
 def test_prepare_refuses_an_existing_release(tmp_path: Path, target: CountingTarget) -> None:
@@ -511,7 +514,7 @@ def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingT
     package = dataclasses.replace(release.pack_source(settings), label=nasty)
     release.prepare(target, settings, "1", package, who=nasty, build=True)
     release.switch(target, settings, "1")
-    release.log_event(target, settings, {"event": nasty})
+    release.finish(target, settings, LockOwner.new(), {"event": nasty})
     state = release.inspect(target, settings)
     assert state.live == "1" and state.releases[0].who == nasty and state.releases[0].label == nasty
     assert state.last_event is not None and state.last_event["event"] == nasty
@@ -545,7 +548,7 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
             release.switch(target, settings, rid)
         with pytest.raises(UsageError, match="preparing"):
             release.rollback_target(state, rid)
-        assert release.cleanup(target, settings) == [rid]
+        assert release.finish(target, settings, owner, None).removed == (rid,)
     assert release.inspect(target, settings).release(rid) is None
     assert live_link(settings).endswith(first)
 
@@ -553,7 +556,8 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
 def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path)
-    first = deploy(target, settings, LockOwner.new())
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
     rid = release.new_release_id([first])
     # what a power cut leaves: metadata says preparing, the directory is half there
     killer = dataclasses.replace(settings, build_hooks=("kill -KILL 0",))  # the whole step at once
@@ -563,7 +567,7 @@ def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     assert state.release(rid) is not None and state.release(rid).state == PREPARING  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="preparing"):
         release.switch(target, settings, rid)
-    assert release.cleanup(target, settings) == [rid]
+    assert release.finish(target, settings, owner, None).removed == (rid,)
     assert live_link(settings).endswith(first)
 
 
@@ -601,7 +605,7 @@ def test_sudo_keeps_stdin_for_the_archive(tmp_path: Path, monkeypatch: pytest.Mo
     deploy(target, settings, LockOwner.new())
     assert Path(settings.current, "f49.txt").read_text() == "file 49\n"
     steps = [line for line in log.read_text().splitlines() if line != "true"]  # "true": sudo -n probes
-    assert steps == ["/bin/sh"] * 6  # every step went through sudo (build and restart: no hooks, no step)
+    assert steps == ["/bin/sh"] * 5  # every session of the deploy went through sudo
 
 
 def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
