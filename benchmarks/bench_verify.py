@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,6 @@ from deploytest.config import VerifySettings  # noqa: E402
 from deploytest.hosts import connect  # noqa: E402
 
 VERSION = "1.0\n"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def prepare(host: testbed.Host, web: Path) -> None:
@@ -188,7 +180,7 @@ def main() -> int:
         print(f"cannot run the benchmark: {problem}", file=sys.stderr)
         return 2
     web = Path(tempfile.mkdtemp(prefix="dt-bench-web-"))
-    http_port = free_port()
+    http_port = testbed.free_port()
     server = subprocess.Popen(
         ["python3", "-m", "http.server", str(http_port), "--bind", "127.0.0.1", "--directory", str(web)],
         stdout=subprocess.DEVNULL,

@@ -40,6 +40,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse an ``--deploytest-ssh-config`` that names no file, in one line before any test runs."""
+    path = _ssh_config_path(config)
+    if path is not None and not os.path.isfile(path):
+        raise pytest.UsageError(f"--deploytest-ssh-config: no such file: {path}")
+
+
+def _ssh_config_path(config: pytest.Config) -> str | None:
+    ssh_config = config.getoption("--deploytest-ssh-config", default=None)
+    return os.path.expanduser(ssh_config) if ssh_config else None
+
+
 def host_names(config: pytest.Config) -> list[str]:
     """The hosts given with ``--deploytest-hosts``, in order, without repeats; [local] when none."""
     raw = config.getoption("--deploytest-hosts", default=None) or ""
@@ -57,8 +69,7 @@ def _target(config: pytest.Config, name: str) -> Target:
         if name == LOCAL:
             targets[name] = LocalTarget()
         else:
-            ssh_config = config.getoption("--deploytest-ssh-config", default=None)
-            path = os.path.expanduser(ssh_config) if ssh_config else None
+            path = _ssh_config_path(config)
             fabric_config = Config(runtime_ssh_path=path) if path else Config()
             targets[name] = connect(name, fabric_config)
     return targets[name]

@@ -10,7 +10,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
+from testbed import free_port, port_open
 
 APP = r"""
 import json, os, sys, time
@@ -82,13 +82,6 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), App).serve_forever()
 """
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll ``predicate`` until true, or fail naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -97,14 +90,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     pytest.fail(f"{what} did not come up within {timeout:g}s", pytrace=False)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.2):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -127,7 +112,7 @@ def http_app() -> Iterator[HttpApp]:
     env = dict(os.environ, READY_FILE=str(directory / "ready"))
     proc = subprocess.Popen([sys.executable, "-c", APP, str(port)], env=env)
     try:
-        wait_for(lambda: _port_open(port), 15, "the test HTTP app")
+        wait_for(lambda: port_open("127.0.0.1", port), 15, "the test HTTP app")
         yield HttpApp(port, directory / "ready", proc.pid)
     finally:
         proc.terminate()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from invoke.context import Context
-from services import HttpApp, Postgres, Supervisor
+from services import HttpApp, Postgres, Supervisor, free_port
 
 from deploytest import report as rpt
 from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
@@ -117,7 +117,7 @@ def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None
 
 
 def test_red_lines_name_host_check_expected_observed(http_app: HttpApp) -> None:
-    report, _ = verify([{"http": http_app.url("/fail")}, {"port": free_closed_port()}])
+    report, _ = verify([{"http": http_app.url("/fail")}, {"port": free_port()}])
     lines = rpt.render(report).splitlines()
     assert re.fullmatch(
         rf"✘ local http http://127.0.0.1:{http_app.port}/fail: expected status 200, got 502 after \d+\.\ds"
@@ -126,12 +126,6 @@ def test_red_lines_name_host_check_expected_observed(http_app: HttpApp) -> None:
     ), lines[0]
     assert re.match(r"✘ local port \d+: expected listening, got nothing on tcp port \d+ after", lines[1])
     assert lines[-1].startswith("verify: 2 red, 0 green of 2 checks on 1 host")
-
-
-def free_closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_port_ipv6_and_udp() -> None:
@@ -302,7 +296,7 @@ def test_http_probe_with_each_tool(http_app: HttpApp, tool: str, tmp_path: Path)
         assert proc.stdout.startswith(f"tool={tool}\n".encode())
         verdict = check.evaluate(ProbeOutput(proc.returncode, proc.stdout, proc.stderr))
         assert (verdict.ok, verdict.observed) == (ok, observed), (path, params, verdict)
-    refused = make_check("http", url=f"http://127.0.0.1:{free_closed_port()}/")
+    refused = make_check("http", url=f"http://127.0.0.1:{free_port()}/")
     proc = subprocess.run(
         ["/bin/sh", "-c", refused.probe()], env={"PATH": str(tmp_path)}, capture_output=True
     )
@@ -330,8 +324,9 @@ def test_supervisor_service(supervisor: Supervisor) -> None:
     assert not ghost.ok and "unknown to supervisor" in ghost.verdict.observed
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="writes an init script to /etc/init.d")
 def test_sysv_service(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.fail("the SysV service test needs root (it writes an init script to /etc/init.d)", pytrace=False)
     name = f"dt-sysv-{os.getpid()}"
     state = tmp_path / "running"
     script = Path("/etc/init.d") / name
@@ -476,8 +471,23 @@ def test_assertions_with_an_invoke_context(http_app: HttpApp) -> None:
     )
     assert isinstance(caught.value, AssertionError)
     with pytest.raises(CheckFailed) as many:
-        check_all(c, [{"port": free_closed_port()}, make_check("command", run="false", name="false")])
+        check_all(c, [{"port": free_port()}, make_check("command", run="false", name="false")])
     assert len(str(many.value).splitlines()) == 2
+
+
+def run_pytest(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest in ``directory`` as a user runs it, with the deploytest plugin loaded."""
+    names = {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
+    plugin = [] if "deploytest" in names else ["-p", "deploytest.pytest_plugin"]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugin, *args],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_pytest_plugin_defaults_to_this_machine(tmp_path: Path, http_app: HttpApp) -> None:
@@ -490,17 +500,17 @@ def test_pytest_plugin_defaults_to_this_machine(tmp_path: Path, http_app: HttpAp
         "    assert [h.name for h in deploytest_hosts] == ['local']\n"
     )
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    names = {ep.name for ep in importlib.metadata.entry_points(group="pytest11")}
-    plugin = [] if "deploytest" in names else ["-p", "deploytest.pytest_plugin"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugin, "-v"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_pytest(tmp_path, "-v")
     assert "2 passed" in proc.stdout, proc.stdout + proc.stderr
     assert "test_app[local] PASSED" in proc.stdout
     assert "deploytest hosts: local" in proc.stdout
+
+
+def test_pytest_plugin_missing_ssh_config_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "test_here.py").write_text("def test_app(deploytest_host):\n    pass\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    missing = tmp_path / "no-such-ssh-config"
+    proc = run_pytest(tmp_path, "--deploytest-hosts=web1", f"--deploytest-ssh-config={missing}")
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"ERROR: --deploytest-ssh-config: no such file: {missing}"
+    assert "Traceback" not in proc.stdout + proc.stderr

@@ -78,6 +78,16 @@ def snippet(text: str, limit: int = 80) -> str:
     return printable if len(printable) <= limit else printable[: limit - 3] + "..."
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """:func:`snippet` of ``text`` in double quotes, for showing a value or an output in a verdict."""
+    return '"' + snippet(text, limit).replace('"', '\\"') + '"'
+
+
+def as_list(value: object) -> list[Any]:
+    """``value`` as a list: a list as it is, anything else as a list of one (``status: 200``)."""
+    return list(value) if isinstance(value, list) else [value]
+
+
 def q(value: object) -> str:
     """Shell-quote a value for interpolation into probe text."""
     return shlex.quote(str(value))

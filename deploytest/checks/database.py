@@ -9,14 +9,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
-from .base import Check, ProbeOutput, Verdict, q, snippet
+from .base import Check, ProbeOutput, Verdict, q, quoted, snippet
 from .schema import Field
 
 _PASSWORD_VARIABLE = {"postgres": "PGPASSWORD", "mysql": "MYSQL_PWD"}
-
-
-def _quoted(text: str, limit: int = 80) -> str:
-    return '"' + snippet(text, limit).replace('"', '\\"') + '"'
 
 
 class DatabaseCheck(Check):
@@ -67,9 +63,9 @@ class DatabaseCheck(Check):
 
     def expectation(self) -> str:
         if self.params.get("equals") is not None:
-            return f"query result {_quoted(str(self.params['equals']))}"
+            return f"query result {quoted(str(self.params['equals']))}"
         if self.params.get("contains") is not None:
-            return f"query result containing {_quoted(str(self.params['contains']))}"
+            return f"query result containing {quoted(str(self.params['contains']))}"
         return "query answered"
 
     def probe(self) -> str:
@@ -122,7 +118,7 @@ class DatabaseCheck(Check):
                 False, expected, f"query failed (exit {output.exit_code})", snippet(output.error_text, 160)
             )
         result = output.text.strip()
-        shown = _quoted(result) if result else "an empty result"
+        shown = quoted(result) if result else "an empty result"
         equals = self.params.get("equals")
         if equals is not None and result != str(equals).strip():
             return Verdict(False, expected, shown)

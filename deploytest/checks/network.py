@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any, ClassVar
 
-from .base import Check, ProbeOutput, Verdict, q, snippet
+from .base import Check, ProbeOutput, Verdict, as_list, q, quoted, snippet
 from .schema import Field
 
 _PY_HTTP = r"""import ssl, sys, urllib.error, urllib.request
@@ -40,10 +40,6 @@ out.write(resp.read())
 
 
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-
-
-def _quoted(text: str, limit: int = 80) -> str:
-    return '"' + snippet(text, limit).replace('"', '\\"') + '"'
 
 
 def parse_http_response(raw: bytes, follow: bool) -> tuple[int | None, dict[str, str], bytes]:
@@ -115,12 +111,8 @@ class HttpCheck(Check):
     def subject(self) -> str:
         return str(self.params["url"])
 
-    def _statuses(self) -> list[int]:
-        value = self.params["status"]
-        return list(value) if isinstance(value, list) else [int(value)]
-
     def expectation(self) -> str:
-        return "status " + "/".join(str(s) for s in self._statuses())
+        return "status " + "/".join(str(s) for s in as_list(self.params["status"]))
 
     def _limit(self) -> int:
         return int(self.timeout) if self.timeout else 10
@@ -169,8 +161,8 @@ class HttpCheck(Check):
             reason = snippet(output.error_text, 160) or f"{tool} exit {output.exit_code}"
             return Verdict(False, expected, "no response", reason)
         text = body.decode("utf-8", "replace")
-        body_note = f"body: {_quoted(text)}" if text.strip() else ""
-        if status not in self._statuses():
+        body_note = f"body: {quoted(text)}" if text.strip() else ""
+        if status not in as_list(self.params["status"]):
             return Verdict(False, expected, str(status), body_note)
         cut = " (body cut at the cap)" if output.truncated else ""
         for name, wanted in (self.params.get("header") or {}).items():
@@ -183,7 +175,7 @@ class HttpCheck(Check):
                 )
         contains = self.params.get("contains")
         if contains is not None and contains not in text:
-            return Verdict(False, f"body containing {_quoted(contains)}", f"status {status}{cut}", body_note)
+            return Verdict(False, f"body containing {quoted(contains)}", f"status {status}{cut}", body_note)
         pattern = self.params.get("matches")
         if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
             return Verdict(False, f"body matching /{pattern}/", f"status {status}{cut}", body_note)

@@ -126,14 +126,6 @@ class VerifyReport:
         """The report of host ``name``, if it was verified."""
         return next((h for h in self.hosts if h.host == name), None)
 
-    def outcomes(self) -> dict[tuple[str, str], bool | None]:
-        """``(host, check name) -> green?``; None for the checks of a host that was not reached."""
-        out: dict[tuple[str, str], bool | None] = {}
-        for report in self.hosts:
-            for result in report.results:
-                out[(report.host, result.name)] = None if report.error else result.ok
-        return out
-
     def counts(self) -> dict[str, int]:
         """Numbers for a summary: hosts, checks, green, red, unreachable hosts."""
         results = [r for h in self.hosts for r in h.results if h.error is None]

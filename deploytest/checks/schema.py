@@ -21,8 +21,8 @@ class Field:
     choices: tuple[str, ...] = ()
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _whole(value: object, low: float = float("-inf"), high: float = float("inf")) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def _in_range(value: object, low: float, high: float) -> bool:
@@ -47,11 +47,10 @@ def _regex(value: object) -> bool:
     return True
 
 
-def _status(value: object) -> bool:
+def _wholes(value: object, low: float, high: float) -> bool:
+    """A whole number from ``low`` to ``high``, or a non-empty list of them."""
     values = value if isinstance(value, list) else [value]
-    return bool(values) and all(
-        isinstance(v, int) and not isinstance(v, bool) and 100 <= v <= 599 for v in values
-    )
+    return bool(values) and all(_whole(v, low, high) for v in values)
 
 
 def _str_map(value: object) -> bool:
@@ -105,16 +104,13 @@ _VALIDATORS: dict[str, tuple[Callable[[object], bool], str]] = {
     "regex": (_regex, "a valid regular expression"),
     "path": (_path, "an absolute path"),
     "url": (_url, "an http:// or https:// URL"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
-    "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
-    "port": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535,
-        "a port number from 1 to 65535",
-    ),
+    "int": (_whole, "a whole number"),
+    "count": (lambda v: _whole(v, 0), "a whole number >= 0"),
+    "port": (lambda v: _whole(v, 1, 65535), "a port number from 1 to 65535"),
     "number": (lambda v: _in_range(v, 0, float("inf")), "a number >= 0"),
     "percent": (lambda v: _in_range(v, 0, 100), "a number from 0 to 100"),
     "bool": (lambda v: isinstance(v, bool), "true or false"),
-    "status": (_status, "a number or list of numbers (HTTP status codes 100-599)"),
+    "status": (lambda v: _wholes(v, 100, 599), "a number or list of numbers (HTTP status codes 100-599)"),
     "str_map": (_str_map, "a mapping of names to single-line strings"),
     "env_map": (_env_map, "a mapping of environment variable names to single-line values"),
     "json_map": (_json_map, "a mapping of JSON paths (like data.items.0.id) to expected values"),
@@ -133,16 +129,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], bool], str]] = {
         ),
         "a name of letters, digits and . _ - @ : + / (not starting with -)",
     ),
-    "exit": (
-        lambda v: (
-            all(
-                isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255
-                for x in (v if isinstance(v, list) else [v])
-            )
-            and v != []
-        ),
-        "an exit status 0-255 or a list of them",
-    ),
+    "exit": (lambda v: _wholes(v, 0, 255), "an exit status 0-255 or a list of them"),
     "scalar": (
         lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool),
         "a string or a number",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from .base import Check, ProbeOutput, Verdict, q, snippet
+from .base import Check, ProbeOutput, Verdict, as_list, q, quoted, snippet
 from .schema import Field
 from .versions import satisfies
 
@@ -18,10 +18,6 @@ def key_values(text: str) -> dict[str, str]:
         if sep and key and key.isidentifier() and key not in out:
             out[key] = value
     return out
-
-
-def _quoted(text: str, limit: int = 80) -> str:
-    return '"' + snippet(text, limit).replace('"', '\\"') + '"'
 
 
 class CommandCheck(Check):
@@ -46,13 +42,8 @@ class CommandCheck(Check):
     def subject(self) -> str:
         return snippet(str(self.params["run"]), 60)
 
-    def _exits(self) -> list[int]:
-        value = self.params["exit"]
-        return list(value) if isinstance(value, list) else [int(value)]
-
     def expectation(self) -> str:
-        exits = self._exits()
-        return "exit " + "/".join(str(e) for e in exits)
+        return "exit " + "/".join(str(e) for e in as_list(self.params["exit"]))
 
     def probe(self) -> str:
         cwd = self.params.get("cwd")
@@ -60,13 +51,12 @@ class CommandCheck(Check):
         return prefix + str(self.params["run"])
 
     def judge(self, output: ProbeOutput) -> Verdict:
-        exits = self._exits()
-        if output.exit_code not in exits:
+        if output.exit_code not in as_list(self.params["exit"]):
             detail = ""
             if output.error_text.strip():
-                detail = f"stderr: {_quoted(output.error_text)}"
+                detail = f"stderr: {quoted(output.error_text)}"
             elif output.text.strip():
-                detail = f"stdout: {_quoted(output.text)}"
+                detail = f"stdout: {quoted(output.text)}"
             return Verdict(False, self.expectation(), f"exit {output.exit_code}", detail)
         for stream, text in (("stdout", output.text), ("stderr", output.error_text)):
             verdict = self._judge_stream(stream, text, output.truncated)
@@ -75,17 +65,17 @@ class CommandCheck(Check):
         return Verdict(True, self.expectation(), f"exit {output.exit_code}")
 
     def _judge_stream(self, stream: str, text: str, truncated: bool) -> Verdict | None:
-        shown = _quoted(text) if text.strip() else "nothing"
+        shown = quoted(text) if text.strip() else "nothing"
         cut = " (output cut at the cap)" if truncated else ""
         contains = self.params.get(stream)
         if contains is not None and contains not in text:
-            return Verdict(False, f"{stream} containing {_quoted(contains)}", shown + cut)
+            return Verdict(False, f"{stream} containing {quoted(contains)}", shown + cut)
         pattern = self.params.get(f"{stream}_matches")
         if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
             return Verdict(False, f"{stream} matching /{pattern}/", shown + cut)
         equals = self.params.get(f"{stream}_equals")
         if equals is not None and text.rstrip("\n") != equals.rstrip("\n"):
-            return Verdict(False, f"{stream} equal to {_quoted(equals)}", shown + cut)
+            return Verdict(False, f"{stream} equal to {quoted(equals)}", shown + cut)
         empty = self.params.get(f"{stream}_empty")
         if empty is True and text.strip():
             return Verdict(False, f"empty {stream}", shown)
@@ -214,12 +204,12 @@ class FileCheck(Check):
         contains = self.params.get("contains")
         if contains is not None and contains not in text:
             return Verdict(
-                False, f"containing {_quoted(contains)}", f"not found in {where}", f"content: {_quoted(text)}"
+                False, f"containing {quoted(contains)}", f"not found in {where}", f"content: {quoted(text)}"
             )
         pattern = self.params.get("matches")
         if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
             return Verdict(
-                False, f"matching /{pattern}/", f"no match in {where}", f"content: {_quoted(text)}"
+                False, f"matching /{pattern}/", f"no match in {where}", f"content: {quoted(text)}"
             )
         return None
 
@@ -270,6 +260,16 @@ def _lookup(database: str, name: str) -> str:
     return f'n={q(name)}; getent {database} "$n" 2>/dev/null || awk -F: -v n="$n" \'$1 == n\' /etc/{database}'
 
 
+def _entry(text: str, name: str) -> list[str] | None:
+    """The fields of ``name``'s line in ``getent passwd``/``group`` output, None when it has none."""
+    return next((line.split(":") for line in text.splitlines() if line.split(":")[0] == name), None)
+
+
+def _absent(fields: list[str] | None, id_key: str) -> Verdict:
+    """The verdict for an account that should not exist: green when ``fields`` is None."""
+    return Verdict(fields is None, "absent", "absent" if fields is None else f"present ({id_key} {fields[2]})")
+
+
 class UserCheck(Check):
     """A user account: exists, uid, gid, groups, home, shell."""
 
@@ -298,12 +298,9 @@ class UserCheck(Check):
 
     def judge(self, output: ProbeOutput) -> Verdict:
         entry, _, groups_text = output.text.partition("--groups--")
-        name = str(self.params["name"])
-        fields = next((line.split(":") for line in entry.splitlines() if line.split(":")[0] == name), None)
+        fields = _entry(entry, str(self.params["name"]))
         if not self.params["exists"]:
-            return Verdict(
-                fields is None, "absent", "absent" if fields is None else f"present (uid {fields[2]})"
-            )
+            return _absent(fields, "uid")
         if fields is None or len(fields) < 7:
             return Verdict(False, "present", "absent")
         observed = f"uid {fields[2]}, gid {fields[3]}"
@@ -313,10 +310,9 @@ class UserCheck(Check):
                 return Verdict(False, f"{key} {wanted}", f"{key} {fields[index]}")
         wanted_groups = self.params.get("groups")
         if wanted_groups is not None:
-            wanted_list = wanted_groups if isinstance(wanted_groups, list) else [wanted_groups]
+            wanted_list = as_list(wanted_groups)
             have = groups_text.split()
-            missing = [g for g in wanted_list if g not in have]
-            if missing:
+            if any(g not in have for g in wanted_list):
                 return Verdict(
                     False, "member of " + ", ".join(wanted_list), "groups " + (", ".join(have) or "none")
                 )
@@ -345,14 +341,9 @@ class GroupCheck(Check):
         return _lookup("group", self.params["name"])
 
     def judge(self, output: ProbeOutput) -> Verdict:
-        name = str(self.params["name"])
-        fields = next(
-            (line.split(":") for line in output.text.splitlines() if line.split(":")[0] == name), None
-        )
+        fields = _entry(output.text, str(self.params["name"]))
         if not self.params["exists"]:
-            return Verdict(
-                fields is None, "absent", "absent" if fields is None else f"present (gid {fields[2]})"
-            )
+            return _absent(fields, "gid")
         if fields is None or len(fields) < 4:
             return Verdict(False, "present", "absent")
         gid = self.params.get("gid")
@@ -361,7 +352,7 @@ class GroupCheck(Check):
         members = [m for m in fields[3].split(",") if m]
         wanted = self.params.get("members")
         if wanted is not None:
-            wanted_list = wanted if isinstance(wanted, list) else [wanted]
+            wanted_list = as_list(wanted)
             if any(m not in members for m in wanted_list):
                 return Verdict(
                     False, "members " + ", ".join(wanted_list), "members " + (", ".join(members) or "none")
