@@ -14,7 +14,7 @@ PYTHON=${PYTHON:-python3}
 PACKAGES=(openssh-server openssh-client iproute2 supervisor postgresql postgresql-client sqlite3 curl git
           sudo util-linux procps mount)
 # Debian's own python3 needs python3-venv for "python3 -m venv" (ensurepip); other Pythons have it.
-if [ ! -x "${VENV:-$REPO/.venv}/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     PACKAGES+=(python3-venv)
 fi
 
@@ -40,10 +40,8 @@ if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; 
         apt-get install -y -qq --no-install-recommends "${MISSING[@]}" >/dev/null
     fi
 else
-    log "no apt-get: make sure openssh-server, iproute2, util-linux, supervisor, postgresql, sqlite3, curl are installed"
+    log "no apt-get: make sure these are installed: ${PACKAGES[*]}"
 fi
-# sshd's privilege separation directory (normally created by the service manager).
-mkdir -p /run/sshd 2>/dev/null || true
 
 if [ ! -x "$VENV/bin/python" ]; then
     log "creating virtualenv $VENV"

@@ -280,6 +280,28 @@ def test_single_host_works_with_fabric(ssh_host: TestBed, tmp_path: Path) -> Non
     assert run_over_ssh(ssh_host, host.name, "cat /srv/payload.txt").stdout == "payload\n"
 
 
+def test_single_host_moves_off_a_port_taken_by_another_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The free port can be taken between choosing it and sshd binding it: another program listening
+    there must not pass for our sshd."""
+    import socket
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        ports = iter([taken])
+        real_free_port = testbed.free_port
+        monkeypatch.setattr(testbed, "free_port", lambda host="127.0.0.1": next(ports, None) or real_free_port(host))
+        bed = testbed.start_local()
+        try:
+            host = bed.hosts[0]
+            assert host.port != taken and host.pid is not None
+            assert f"[127.0.0.1]:{host.port} " in bed.known_hosts.read_text()
+            assert run_over_ssh(bed, host.name, "hostname").stdout.strip() == host.name
+        finally:
+            bed.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # scale, cleanup, requirements
 
@@ -408,3 +430,14 @@ def test_missing_requirements_are_named(monkeypatch: pytest.MonkeyPatch) -> None
     assert "/nonexistent/sshd" in problem and "apt-get install" in problem
     with pytest.raises(testbed.TestBedError, match="openssh-server"):
         testbed.start_local()
+
+
+def test_install_line_names_the_packages_of_the_missing_tools(monkeypatch: pytest.MonkeyPatch,
+                                                             tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no tools at all; sshd is found by its full path
+    problem = testbed.check_requirements(netns=True)
+    assert problem is not None and "\n" not in problem
+    assert "ip (iproute2)" in problem and "nsenter (util-linux)" in problem
+    assert problem.endswith(": apt-get install -y util-linux mount coreutils iproute2"), problem
+    local = testbed.check_requirements(netns=False)
+    assert local is not None and local.endswith(": apt-get install -y util-linux mount coreutils"), local

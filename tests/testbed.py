@@ -47,7 +47,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 SSHD = "/usr/sbin/sshd"
 ENV_MARK = "DEPLOYTEST_TESTBED"  # set in the environment of every process the bed starts
@@ -57,7 +57,6 @@ NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmark range
 BASE_DIR = Path(tempfile.gettempdir()) / "deploytest-testbed"
 LOCK_FILE = BASE_DIR / ".lock"
 SESSION_LINE = "Starting session: command"
-INSTALL_HINT = "apt-get install -y openssh-server iproute2 util-linux mount"
 
 RUN_TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"
 _OPEN_BEDS: List[TestBed] = []
@@ -75,7 +74,10 @@ class TestBedError(RuntimeError):
 
 def _run(args: Sequence[str], check: bool = True, input: Optional[str] = None,
          timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(list(args), input=input, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(list(args), input=input, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TestBedError(f"{' '.join(args)}: {exc}") from None
     if check and proc.returncode != 0:
         raise TestBedError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
     return proc
@@ -206,21 +208,20 @@ def check_requirements(netns: bool = True) -> Optional[str]:
     if os.geteuid() != 0:
         return ("the SSH test bed needs root (namespaces, sshd on port 22, mounts): "
                 "run the tests as root, e.g. in a container or with sudo")
-    missing = []
-    if not os.access(SSHD, os.X_OK):
-        missing.append(f"{SSHD} (openssh-server)")
-    tools = {"nsenter": "util-linux", "unshare": "util-linux", "mount": "mount", "sleep": "coreutils"}
+    tools = {SSHD: "openssh-server", "nsenter": "util-linux", "unshare": "util-linux",
+             "mount": "mount", "sleep": "coreutils"}
     if netns:
         tools["ip"] = "iproute2"
-    for tool, package in tools.items():
-        if shutil.which(tool) is None:
-            missing.append(f"{tool} ({package})")
+    missing = {tool: package for tool, package in tools.items() if shutil.which(tool) is None}
+    named = [f"{tool} ({package})" for tool, package in missing.items()]
+    fixes = [f"apt-get install -y {' '.join(dict.fromkeys(missing.values()))}"] if missing else []
     try:
         import cryptography  # noqa: F401
     except ImportError:
-        missing.append("python cryptography (pip install cryptography)")
-    if missing:
-        return f"the SSH test bed needs {', '.join(missing)}: {INSTALL_HINT}"
+        named.append("python cryptography")
+        fixes.append("pip install cryptography")
+    if named:
+        return f"the SSH test bed needs {', '.join(named)}: {'; '.join(fixes)}"
     return None
 
 
@@ -279,6 +280,7 @@ class Host:
         self.public_key = ""
         self.holder: Optional[subprocess.Popen[str]] = None
         self.sshd: Optional[subprocess.Popen[bytes]] = None
+        self._log_start = 0  # size of the log when the current sshd was started
         self._mnt_ns: Optional[str] = None
 
     def __repr__(self) -> str:
@@ -342,6 +344,7 @@ class Host:
     def _spawn_sshd(self) -> None:
         if self.pid is not None:
             raise TestBedError(f"{self.name}: sshd already running (pid {self.pid})")
+        self._log_start = len(self.log_text())
         err = open(self.dir / "sshd.stderr", "ab")
         try:
             # nsenter without a pid namespace execs sshd in place: the Popen pid IS sshd's pid.
@@ -354,12 +357,15 @@ class Host:
         self.bed._pids.add(self.sshd.pid)
 
     def _await_port(self, timeout: float = 20) -> None:
+        """Wait until this sshd logs that it listens.  Its own log line, not a probe connection:
+        on the shared loopback another program may hold the port while our sshd fails to bind."""
+        ready = f"Server listening on {self.address} port {self.port}."
         deadline = time.monotonic() + timeout
         while True:
             if self.sshd is not None and self.sshd.poll() is not None:
                 raise TestBedError(f"{self.name}: sshd exited with {self.sshd.returncode}: "
                                    f"{self._tail()}")
-            if port_open(self.address, self.port):
+            if ready in self.log_text()[self._log_start:]:
                 return
             if time.monotonic() > deadline:
                 raise TestBedError(f"{self.name}: sshd not listening on {self.address}:{self.port} "
@@ -483,16 +489,16 @@ class TestBed:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, directory: Path, token: str) -> None:
+    def __init__(self, directory: Path, token: str, number: int) -> None:
         self.dir = directory
         self.token = token
+        self.number = number
         self.hosts: List[Host] = []
         self.ssh_config = directory / "ssh_config"
         self.known_hosts = directory / "known_hosts"
         self.client_key = directory / "id_ed25519"
         self.authorized_keys = directory / "authorized_keys"
         self.home = directory / "home"
-        self.bring_up_seconds = 0.0
         self._pids: set[int] = set()
         self._links: List[str] = []
         self._netns: List[str] = []
@@ -501,17 +507,8 @@ class TestBed:
     def __repr__(self) -> str:
         return f"<TestBed {self.token} {self.names}>"
 
-    def __enter__(self) -> TestBed:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts)
-
-    def __len__(self) -> int:
-        return len(self.hosts)
 
     def __getitem__(self, key: int | str) -> Host:
         """``bed[0]`` or ``bed["web1"]``."""
@@ -642,76 +639,66 @@ def _new_bed() -> TestBed:
     with _LOCK:
         _BED_COUNTER[0] += 1
         number = _BED_COUNTER[0]
-    token = RUN_TOKEN
-    bed = TestBed(BASE_DIR / f"{token}-{number}", token)
-    bed._bed_number = number  # type: ignore[attr-defined]
+    bed = TestBed(BASE_DIR / f"{RUN_TOKEN}-{number}", RUN_TOKEN, number)
     with _LOCK:
         _OPEN_BEDS.append(bed)
     _install_exit_handlers()
     return bed
 
 
+def _build(netns: bool, add_hosts: Callable[[TestBed], None]) -> TestBed:
+    """Check the machine, make a bed, let ``add_hosts`` create and start its hosts, then write the
+    client files.  On any failure the half-built bed is closed before the error propagates."""
+    problem = check_requirements(netns=netns)
+    if problem:
+        raise TestBedError(problem)
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    Path("/srv").mkdir(exist_ok=True)
+    bed = _new_bed()
+    try:
+        bed._prepare()
+        add_hosts(bed)
+        bed._write_client_files()
+    except BaseException:
+        bed.close()
+        raise
+    return bed
+
+
 def _bring_up(bed: TestBed) -> None:
-    """Start holders, then sshds, of all hosts concurrently; wait for all ports."""
+    """Start holders, then sshds, of all hosts concurrently; wait for every port."""
     for h in bed.hosts:
         h._spawn_holder()
     for h in bed.hosts:
         h._await_holder()
     for h in bed.hosts:
         h._spawn_sshd()
-    deadline = time.monotonic() + 30
-    pending = list(bed.hosts)
-    while pending:
-        still = []
-        for h in pending:
-            if h.sshd is not None and h.sshd.poll() is not None:
-                raise TestBedError(f"{h.name}: sshd exited with {h.sshd.returncode}: {h._tail()}")
-            if not port_open(h.address, h.port, timeout=0.2):
-                still.append(h)
-        pending = still
-        if pending:
-            if time.monotonic() > deadline:
-                raise TestBedError(f"sshd not listening after 30s on {', '.join(h.name for h in pending)}: "
-                                   f"{pending[0]._tail()}")
-            time.sleep(0.02)
+    for h in bed.hosts:
+        h._await_port(30)
 
 
 def start_local(name: str = "local") -> TestBed:
     """One sshd on 127.0.0.1 on a free port, in private mount+UTS namespaces (own /srv, hostname
     ``name``), sharing the machine's network.  ``cut``/``heal`` raise NotImplementedError."""
-    problem = check_requirements(netns=False)
-    if problem:
-        raise TestBedError(problem)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    Path("/srv").mkdir(exist_ok=True)
-    bed = _new_bed()
-    t0 = time.monotonic()
-    try:
-        bed._prepare()
+
+    def add_host(bed: TestBed) -> None:
         for attempt in range(5):
             host = Host(bed, name, "127.0.0.1", free_port(), bed.dir / name)
-            if attempt:
-                shutil.rmtree(host.dir, ignore_errors=True)
+            shutil.rmtree(host.dir, ignore_errors=True)  # an earlier attempt's files
             host._prepare()
             bed.hosts = [host]
-            host._spawn_holder()
-            host._await_holder()
-            host._spawn_sshd()
             try:
-                host._await_port()
-                break
+                _bring_up(bed)
+                return
             except TestBedError:
                 # The free port may have been taken meanwhile: try another one.
                 if attempt == 4 or "Address already in use" not in host._tail():
                     raise
-                _kill(host._all_pids())
-                bed.hosts = []
-        bed._write_client_files()
-    except BaseException:
-        bed.close()
-        raise
-    bed.bring_up_seconds = time.monotonic() - t0
-    return bed
+                pids = host._all_pids()
+                _kill(pids)
+                _wait_gone(pids)
+
+    return _build(False, add_host)
 
 
 def _used_addresses() -> set[ipaddress.IPv4Address]:
@@ -736,16 +723,8 @@ def start_hosts(n: int, prefix: str = "web") -> TestBed:
     198.18.0.0/15 address (port 22), hostname and /srv."""
     if not 1 <= n <= 250:
         raise ValueError("start_hosts: n must be between 1 and 250")
-    problem = check_requirements(netns=True)
-    if problem:
-        raise TestBedError(problem)
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    Path("/srv").mkdir(exist_ok=True)
-    bed = _new_bed()
-    t0 = time.monotonic()
-    try:
-        bed._prepare()
-        number = bed._bed_number  # type: ignore[attr-defined]
+
+    def add_hosts(bed: TestBed) -> None:
         # Allocation of link names and addresses is serialised across runs with a file lock, so two
         # runs starting at the same time never pick the same /30s.
         with open(LOCK_FILE, "a") as lock:
@@ -771,7 +750,7 @@ def start_hosts(n: int, prefix: str = "web") -> TestBed:
             for i in range(1, n + 1):
                 name = f"{prefix}{i}"
                 base = NETWORK.network_address + 4 * chosen[i - 1]
-                netns = f"{NETNS_PREFIX}{bed.token}-{number}-{i}"
+                netns = f"{NETNS_PREFIX}{bed.token}-{bed.number}-{i}"
                 link = f"{LINK_PREFIX}{bid}{i}"
                 host = Host(bed, name, str(base + 2), 22, bed.dir / name, netns=netns, link=link)
                 bed.hosts.append(host)
@@ -793,13 +772,9 @@ def start_hosts(n: int, prefix: str = "web") -> TestBed:
             _ip_batch(root_cmds)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda h: h._prepare(), bed.hosts))
-        bed._write_client_files()
         _bring_up(bed)
-    except BaseException:
-        bed.close()
-        raise
-    bed.bring_up_seconds = time.monotonic() - t0
-    return bed
+
+    return _build(True, add_hosts)
 
 
 # --------------------------------------------------------------------------------------------------
