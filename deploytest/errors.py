@@ -100,12 +100,6 @@ class NeedsHuman(DeploytestError):
     exit_code = NEEDS_HUMAN
 
 
-class Interrupted(DeploytestError):
-    """Ctrl-C reached us; raised after cleanup to say so."""
-
-    exit_code = FAILED
-
-
 def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that ended a task."""
     if isinstance(error, DeploytestError):

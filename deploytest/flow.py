@@ -46,9 +46,9 @@ class Rollout:
     locked: list[str] = field(default_factory=list)
     release_id: str = ""
     package: Optional[release.Package] = None
-    prepared: list[str] = field(default_factory=list)
     switched: dict[str, Optional[str]] = field(default_factory=dict)  # host -> release it left
     failed: dict[str, str] = field(default_factory=dict)  # host -> why
+    lost: set[str] = field(default_factory=set)  # hosts that stopped answering: state unknown
     baseline: Optional[VerifyReport] = None
     after: Optional[VerifyReport] = None
     rollback_report: Optional[VerifyReport] = None
@@ -99,6 +99,8 @@ class Rollout:
 
         for target, result in in_parallel(picked, counted, limit=self.settings.rollout.parallel):
             if isinstance(result, BaseException):
+                if isinstance(result, HostUnreachable):
+                    self.lost.add(target.name)
                 reason = _reason(result).removeprefix(f"{target.name}: ")
                 self.failed.setdefault(target.name, f"{step}: {reason}")
                 self.console.host(target.name, step, reason, "red")
@@ -164,7 +166,7 @@ def preflight(run: Rollout, *, lock: bool = True) -> None:
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
     if run.failed:
-        _unlock(run, run.locked)
+        release_locks(run, run.locked)
         lines = [f"  {host}: {why}" for host, why in run.failed.items()]
         raise Refused(
             "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
@@ -197,7 +199,6 @@ def prepare(run: Rollout) -> None:
     run.console.stage(f"prepare release {run.release_id} ({package.label})")
 
     def build(target: Target) -> None:
-        run.prepared.append(target.name)
         # upload, shared links, build hooks and "complete", in one round trip
         release.prepare(target, settings, run.release_id, package, run.owner.who, build=True)
 
@@ -236,6 +237,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
         run.after = report if run.after is None else VerifyReport(run.after.hosts + report.hosts)
         for host in report.hosts:
             if host.error:
+                run.lost.add(host.host)
                 run.failed.setdefault(host.host, f"verify: {host.error}")
             elif not host.ok:
                 red = [r for r in host.results if not r.ok]
@@ -247,7 +249,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
                     run.console.line("    " + result_line(host.host, result, color=run.console.colour))
     run.console.progress("live", len(run.switched), len(run.targets))
     too_many = len(run.failed) > settings.rollout.max_fail
-    if too_many or any(_unreachable(why) for why in run.failed.values()):
+    if too_many or run.lost:  # a lost host is never tolerated: its state is unknown
         raise ChecksFailed(f"{kind} failed on {_some(run.failed)}")
     for name in [n for n in batch if n in run.failed]:
         _tolerate(run, name)
@@ -266,8 +268,8 @@ def finish(run: Rollout) -> None:
     back = _event(run, "deploy", "rolled back (within max_fail)", error=", ".join(run.failed.values()))
 
     def tidy(target: Target) -> None:
-        release.discard(target, run.settings, run.release_id, bad=True)
-        release.finish(target, run.settings, run.owner, back, cleanup=False)
+        release.finish(target, run.settings, run.owner, back, cleanup=False,
+                       first=[release.script_for_discard(run.settings, run.release_id, bad=True)])
 
     tidied = run.each([n for n in run.locked if n in run.tolerated], "finish", tidy)
     for name in tidied:
@@ -295,9 +297,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
             if not target.alive(max(run.settings.connect_timeout, 10.0)):
                 raise HostUnreachable(target.name, "no answer; its state is unknown")
             previous = run.switched[target.name]
-            release.switch_back(target, run.settings, previous, run.release_id)
-            if previous:
-                release.restart(target, run.settings)
+            release.switch_back(target, run.settings, previous, run.release_id)  # and restart there
 
         switched = list(run.switched)
         for target, result in in_parallel(run.pick(switched), back, limit=run.settings.rollout.parallel):
@@ -314,9 +314,8 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         event = _event(run, "deploy", "rolled back", error=cause)
 
         def tidy(target: Target) -> None:
-            release.discard(target, run.settings, run.release_id,
-                            bad=target.name in run.switched)
-            release.finish(target, run.settings, run.owner, event, cleanup=False)
+            discard = release.script_for_discard(run.settings, run.release_id, bad=target.name in run.switched)
+            release.finish(target, run.settings, run.owner, event, cleanup=False, first=[discard])
 
         for target, result in in_parallel(run.pick([n for n in run.locked if n not in unreached]), tidy,
                                           limit=run.settings.rollout.parallel):
@@ -383,15 +382,14 @@ def _tolerate(run: Rollout, name: str) -> None:
     """Within ``rollout.max_fail``: put this one host back and carry on with the rollout."""
     target = run.pick([name])[0]
     previous = run.switched.get(name)
-    release.switch_back(target, run.settings, previous, run.release_id)
-    if previous:
-        release.restart(target, run.settings)
+    release.switch_back(target, run.settings, previous, run.release_id)  # and restart there
     run.switched.pop(name, None)
     run.tolerated.append(name)
     run.console.host(name, "rollback", f"back on {previous or 'nothing'} (within max_fail)", "yellow")
 
 
-def _unlock(run: Rollout, names: list[str]) -> None:
+def release_locks(run: Rollout, names: Sequence[str]) -> None:
+    """Release this run's locks on the named hosts (best effort: a refusal to change anything)."""
     for target, _result in in_parallel(run.pick(names), lambda t: release.release_lock(t, run.settings, run.owner),
                                        limit=run.settings.rollout.parallel):
         if target.name in run.locked:
@@ -442,10 +440,6 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, DeploytestError):
         return error.message
     return f"{type(error).__name__}: {error}"
-
-
-def _unreachable(why: str) -> bool:
-    return "unreachable" in why
 
 
 class _shielded_from_ctrl_c:

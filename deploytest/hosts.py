@@ -30,7 +30,7 @@ import paramiko
 from fabric import Connection
 from invoke.config import Config
 
-from .errors import HostKeyError, HostUnreachable
+from .errors import HostKeyError, HostUnreachable, UsageError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -425,15 +425,23 @@ def secure(connection: Connection) -> Connection:
     return connection
 
 
-def targets_for(hosts: Sequence[str], config: Config | None = None) -> list[Target]:
-    """Targets for host strings; no hosts means the local machine."""
-    if not hosts:
-        return [LocalTarget()]
+def targets_for(hosts: Sequence[str], config: Config | None = None, *,
+                connect_timeout: float | None = None) -> list[Target]:
+    """Targets for host strings (``[user@]host[:port]`` or ssh_config aliases), repeats dropped; no
+    hosts means the local machine.
+
+    :raises UsageError: a host string that no host can have (empty, an option, spaces, shell syntax).
+    """
     seen: list[str] = []
     for host in hosts:
-        if host and host not in seen:
+        if host not in seen:
             seen.append(host)
-    return [connect(host, config) for host in seen]
+    if not seen:
+        return [LocalTarget()]
+    for host in seen:
+        if not host or host.startswith("-") or any(ch.isspace() or ch in "\"'`$;&|<>\\" for ch in host):
+            raise UsageError(f"bad host name {host!r}; nothing was changed.")
+    return [connect(host, config, connect_timeout=connect_timeout) for host in seen]
 
 
 def in_parallel(
@@ -445,10 +453,10 @@ def in_parallel(
     """Run ``fn`` over ``items`` with at most ``limit`` at once; results in input order.
 
     Exceptions are returned, not raised, so one host's failure never hides another's result. The
-    calling thread waits in short slices so Ctrl-C reaches it; on Ctrl-C it lets the commands already
-    running end (a remote step must not be orphaned halfway), starts no new command (the workers'
-    next :meth:`Target.run` raises :class:`Cancelled`), drops the calls not started, and re-raises
-    ``KeyboardInterrupt``.
+    calling thread waits in short slices so Ctrl-C reaches it; on Ctrl-C the commands running in the
+    workers are stopped (their whole process group, on the host), no new command starts (the
+    workers' :meth:`Target.run` raises :class:`Cancelled`), the calls not started are dropped, and
+    ``KeyboardInterrupt`` is re-raised once every worker has returned.
     """
     items = list(items)
     if not items:

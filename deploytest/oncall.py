@@ -15,13 +15,12 @@ from .console import Console
 from .errors import (
     OK,
     ChecksFailed,
-    HostUnreachable,
     NeedsHuman,
     Refused,
     RemoteCommandFailed,
     UsageError,
 )
-from .flow import Rollout, preflight
+from .flow import Rollout, preflight, release_locks
 from .hosts import Target, in_parallel
 from .lock import prelude, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
@@ -91,33 +90,35 @@ def rollback(targets: Sequence[Target], settings: Settings, console: Console, to
         for name, state in run.states.items():
             picked[name] = release.rollback_target(state, to)
     except UsageError:
-        _release_locks(run)
+        release_locks(run, run.locked)
         raise
     console.stage("rollback")
     left: dict[str, Optional[str]] = {}
 
     def back(target: Target) -> None:
-        left[target.name] = release.switch(target, settings, picked[target.name])
-        release.restart(target, settings)
+        try:
+            left[target.name] = release.switch_and_restart(target, settings, picked[target.name])
+        except release.RestartFailed as error:
+            left[target.name] = error.previous
+            raise
 
     run.each(run.names, "rollback", back)
     for name in left:
         console.host(name, "rollback", f"live on {picked[name]} (was {left[name] or 'nothing'})", "yellow")
     report: Optional[VerifyReport] = None
     ok_hosts = [n for n in run.names if n not in run.failed]
-    if settings.checks and ok_hosts:
-        report = run_checks(run.pick(ok_hosts), list(settings.checks), settings.verify,
-                            parallel=settings.rollout.parallel)
+    if run.verifies and ok_hosts:
+        report = run.verify(ok_hosts, settings.verify)
         console.line(render(report, color=console.colour))
     red = {h.host for h in report.hosts if not h.ok} if report else set()
 
     def finish(target: Target) -> None:
         previous = left.get(target.name)
-        if previous and previous != picked[target.name]:
-            release.mark_bad(target, settings, previous)
+        first = [release.script_for_mark_bad(settings, previous)] if previous and previous != picked[target.name] \
+            else []
         outcome = "failed" if target.name in run.failed or target.name in red else "rolled back"
         event = {"event": "rollback", "release": picked[target.name], "from": previous, "outcome": outcome}
-        release.finish(target, settings, run.owner, event, cleanup=False)
+        release.finish(target, settings, run.owner, event, cleanup=False, first=first)
 
     unfinished = [t for t, r in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel)
                   if isinstance(r, BaseException)]
@@ -132,12 +133,6 @@ def rollback(targets: Sequence[Target], settings: Settings, console: Console, to
     console.line(console.paint(f"deploytest: rolled back: {len(picked)} host(s) live on {where}"
                                f"{', verified' if report is not None else ''}", "green"))
     return OK
-
-
-def _release_locks(run: Rollout) -> None:
-    in_parallel(run.pick(run.locked), lambda t: release.release_lock(t, run.settings, run.owner),
-                limit=run.settings.rollout.parallel)
-    run.locked.clear()
 
 
 def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
@@ -202,22 +197,6 @@ def unlock(targets: Sequence[Target], settings: Settings, console: Console) -> i
     return OK
 
 
-def _inspect_all(targets: Sequence[Target], settings: Settings, console: Console) -> dict[str, release.HostState]:
-    _connect_all(targets, settings, console)
-    states: dict[str, release.HostState] = {}
-    lost: list[str] = []
-    for target, result in in_parallel(targets, lambda t: release.inspect(t, settings),
-                                      limit=settings.rollout.parallel):
-        if isinstance(result, BaseException):
-            console.host(target.name, "inspect", _message(result), "red")
-            lost.append(target.name)
-        else:
-            states[target.name] = result
-    if lost:
-        raise HostUnreachable(", ".join(lost), "could not read the deploy state")
-    return states
-
-
 def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, verify: bool) -> int:
     """Print, per host, what a deploy would do and the commands it would run; change nothing.
 
@@ -225,7 +204,10 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     the complete shell script of every step.
     """
     package = release.pack_source(settings)
-    states = _inspect_all(targets, settings, console)
+    states, lost = _read_states(targets, settings, console)
+    if lost:
+        raise Refused(f"cannot read the deploy state of {', '.join(lost)}; nothing was changed.",
+                      hosts=list(lost))
     release_id = release.new_release_id(rid for s in states.values() for rid in s.release_ids)
     console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
                  " nothing will be changed")

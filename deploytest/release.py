@@ -25,7 +25,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .config import Settings, clean_relative_path
 from .errors import RemoteCommandFailed, UsageError
@@ -49,10 +49,11 @@ from .source import GIT, Package, pack_source
 
 __all__ = [
     "BAD", "COMPLETE", "PREPARING", "UNKNOWN", "FinishResult", "HostState", "LockInfo", "LockOwner",
-    "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "check_release_id", "cleanup_plan",
-    "discard", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
+    "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "chain", "check_release_id",
+    "cleanup_plan", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
     "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release", "restart",
-    "rollback_target", "switch", "switch_and_restart", "switch_back",
+    "rollback_target", "script_for_discard", "script_for_mark_bad", "switch", "switch_and_restart",
+    "switch_back",
 ]
 
 COMPLETE = "complete"
@@ -580,6 +581,12 @@ def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
     run_script(target, settings, script_for_mark_bad(settings, release_id), "mark bad")
 
 
+def chain(*scripts: str) -> str:
+    """Scripts run one after another in ONE round trip, each in a subshell of its own (its ``exit``
+    ends only itself); the first that fails ends the whole, with its exit status and its marks."""
+    return "".join(f"(\n{script}\n) || exit $?\n" for script in scripts)
+
+
 # -- switch and restart ------------------------------------------------------------------------------
 
 
@@ -691,14 +698,20 @@ dt_link "$P"
 
 
 def switch_back(target: Target, settings: Settings, previous: str | None, release_id: str) -> None:
-    """Undo a :func:`switch` to ``release_id``: point ``current`` back at ``previous`` (one round trip).
+    """Undo a :func:`switch` to ``release_id``: point ``current`` back at ``previous`` and run the
+    restart hooks there, in one round trip.
 
-    ``previous`` None (a first deploy) removes ``current``. Only acts when ``current`` points at
-    ``release_id``, ``previous`` or nothing: a host someone else changed is left alone.
+    ``previous`` None (a first deploy) removes ``current`` (and restarts nothing). Only acts when
+    ``current`` points at ``release_id``, ``previous`` or nothing: a host someone else changed is
+    left alone.
 
-    :raises RemoteCommandFailed: step ``switch back``: current points elsewhere, or previous is gone.
+    :raises RemoteCommandFailed: step ``switch back``: current points elsewhere, or previous is gone;
+        step ``restart hook``: the release switched back to did not restart.
     """
-    run_script(target, settings, script_for_switch_back(settings, previous, release_id), "switch back")
+    script = script_for_switch_back(settings, previous, release_id)
+    if previous and settings.restart_hooks:
+        script = chain(script, script_for_restart(settings))
+    run_script(target, settings, script, "switch back")
 
 
 # -- removal, cleanup, log, finish ---------------------------------------------------------------------
@@ -723,15 +736,9 @@ def remove_release(target: Target, settings: Settings, release_id: str) -> bool:
     return "removed" in marks
 
 
-def discard(target: Target, settings: Settings, release_id: str, *, bad: bool) -> None:
-    """After a failed rollout: mark the release bad (``bad``, it went live) or remove it (never live).
-
-    One round trip. Removing the live release is refused (:class:`UsageError`).
-    """
-    if bad:
-        mark_bad(target, settings, release_id)
-    else:
-        remove_release(target, settings, release_id)
+def script_for_discard(settings: Settings, release_id: str, *, bad: bool) -> str:
+    """Shell text that marks a failed release bad (``bad``: it went live) or removes it (never live)."""
+    return script_for_mark_bad(settings, release_id) if bad else script_for_remove(settings, release_id)
 
 
 @dataclass(frozen=True)
@@ -756,13 +763,16 @@ def script_for_finish(settings: Settings, owner: LockOwner, event: Mapping[str, 
 
 
 def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[str, Any] | None,
-           *, cleanup: bool = True) -> FinishResult:
+           *, cleanup: bool = True, first: Sequence[str] = ()) -> FinishResult:
     """End a deploy on a host in one round trip: clean up old releases, log ``event``, release our lock.
 
     A release that cannot be removed or a log line that cannot be written (disk full) is a
     warning in the result, not an error: the lock is released whatever happens.
+
+    :param first: scripts to run before, in the same round trip (e.g. :func:`script_for_discard`);
+        if one of them fails, nothing after it runs and the lock is kept.
     """
-    script = script_for_finish(settings, owner, event, cleanup=cleanup)
+    script = chain(*first, script_for_finish(settings, owner, event, cleanup=cleanup))
     _result, marks = run_script(target, settings, script, "finish")
     return FinishResult(tuple(marks.get("removed", [])), "released" in marks, tuple(marks.get("warn", [])))
 

@@ -12,7 +12,7 @@ import re
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import IO, Any, Mapping
+from typing import Any, Mapping
 
 from .checks import CheckResult, HostReport, VerifyReport
 
@@ -21,17 +21,6 @@ RED_MARK = "✘"
 _GREEN = "\033[32m"
 _RED = "\033[31m"
 _RESET = "\033[0m"
-
-
-def use_color(stream: IO[str] | None) -> bool:
-    """True when ``stream`` is a terminal and ``NO_COLOR`` is not set."""
-    if stream is None or "NO_COLOR" in os.environ:
-        return False
-    isatty = getattr(stream, "isatty", None)
-    try:
-        return bool(isatty and isatty())
-    except (OSError, ValueError):
-        return False
 
 
 def _mark(ok: bool, color: bool) -> str:

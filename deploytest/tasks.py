@@ -25,11 +25,11 @@ from . import config as config_module
 from . import oncall
 from .config import Settings
 from .console import Console
-from .errors import DeploytestError, UsageError, exit_code_for
+from .errors import DeploytestError, exit_code_for
 from .executor import EXECUTOR_PATH, CoordinatedTask, HostsContext
 from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
-from .hosts import LocalTarget, SSHTarget, Target, connect, secure
+from .hosts import LocalTarget, SSHTarget, Target, secure, targets_for
 
 
 def targets_of(c: Context, settings: Settings) -> List[Target]:
@@ -44,16 +44,7 @@ def targets_of(c: Context, settings: Settings) -> List[Target]:
 def _targets(c: Context, settings: Settings) -> List[Target]:
     if isinstance(c, HostsContext):
         hosts: List[str] = getattr(c, "hosts", [])
-        seen: List[str] = []
-        for host in hosts:
-            if host not in seen:
-                seen.append(host)
-        if not seen:
-            return [LocalTarget()]
-        for host in seen:
-            if not host or host.startswith("-") or any(ch.isspace() or ch in "\"'`$;&|<>\\" for ch in host):
-                raise UsageError(f"bad host name {host!r}; nothing was changed.")
-        return [connect(host, c.config, connect_timeout=settings.connect_timeout) for host in seen]
+        return targets_for(hosts, c.config, connect_timeout=settings.connect_timeout)
     if isinstance(c, Connection):
         if c.config.get("tasks", {}).get("executor_class") != EXECUTOR_PATH:
             sys.stderr.write(

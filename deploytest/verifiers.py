@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport, run_checks
+from .checks.runner import unverified
 from .config import VerifySettings
 from .hosts import Target, in_parallel
 
@@ -97,8 +98,7 @@ def python_verifier(*functions: HostFunction, parallel: int = 10) -> Verifier:
         hosts: list[HostReport] = []
         for target, result in in_parallel(list(targets), lambda t: verify_one(t, settings, picked),
                                           limit=parallel):
-            hosts.append(result if isinstance(result, HostReport) else
-                         HostReport(target.name, error=str(result) or type(result).__name__))
+            hosts.append(result if isinstance(result, HostReport) else unverified(target.name, result))
         return VerifyReport(hosts)
 
     return verify

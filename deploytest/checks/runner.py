@@ -299,6 +299,12 @@ def verify_host(
     return report
 
 
+def unverified(host: str, error: BaseException) -> HostReport:
+    """The report of a host that could not be verified at all, saying why."""
+    reason = error.reason if isinstance(error, HostUnreachable) else str(error) or type(error).__name__
+    return HostReport(host, error=reason)
+
+
 def run_checks(
     targets: Iterable[Target],
     checks: Sequence[Check],
@@ -328,13 +334,5 @@ def run_checks(
 
     hosts: list[HostReport] = []
     for target, outcome in in_parallel(list(targets), verify, limit=parallel):
-        if isinstance(outcome, HostReport):
-            hosts.append(outcome)
-        else:
-            reason = (
-                outcome.reason
-                if isinstance(outcome, HostUnreachable)
-                else str(outcome) or type(outcome).__name__
-            )
-            hosts.append(HostReport(target.name, error=reason))
+        hosts.append(outcome if isinstance(outcome, HostReport) else unverified(target.name, outcome))
     return VerifyReport(hosts, started=started_at, seconds=time.monotonic() - started)
