@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 PORT = 8000
 DEPLOY_TO = "/srv/hello"
@@ -46,14 +46,19 @@ def served(host: Any) -> str:
     return host.sh(f"curl -s -m 3 http://127.0.0.1:{PORT}/health").stdout.strip()
 
 
-def wait_served(host: Any, expected: str, timeout: float = 10) -> str:
-    """What /health answers once it answers ``expected`` (or what it answered last)."""
+def wait_until(read: Callable[[], str], expected: str, timeout: float = 10) -> str:
+    """What ``read()`` gives once it gives ``expected`` (or what it gave last, at ``timeout``)."""
     deadline = time.monotonic() + timeout
-    answer = served(host)
+    answer = read()
     while answer != expected and time.monotonic() < deadline:
         time.sleep(0.1)
-        answer = served(host)
+        answer = read()
     return answer
+
+
+def wait_served(host: Any, expected: str, timeout: float = 10) -> str:
+    """What /health answers once it answers ``expected`` (or what it answered last)."""
+    return wait_until(lambda: served(host), expected, timeout)
 
 
 def snapshot(bed: Any) -> Dict[str, Any]:

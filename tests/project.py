@@ -65,8 +65,11 @@ class Project:
         data = {"tasks": {"executor_class": "deploytest.executor.Executor"}, "deploytest": config}
         (self.root / "fabric.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
-    def set_version(self, version: str, *, broken: bool = False) -> None:
-        """Make the next release carry ``version`` (and a BROKEN marker: /health answers 500)."""
+    def set_version(self, version: str, *, broken: bool = False, verify_timeout: Optional[float] = None) -> None:
+        """Make the next release carry ``version`` (and a BROKEN marker: /health answers 500); with
+        ``verify_timeout``, how long its checks get to turn green."""
+        if verify_timeout is not None:
+            self.config["verify"] = {"timeout": verify_timeout, "interval": 0.3}
         (self.root / "app" / "VERSION").write_text(version + "\n")
         marker = self.root / "app" / "BROKEN"
         if broken:
@@ -98,6 +101,14 @@ class Project:
         """Start ``fab`` in the background (for Ctrl-C tests)."""
         return subprocess.Popen(self.command(*args, hosts=hosts), cwd=self.root, env=self.env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def hello_bed(make_hosts: Any, root: Path, hosts: int, **overrides: Any) -> Dict[str, Any]:
+    """``hosts`` test hosts and a project deploying the hello example to them (/srv/hello, port 8000)."""
+    bed = make_hosts(hosts)
+    project = Project(root / "project", hello_config("/srv/hello", 8000, **overrides), env=bed.env(),
+                      ssh_config=bed.ssh_config)
+    return {"bed": bed, "project": project, "hosts": bed.names}
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:

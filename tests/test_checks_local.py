@@ -4,6 +4,7 @@ supervisord, PostgreSQL, SQLite; "eventually"; hostile output; hanging probes; s
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from deploytest.assertions import CheckFailed, assert_command, assert_http, asse
 from deploytest.checks import CheckResult, ProbeOutput, VerifyReport, make_check, parse_checks, run_checks
 from deploytest.checks.script import ProbeJob, build_script, new_nonce, parse_frames
 from deploytest.config import VerifySettings
+from deploytest.console import wants_colour
 from deploytest.hosts import LocalTarget, RunResult, Target
 
 ONCE = VerifySettings(timeout=0, interval=0.2)
@@ -451,10 +453,13 @@ def test_color_only_on_a_tty(monkeypatch: pytest.MonkeyPatch, http_app: HttpApp)
 
     report, _ = verify([{"http": http_app.url("/health")}])
     monkeypatch.delenv("NO_COLOR", raising=False)
-    assert rpt.use_color(Tty())  # type: ignore[arg-type]
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    assert wants_colour(Tty())  # type: ignore[arg-type]
+    assert not wants_colour(io.StringIO())  # a pipe or a file: never
     assert "\033[32m✔\033[0m" in rpt.render(report, color=True)
     monkeypatch.setenv("NO_COLOR", "1")
-    assert not rpt.use_color(Tty())  # type: ignore[arg-type]
+    assert not wants_colour(Tty())  # type: ignore[arg-type]
     assert "\033" not in rpt.render(report)
 
 

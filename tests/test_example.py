@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Tuple
 
 import pytest
+from onhost import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "hello"
@@ -36,15 +37,6 @@ def health(port: int) -> str:
         return str(error.code) + " " + error.read().decode().strip()
     except OSError:
         return ""
-
-
-def wait_health(port: int, expected: str, timeout: float = 10) -> str:
-    deadline = time.monotonic() + timeout
-    answer = health(port)
-    while answer != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        answer = health(port)
-    return answer
 
 
 def live(deploy_to: Path) -> str:
@@ -112,7 +104,7 @@ def test_readme_example_deploys_green_then_rolls_back_the_broken_release(
     good = live(deploy_to)
     assert good, "current was not created"
     assert os.readlink(deploy_to / "current") == str(deploy_to / "releases" / good)
-    assert wait_health(port, "200 ok 1.0") == "200 ok 1.0"
+    assert wait_until(lambda: health(port), "200 ok 1.0") == "200 ok 1.0"
     assert not (deploy_to / ".deploytest" / "lock").exists()
 
     broken = fab(project, env, "-f", "broken.yaml", "deploy-and-verify")
@@ -121,7 +113,7 @@ def test_readme_example_deploys_green_then_rolls_back_the_broken_release(
     assert "Traceback" not in text
     assert "rolled back" in text
     assert live(deploy_to) == good
-    assert wait_health(port, "200 ok 1.0") == "200 ok 1.0"
+    assert wait_until(lambda: health(port), "200 ok 1.0") == "200 ok 1.0"
     assert not (deploy_to / ".deploytest" / "lock").exists()
     others = [p.name for p in (deploy_to / "releases").iterdir() if p.name != good]
     assert len(others) == 1, others

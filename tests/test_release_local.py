@@ -157,7 +157,7 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
     previous = release.switch(target, settings, seventh)
     assert previous == ids[-1]
     release.switch_back(target, settings, previous, seventh)
-    release.discard(target, settings, seventh, bad=True)
+    release.mark_bad(target, settings, seventh)
     # and an interrupted prepare left a preparing release behind
     stale = release.new_release_id(ids + [seventh])
     release.prepare(target, settings, stale, package, owner.who)
@@ -252,6 +252,47 @@ def test_failing_restart_hook_says_where_to_go_back(tmp_path: Path, target: Coun
     assert caught.value.previous == first and "exit 7" in caught.value.detail
     release.switch_back(target, settings, first, rid)
     assert live_link(settings).endswith(first)
+
+
+def test_switch_back_restarts_the_release_it_goes_back_to_in_the_same_session(
+        tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path, restart_hooks=('echo "$DEPLOYTEST_RELEASE" >> "$DEPLOYTEST_SHARED/restarts"',))
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
+    rid = release.new_release_id([first])
+    release.prepare(target, settings, rid, release.pack_source(settings), "me", build=True)
+    release.switch_and_restart(target, settings, rid)
+    before = target.calls
+    release.switch_back(target, settings, first, rid)
+    assert target.calls == before + 1
+    assert live_link(settings).endswith(first)
+    restarts = (tmp_path / "srv" / "app" / "shared" / "restarts").read_text().split()
+    assert restarts == [first, rid, first]
+
+
+def test_finish_runs_a_discard_first_in_the_same_session(tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    owner = LockOwner.new()
+    first = deploy(target, settings, owner)
+    rid = release.new_release_id([first])
+    release.acquire_lock(target, settings, owner)
+    release.prepare(target, settings, rid, release.pack_source(settings), "me", build=True)
+    before = target.calls
+    release.finish(target, settings, owner, {"event": "deploy", "outcome": "rolled back"}, cleanup=False,
+                   first=[release.script_for_discard(settings, rid, bad=False)])
+    assert target.calls == before + 1
+    state = release.inspect(target, settings)
+    assert state.release_ids == [first] and state.lock is None
+    # a discard that is refused (the live release) stops the finish: the lock stays, nothing is logged
+    release.acquire_lock(target, settings, owner)
+    with pytest.raises(UsageError, match="is live"):
+        release.finish(target, settings, owner, {"event": "deploy", "outcome": "x"}, cleanup=False,
+                       first=[release.script_for_discard(settings, first, bad=False)])
+    state = release.inspect(target, settings)
+    assert state.lock is not None and state.release_ids == [first]
+    assert state.last_event is not None and state.last_event.get("outcome") == "rolled back"
 
 
 def test_switch_back_after_first_deploy_removes_current(tmp_path: Path, target: CountingTarget) -> None:

@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, List
 import pytest
 from onhost import (
     DEPLOY_TO,
-    PORT,
     assert_clean,
     link,
     live,
@@ -22,7 +21,7 @@ from onhost import (
     state_of,
     wait_served,
 )
-from project import Project, finish, hello_config, interrupt_when
+from project import Project, finish, hello_bed, interrupt_when
 
 pytestmark = pytest.mark.testbed
 
@@ -32,11 +31,8 @@ pytestmark = pytest.mark.testbed
 
 @pytest.fixture
 def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
-    bed = make_hosts(3)
     # one batch: the hosts restart together (canary batches are the flow tests' business)
-    config = hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
-    project = Project(tmp_path / "project", config, env=bed.env(), ssh_config=bed.ssh_config)
-    return {"bed": bed, "project": project, "hosts": bed.names}
+    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 def deploy(project: Project, hosts: List[str], version: str = "1.0") -> None:
@@ -241,7 +237,7 @@ def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
 
     out = interrupt_when(proc, building, timeout=30)
     took = time.monotonic() - sent[0]
-    assert proc.returncode in (1, 3), out
+    assert proc.returncode == 1, out  # every host as it was: a clean failure, not "needs a human"
     assert "interrupted" in out.lower(), out
     assert "Traceback" not in out
     assert_clean(bed, before)
@@ -250,14 +246,9 @@ def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
     return took
 
 
-def test_ctrl_c_during_build_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
-    took = _interrupt_during_build(three, 20.25)
-    assert took < 30, f"fab took {took:.1f}s to stop after Ctrl-C"
-
-
-def test_ctrl_c_does_not_wait_for_a_long_build(three: Dict[str, Any]) -> None:
+def test_ctrl_c_during_a_long_build_stops_it_and_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
     took = _interrupt_during_build(three, 30.25)
-    assert took < 15, f"fab took {took:.1f}s to stop after Ctrl-C"
+    assert took < 15, f"fab took {took:.1f}s to stop after Ctrl-C"  # it did not wait for the build
 
 
 def _fill_app(project: Project, megabytes: int, *, random: bool) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 from onhost import DEPLOY_TO, PORT, events, live, locked, output
-from project import Project, hello_config
+from project import Project, hello_bed
 
 pytestmark = pytest.mark.testbed
 
@@ -23,10 +23,7 @@ def host_lines(text: str, name: str) -> List[str]:
 
 @pytest.fixture
 def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
-    bed = make_hosts(3)
-    config = hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
-    project = Project(tmp_path / "project", config, env=bed.env(), ssh_config=bed.ssh_config)
-    return {"bed": bed, "project": project, "hosts": bed.names}
+    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 def deploy(project: Project, hosts: List[str], version: str) -> None:
