@@ -6,7 +6,7 @@
     fab -H web1,web2,web3 ship             # the same flow around a verify step of this project's own
 
 Configuration lives under the ``deploytest`` key of fabric.yaml beside this file (see README.rst);
-``tasks.executor_class: deploytest.executor.Executor`` makes ``-H a,b,c`` one coordinated rollout.
+``-H a,b,c`` is one coordinated rollout over all the hosts.
 """
 
 from invoke import task

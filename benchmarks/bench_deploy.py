@@ -2,7 +2,7 @@
 
 Brings up N real OpenSSH hosts with ``tests/testbed.py`` (needs root: each host is its own network
 namespace with its own /srv), writes a throwaway Fabric project (fabfile.py importing the deploytest
-tasks, fabric.yaml with ``tasks.executor_class: deploytest.executor.Executor``) whose source is a
+tasks, fabric.yaml with the ``deploytest`` key alone) whose source is a
 generated directory of small files, and runs ``python -m fabric -S <ssh_config> -H <hosts> deploy``
 as a user would. Per row it reports the wall time of the ``fab`` process and the remote command
 sessions each host received (``Starting session: command`` lines in its sshd log, after minus

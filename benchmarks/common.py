@@ -69,7 +69,7 @@ FAB_TIMEOUT = 600.0
 
 def write_fabric_project(root: Path, deploytest: Dict[str, Any]) -> None:
     """fabfile.py importing the deploytest tasks and fabric.yaml with ``deploytest`` as its config."""
-    config = {"tasks": {"executor_class": "deploytest.executor.Executor"}, "deploytest": deploytest}
+    config = {"deploytest": deploytest}
     (root / "fabfile.py").write_text(FABFILE)
     (root / "fabric.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 

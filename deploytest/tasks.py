@@ -2,9 +2,8 @@
 
     from deploytest.tasks import deploy, verify, rollback, deploy_and_verify, status, releases, unlock
 
-Each task runs once over all ``-H`` hosts (hosts in parallel) when ``tasks.executor_class`` is
-``deploytest.executor.Executor`` (see :mod:`deploytest.executor`); with no ``-H`` it acts on the local
-machine. Errors become one clear message and the contract's exit code (0/1/2/3), never a traceback.
+Each task runs once over all ``-H`` hosts (hosts in parallel), with no extra configuration (see
+:mod:`deploytest.executor`); with no ``-H`` it acts on the local machine. Errors become one clear message and the contract's exit code (0/1/2/3), never a traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-import sys
 import traceback
 from typing import Any, Callable, List, Optional
 
@@ -25,33 +23,31 @@ from . import config as config_module
 from . import oncall
 from .config import Settings
 from .console import Console
-from .errors import DeploytestError, exit_code_for
-from .executor import EXECUTOR_PATH, CoordinatedTask, HostsContext
+from .errors import DeploytestError, UsageError, exit_code_for
+from .executor import CoordinatedTask, HostsContext, split_refusal
 from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
-from .hosts import LocalTarget, SSHTarget, Target, secure, targets_for
+from .hosts import LocalTarget, Target, targets_for
 
 
-def targets_of(c: Context, settings: Settings) -> List[Target]:
-    """The targets a task acts on (the ``-H`` hosts, the Connection it was given, or local), with the
-    config's connect and step time limits."""
-    targets = _targets(c, settings)
+def targets_of(c: Context, settings: Settings, task_name: str = "this task") -> List[Target]:
+    """The targets a task acts on (the ``-H`` hosts, or local), with the config's connect and step
+    time limits.
+
+    :raises UsageError: ``c`` is one host's ``Connection``: the task was split per host (exit 2).
+    """
+    targets = _targets(c, settings, task_name)
     for target in targets:
         target.default_timeout = settings.step_timeout
     return targets
 
 
-def _targets(c: Context, settings: Settings) -> List[Target]:
+def _targets(c: Context, settings: Settings, task_name: str) -> List[Target]:
     if isinstance(c, HostsContext):
         hosts: List[str] = getattr(c, "hosts", [])
         return targets_for(hosts, c.config, connect_timeout=settings.connect_timeout)
     if isinstance(c, Connection):
-        if c.config.get("tasks", {}).get("executor_class") != EXECUTOR_PATH:
-            sys.stderr.write(
-                f"deploytest: note: running on {c.original_host} alone; for one coordinated run over all -H hosts,"
-                f" set tasks.executor_class: {EXECUTOR_PATH} in fabric.yaml\n"
-            )
-        return [SSHTarget(secure(c), name=c.original_host)]
+        raise UsageError(split_refusal(task_name, c.original_host, c.config))
     return [LocalTarget()]
 
 
@@ -79,7 +75,7 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
             targets: List[Target] = []
             try:
                 settings = settings_of(c, need_source=need_source)
-                targets = targets_of(c, settings)
+                targets = targets_of(c, settings, body.__name__.replace("_", "-"))
                 code = body(targets, settings, console, **options) or 0
             except DeploytestError as error:
                 console.error(f"deploytest: {error.render()}")

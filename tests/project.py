@@ -62,7 +62,7 @@ class Project:
     def write(self, config: Dict[str, Any]) -> None:
         """Replace the ``deploytest`` section of fabric.yaml."""
         self.config = config
-        data = {"tasks": {"executor_class": "deploytest.executor.Executor"}, "deploytest": config}
+        data = {"deploytest": config}  # the contract's config alone, as users write it
         (self.root / "fabric.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
     def set_version(self, version: str, *, broken: bool = False, verify_timeout: Optional[float] = None) -> None:
