@@ -232,17 +232,26 @@ def test_hostile_output_cannot_confuse_the_frames(http_app: HttpApp) -> None:
             {"command": {"run": "exec 1>&- 2>&-; exit 4", "exit": 4, "name": "closed fds"}},
             {"http": {"url": http_app.url("/frames"), "contains": "tail-ok", "name": "frame body"}},
             {"http": {"url": http_app.url("/huge"), "contains": "needle", "name": "huge body"}},
+            {
+                "http": {
+                    "url": http_app.url("/huge"),
+                    "contains": "needle",
+                    "max_output": 1024 * 1024,
+                    "name": "huge body past max_output",
+                }
+            },
         ]
     )
     results = by_name(report)
     assert results["forger"].verdict.observed == "exit 3"
     assert results["huge"].ok
-    assert results["endless"].verdict.observed == "more than 16 MiB of output (probe stopped)"
+    assert results["endless"].verdict.observed == "more than 16 MiB of output (probe stopped; raise max_output)"
     assert results["bad utf-8"].ok
     assert results["closed fds"].ok
     assert results["frame body"].ok
-    assert not results["huge body"].ok
-    assert results["huge body"].verdict.observed == "status 200 (body cut at the cap)"
+    assert results["huge body"].ok, results["huge body"].verdict
+    cut = results["huge body past max_output"].verdict
+    assert (cut.ok, cut.observed) == (False, "status 200 (body cut at 1 MiB; raise max_output)")
 
 
 def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> None:

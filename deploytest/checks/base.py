@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Mapping
 from .schema import Field
 
 REDACTED = "***"
+#: The default ``max_output`` of the checks that judge output or content (command, file, http).
+MAX_OUTPUT = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,11 @@ class Verdict:
 
 @dataclass(frozen=True)
 class ProbeOutput:
-    """What one probe gave back on the host: exit status, output (capped) and whether it was killed."""
+    """What one probe gave back on the host: exit status, output (capped) and whether it was killed.
+
+    ``truncated``: more output than the cap was written (the rest was read and dropped on the host);
+    ``stopped``: the probe wrote past its cap and was stopped there (SIGPIPE).
+    """
 
     exit_code: int
     stdout: bytes = b""
@@ -52,6 +58,7 @@ class ProbeOutput:
     timed_out: bool = False
     truncated: bool = False
     seconds_limit: float = 0.0
+    stopped: bool = False
 
     @property
     def text(self) -> str:
@@ -69,6 +76,14 @@ def redact(text: str, secret_values: list[str]) -> str:
     for value in sorted((v for v in secret_values if v), key=len, reverse=True):
         text = text.replace(value, REDACTED)
     return text
+
+
+def size_text(size: int) -> str:
+    """A byte count for people: ``16 MiB``, ``64 KiB``, ``1000 bytes``."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} bytes"
 
 
 def snippet(text: str, limit: int = 80) -> str:
@@ -104,6 +119,7 @@ class Check(ABC):
     kind: ClassVar[str]
     fields: ClassVar[Mapping[str, Field]]
     primary: ClassVar[str]
+    #: The most output of its probe a check keeps (per stream); ``max_output`` overrides it where allowed.
     output_cap: ClassVar[int] = 64 * 1024
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
@@ -148,8 +164,11 @@ class Check(ABC):
             return Verdict(
                 False, self.expectation(), f"no answer within {output.seconds_limit:g}s (probe killed)"
             )
-        if output.exit_code == 128 + 25 and output.truncated:  # SIGXFSZ: past the host's file limit
-            return Verdict(False, self.expectation(), "more than 16 MiB of output (probe stopped)")
+        if output.stopped:
+            limit = size_text(self.capture_bytes())
+            return Verdict(
+                False, self.expectation(), f"more than {limit} of output (probe stopped; raise max_output)"
+            )
         if output.exit_code < 0:
             return Verdict(
                 False,
@@ -158,6 +177,11 @@ class Check(ABC):
                 snippet(output.error_text) if output.stderr else "",
             )
         return self.judge(output)
+
+    def capture_bytes(self) -> int:
+        """How many bytes of its probe's stdout and stderr this check keeps and judges."""
+        limit = self.params.get("max_output")
+        return int(limit) if limit else self.output_cap
 
     def secret_env(self) -> dict[str, str]:
         """Environment variables (name -> secret value) the probe reads; sent on stdin, never in text."""

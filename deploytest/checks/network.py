@@ -5,9 +5,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Union
 
-from .base import Check, ProbeOutput, Verdict, as_list, q, quoted, snippet
+from ..errors import ConfigError
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, q, quoted, size_text, snippet
 from .schema import Field
 
 _PY_HTTP = r"""import ssl, sys, urllib.error, urllib.request
@@ -75,10 +77,29 @@ def parse_http_response(raw: bytes, follow: bool) -> tuple[int | None, dict[str,
     return status, headers, rest
 
 
+def json_keys(path: str) -> list[str]:
+    """The keys of a JSON path: ``a.b.0`` (``\\.`` is a dot inside a key), or a JSON Pointer ``/a.b/0``."""
+    if path.startswith("/"):
+        return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
+    keys = [""]
+    escaped = False
+    for char in path:
+        if escaped:
+            keys[-1] += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ".":
+            keys.append("")
+        else:
+            keys[-1] += char
+    return keys
+
+
 def json_path(document: Any, path: str) -> tuple[bool, Any]:
-    """The value at a dotted path (``data.items.0.id``) and whether it exists."""
+    """The value at a path (see :func:`json_keys`) and whether it exists."""
     node = document
-    for part in path.split("."):
+    for part in json_keys(path):
         if isinstance(node, dict) and part in node:
             node = node[part]
         elif isinstance(node, list) and re.fullmatch(r"-?\d+", part) and -len(node) <= int(part) < len(node):
@@ -89,11 +110,15 @@ def json_path(document: Any, path: str) -> tuple[bool, Any]:
 
 
 class HttpCheck(Check):
-    """An HTTP request made from the host (curl, else wget, else python3); TLS verified by default."""
+    """An HTTP request made from the host (curl, else wget, else python3); TLS verified by default.
+
+    The first ``max_output`` bytes (16 MiB unless set) of the response are judged. A ``json`` path is
+    dotted (``data.items.0.id``; ``a\\.b`` for a key with a dot) or a JSON Pointer (``/a.b/0``).
+    """
 
     kind = "http"
     primary = "url"
-    output_cap = 256 * 1024
+    output_cap = MAX_OUTPUT
     fields: ClassVar[dict[str, Field]] = {
         "url": Field("url", required=True),
         "method": Field(
@@ -106,6 +131,7 @@ class HttpCheck(Check):
         "header": Field("str_map"),
         "insecure": Field("bool", default=False),
         "follow": Field("bool", default=False),
+        "max_output": Field("size"),
     }
 
     def subject(self) -> str:
@@ -164,7 +190,7 @@ class HttpCheck(Check):
         body_note = f"body: {quoted(text)}" if text.strip() else ""
         if status not in as_list(self.params["status"]):
             return Verdict(False, expected, str(status), body_note)
-        cut = " (body cut at the cap)" if output.truncated else ""
+        cut = f" (body cut at {size_text(self.capture_bytes())}; raise max_output)" if output.truncated else ""
         for name, wanted in (self.params.get("header") or {}).items():
             got = headers.get(str(name).lower())
             if got is None or (wanted and wanted not in got):
@@ -196,42 +222,126 @@ class HttpCheck(Check):
         return Verdict(True, expected, str(status))
 
 
-def _proc_address(hex_address: str) -> str:
+def _proc_address(hex_address: str) -> IPAddress:
     """The IP address of a ``/proc/net/tcp`` local address (little-endian 32-bit words)."""
     raw = bytes.fromhex(hex_address)
     words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-    return str(ipaddress.ip_address(words))
+    return ipaddress.ip_address(words)
 
 
-def _listening(text: str, port: int, proto: str) -> list[str]:
-    """Addresses bound to ``port`` from /proc/net sections or ``ss``/``netstat`` lines."""
-    addresses: list[str] = []
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_ANY4 = ipaddress.IPv4Address("0.0.0.0")
+_ANY6 = ipaddress.IPv6Address("::")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket listening on the port: its address and, for ``::``, whether it is IPv6-only."""
+
+    address: IPAddress
+    v6only: bool | None = None
+
+    def serves(self, wanted: IPAddress) -> bool:
+        """Whether a client of ``wanted`` (an address of this host) reaches this socket."""
+        if isinstance(wanted, ipaddress.IPv6Address) and wanted.ipv4_mapped is not None:
+            wanted = wanted.ipv4_mapped  # v4 traffic, whatever the spelling
+        address = self.address
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a v6 socket bound to one IPv4 address
+        if address == _ANY6:
+            return isinstance(wanted, ipaddress.IPv6Address) or self.v6only is False
+        if address == _ANY4:
+            return isinstance(wanted, ipaddress.IPv4Address)
+        return address == wanted
+
+    def __str__(self) -> str:
+        if self.address == _ANY6 and self.v6only is not None:
+            return ":: (IPv6 only)" if self.v6only else ":: (IPv6 and IPv4)"
+        return str(self.address)
+
+
+def _ss_address(column: str) -> tuple[IPAddress, bool | None] | None:
+    """Address and IPv6-only flag of an ``ss`` local column: ``*`` is a dual-stack ``::``."""
+    host = column.rpartition(":")[0]
+    if host == "*":
+        return _ANY6, False
+    v6only = True if host == "[::]" else None
+    host = host.strip("[]").split("%")[0]
+    try:
+        return ipaddress.ip_address(host), v6only
+    except ValueError:
+        return None
+
+
+def listeners(text: str, port: int, proto: str) -> list[Listener]:
+    """The sockets listening on ``port``: /proc/net tables, with ``ss`` telling IPv6-only sockets apart.
+
+    Without ``ss``, a ``::`` socket takes the host's default (``bindv6only=`` line of the probe).
+    """
+    from_proc: list[Listener] = []
+    from_ss: list[tuple[IPAddress, bool | None]] = []
     listen_state = "0A" if proto == "tcp" else "07"
+    section = ""
     for line in text.splitlines():
+        if line.startswith("== "):
+            section = line[3:]
+            continue
         parts = line.split()
-        if len(parts) >= 4 and parts[0].endswith(":") and parts[0][:-1].isdigit():
+        if section.startswith("/proc/") and len(parts) >= 4 and parts[0].endswith(":"):
             address, _, hex_port = parts[1].partition(":")
             try:
-                if int(hex_port, 16) != port or parts[3].upper() != listen_state:
-                    continue
-                addresses.append(_proc_address(address))
+                if int(hex_port, 16) == port and parts[3].upper() == listen_state:
+                    from_proc.append(Listener(_proc_address(address)))
             except ValueError:
                 continue
-        elif len(parts) >= 4:
+        elif section in ("ss", "netstat") and len(parts) >= 4:
             for column in parts[3:5]:
-                host, sep, got_port = column.rpartition(":")
-                if (
-                    sep
-                    and got_port == str(port)
-                    and (proto == "udp" or "LISTEN" in line.upper() or parts[0].upper() == "LISTEN")
-                ):
-                    addresses.append(host.strip("[]").split("%")[0].replace("*", "0.0.0.0"))
+                if column.rpartition(":")[2] != str(port):
+                    continue
+                if proto == "tcp" and "LISTEN" not in line.upper():
                     break
-    return sorted(set(addresses), key=addresses.index)
+                found = _ss_address(column)
+                if found is not None:
+                    from_ss.append(found)
+                break
+    default = key_values(text).get("bindv6only")
+    default_v6only = {"0": False, "1": True}.get(default or "")
+    if not from_proc:
+        return _unique([Listener(a, f if f is not None else default_v6only) for a, f in from_ss])
+    out = []
+    for listener in from_proc:
+        if listener.address == _ANY6:
+            flags = [f for a, f in from_ss if a == _ANY6]
+            v6only = flags[0] if flags and flags[0] is not None else default_v6only
+            if flags and any(f is False for f in flags):
+                v6only = False
+            listener = Listener(_ANY6, v6only)
+        out.append(listener)
+    return _unique(out)
+
+
+def _unique(items: list[Listener]) -> list[Listener]:
+    return sorted(set(items), key=items.index)
+
+
+def key_values(text: str) -> dict[str, str]:
+    """``key=value`` lines into a mapping (first occurrence wins)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier() and key not in out:
+            out[key] = value
+    return out
 
 
 class PortCheck(Check):
-    """A TCP or UDP port open for listening on the host, IPv4 or IPv6."""
+    """A TCP or UDP port open for listening on the host, IPv4 or IPv6.
+
+    ``address`` is compared as an address: ``0:0:0:0:0:0:0:1`` is ``::1``, ``127.0.0.1`` is served by a
+    ``::ffff:127.0.0.1`` socket, ``0.0.0.0`` serves every IPv4 address, ``::`` every IPv6 address and,
+    unless it is IPv6-only, every IPv4 address too. A host name (``localhost``) is resolved on the host
+    and green when a socket serves one of its addresses.
+    """
 
     kind = "port"
     primary = "port"
@@ -241,6 +351,17 @@ class PortCheck(Check):
         "address": Field("str"),
         "listening": Field("bool", default=True),
     }
+
+    @classmethod
+    def refine(cls, params: Mapping[str, Any], where: str) -> None:
+        """Refuse an ``address`` that is neither an IP address nor a host name."""
+        address = params.get("address")
+        if address is not None and _literal(str(address)) is None:
+            if re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?", str(address)) is None:
+                raise ConfigError(
+                    f"{where}.address: expected an IP address or a host name, got {str(address)[:60]!r}."
+                    " Nothing was changed."
+                )
 
     def subject(self) -> str:
         proto = self.params["proto"]
@@ -254,17 +375,25 @@ class PortCheck(Check):
         proto = str(self.params["proto"])
         port = int(self.params["port"])
         flag = "t" if proto == "tcp" else "u"
-        return "\n".join(
-            [
-                "found=0",
-                f"for f in /proc/net/{proto} /proc/net/{proto}6; do",
-                '  if [ -r "$f" ]; then found=1; echo "== $f";'
-                f" grep -E '^ *[0-9]+: [0-9A-F]+:{port:04X} ' \"$f\"; fi",
-                "done",
-                f'if [ "$found" = 0 ]; then echo "== ss"; ss -Hln{flag} 2>/dev/null || netstat -ln{flag}; fi',
-                "exit 0",
-            ]
-        )
+        lines = [
+            "found=0",
+            f"for f in /proc/net/{proto} /proc/net/{proto}6; do",
+            '  if [ -r "$f" ]; then found=1; echo "== $f";'
+            f" grep -E '^ *[0-9]+: [0-9A-F]+:{port:04X} ' \"$f\"; fi",
+            "done",
+            # Only ss tells an IPv6-only socket on :: ("[::]:port") from a dual-stack one ("*:port").
+            f"if command -v ss >/dev/null 2>&1; then echo '== ss'; ss -Hln{flag} 2>/dev/null"
+            f" | awk '$4 ~ /:{port}$/'",
+            f'elif [ "$found" = 0 ]; then echo "== netstat"; netstat -ln{flag}; fi',
+            'echo "bindv6only=$(cat /proc/sys/net/ipv6/bindv6only 2>/dev/null)"',
+        ]
+        address = self.params.get("address")
+        if address is not None and _literal(str(address)) is None:
+            lines.append(
+                f"getent ahosts {q(address)} 2>/dev/null | awk '{{print \"resolved=\" $1}}' | sort -u"
+            )
+        lines.append("exit 0")
+        return "\n".join(lines)
 
     def judge(self, output: ProbeOutput) -> Verdict:
         port = int(self.params["port"])
@@ -276,15 +405,30 @@ class PortCheck(Check):
                 "no socket table (/proc/net, ss, netstat)",
                 snippet(output.error_text),
             )
-        addresses = _listening(output.text, port, proto)
-        wanted = self.params.get("address")
-        if wanted:
-            wildcard = {"0.0.0.0", "::"}
-            addresses = [a for a in addresses if a == wanted or a in wildcard]
-        observed = (
-            ("listening on " + ", ".join(addresses)) if addresses else f"nothing on {proto} port {port}"
-        )
-        return Verdict(bool(addresses) == bool(self.params["listening"]), self.expectation(), observed)
+        found = listeners(output.text, port, proto)
+        wanted_text = self.params.get("address")
+        note = ""
+        if wanted_text:
+            literal = _literal(str(wanted_text))
+            if literal is not None:
+                wanted = [literal]
+            else:
+                wanted = [a for a in map(_literal, _resolved(output.text)) if a is not None]
+                note = f" ({wanted_text} is {', '.join(map(str, wanted)) or 'not resolvable on the host'})"
+            found = [item for item in found if any(item.serves(w) for w in wanted)]
+        observed = ("listening on " + ", ".join(map(str, found))) if found else f"nothing on {proto} port {port}"
+        return Verdict(bool(found) == bool(self.params["listening"]), self.expectation(), observed + note)
+
+
+def _literal(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _resolved(text: str) -> list[str]:
+    return [line.partition("=")[2] for line in text.splitlines() if line.startswith("resolved=")]
 
 
 class TcpCheck(Check):

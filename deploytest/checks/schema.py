@@ -8,8 +8,6 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 
-VERSION_SPEC = re.compile(r"^\s*(==|!=|>=|<=|>|<|=)?\s*([A-Za-z0-9][A-Za-z0-9.+~:_*-]*)\s*$")
-
 
 @dataclass(frozen=True)
 class Field:
@@ -113,16 +111,14 @@ _VALIDATORS: dict[str, tuple[Callable[[object], bool], str]] = {
     "status": (lambda v: _wholes(v, 100, 599), "a number or list of numbers (HTTP status codes 100-599)"),
     "str_map": (_str_map, "a mapping of names to single-line strings"),
     "env_map": (_env_map, "a mapping of environment variable names to single-line values"),
-    "json_map": (_json_map, "a mapping of JSON paths (like data.items.0.id) to expected values"),
+    "json_map": (_json_map, "a mapping of JSON paths (like data.items.0.id or /a.b/0) to expected values"),
     "str_list": (_str_list, "a string or a list of strings"),
     "octal": (
         lambda v: isinstance(v, str) and re.fullmatch(r"0?[0-7]{3,4}", v) is not None,
         'a quoted octal mode like "0644"',
     ),
-    "version": (
-        lambda v: isinstance(v, str) and VERSION_SPEC.match(v) is not None,
-        'a version or constraint like "1.2", ">=1.2" or "<2"',
-    ),
+    "version": (_single_line, 'a version or constraint like "1.2", ">=1.2" or ">=1.2, <2"'),
+    "size": (lambda v: _whole(v, 1), "a number of bytes >= 1"),
     "name": (
         lambda v: (
             _single_line(v) and re.fullmatch(r"[A-Za-z0-9_.@:+/][A-Za-z0-9_.@:+/-]*", str(v)) is not None

@@ -10,8 +10,9 @@ directory (never to the session), waits for them, then prints frames::
     DT<nonce> end
 
 Encoded lines hold no spaces, so no probe output, however hostile, can forge or break a frame.
-Each probe's output is cut at its cap when framed; files are bounded on the host by ``ulimit -f``
-so an endless writer is stopped (exit 153, SIGXFSZ) instead of filling the disk.
+A probe runs with the session's own umask and no limit of deploytest's: only its capture is bounded.
+Its stdout and stderr go through pipes to writers limited (``ulimit -f``) to just over its cap, so "cut"
+is known exactly; a probe that writes past that is stopped (SIGPIPE) and judged so.
 """
 
 from __future__ import annotations
@@ -28,10 +29,9 @@ from .base import ProbeOutput, q
 
 #: Exit status of the script when the host has no usable temporary directory.
 NO_TMPDIR = 97
-#: The most a probe may write to one output file on the host (in 512-byte blocks: 16 MiB).
-FILE_LIMIT_BLOCKS = 32768
 
 _PRELUDE = r"""
+_dt_um=$(umask)  # the user's umask, given back to every probe
 umask 077
 DT_ROOT=$$; export DT_ROOT
 _dt_d=$(mktemp -d "${TMPDIR:-/tmp}/deploytest.XXXXXX" 2>/dev/null) || {
@@ -41,18 +41,12 @@ trap 'exit 98' HUP INT TERM
 if timeout -k 1 5 true >/dev/null 2>&1; then _dt_to=1; else _dt_to=; fi
 if command -v base64 >/dev/null 2>&1; then _dt_enc=b; else _dt_enc=h; fi
 _dt_run() {
-  exec </dev/null >"$_dt_d/$1.o" 2>"$_dt_d/$1.e"  # never the session's output
-  ulimit -f __LIMIT__ 2>/dev/null
-  if [ -n "$_dt_to" ]; then
-    timeout -k 2 "$2" /bin/sh -c "$3" "dt-$_dt_n"
-    _dt_rc=$?; _dt_t=0; if [ "$_dt_rc" -eq 124 ] || [ "$_dt_rc" -eq 137 ]; then _dt_t=1; fi
-  else
-    /bin/sh -c "$3" "dt-$_dt_n" & _dt_p=$!
-    ( sleep "$2"; : >"$_dt_d/$1.t"; pkill -TERM -P "$_dt_p"; kill -TERM "$_dt_p"; sleep 2
-      pkill -KILL -P "$_dt_p"; kill -KILL "$_dt_p" ) >/dev/null 2>&1 &
-    _dt_k=$!; wait "$_dt_p"; _dt_rc=$?; kill "$_dt_k" 2>/dev/null
-    _dt_t=0; if [ -e "$_dt_d/$1.t" ]; then _dt_t=1; fi
-  fi
+  exec </dev/null  # never the session's input or output
+  /bin/sh -c "$_dt_cap" dt-capture "$_dt_d/$1" "$4" "$3" "$_dt_um" "$_dt_n" "$2" "$_dt_to" 2>/dev/null
+  _dt_rc=-1; if [ -s "$_dt_d/$1.r" ]; then read -r _dt_rc <"$_dt_d/$1.r"; fi
+  _dt_t=0
+  if [ -e "$_dt_d/$1.t" ]; then _dt_t=1
+  elif [ -n "$_dt_to" ] && { [ "$_dt_rc" -eq 124 ] || [ "$_dt_rc" -eq 137 ]; }; then _dt_t=1; fi
   echo "$_dt_rc $_dt_t" >"$_dt_d/$1.x"
 }
 _dt_body() {
@@ -67,7 +61,32 @@ _dt_emit() {
   echo "DT$_dt_n $1 o"; _dt_body "$_dt_d/$1.o" "$2"
   echo "DT$_dt_n $1 e"; _dt_body "$_dt_d/$1.e" "$2"
 }
-""".replace("__LIMIT__", str(FILE_LIMIT_BLOCKS))
+"""
+
+# One probe with its capture: $1 the output files' prefix, $2 the 512-byte blocks to keep, $3 the probe
+# text, $4 the user's umask, $5 the nonce (for the probe's $0), $6 the time limit, $7 "1" when
+# timeout(1) works. Stdout and stderr each go through a pipe to a cat(1) that may write $2 blocks
+# (cat writes what it reads at once, so stopping it loses nothing); past that the probe's writes fail
+# (SIGPIPE). The probe's exit status goes to $1.r. What the probe leaves running may hold its output
+# open: the capture stops reading a second after the probe itself ended.
+_CAPTURE = r"""
+_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; ulimit -f "$2" 2>/dev/null; exec cat >"$1"' dt-keep "$@"; }
+_dt_probe() {
+  _dt_k=
+  if [ -n "$7" ]; then (umask "$4"; exec timeout -k 2 "$6" /bin/sh -c "$3" "dt-$5") & _dt_p=$!
+  else
+    (umask "$4"; exec /bin/sh -c "$3" "dt-$5") & _dt_p=$!
+    /bin/sh -c 'sleep "$2"; : >"$1.t"; pkill -TERM -P "$3"; kill -TERM "$3"; sleep 2
+      pkill -KILL -P "$3"; kill -KILL "$3"' dt-limit "$1" "$6" "$_dt_p" >/dev/null 2>&1 3>&- & _dt_k=$!
+  fi
+  wait "$_dt_p"; echo "$?" >"$1.r"
+  if [ -n "$_dt_k" ]; then kill "$_dt_k"; fi
+  # Run, not forked: a forked shell would hold this shell's saved copies of the output pipes.
+  /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do read -r c <"$f" && kill "$c"; done' dt-stop "$1" \
+    >/dev/null 2>&1 3>&- &
+}
+{ { _dt_probe "$@" 2>&1 1>&3 3>&-; } | _dt_keep "$1.e" "$2" 3>&-; } 3>&1 | _dt_keep "$1.o" "$2"
+"""
 
 
 @dataclass(frozen=True)
@@ -89,10 +108,11 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     lines = [f"_dt_n={q(nonce)}"]
     for name in secret_env:
         lines.append(f"IFS= read -r {name} || true; export {name}")
+    lines.append(f"_dt_cap={q(_CAPTURE)}")
     lines.append(_PRELUDE)
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        lines.append(f"_dt_run {job.index} {seconds} {q(job.text)} &")
+        lines.append(f"_dt_run {job.index} {seconds} {q(job.text)} {job.cap // 512 + 1} &")
     lines.append("wait")
     for job in jobs:
         lines.append(f"_dt_emit {job.index} {job.cap}")
@@ -160,12 +180,14 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
             continue
         stdout_bytes = _decode(encoding, bodies.get((index, "o"), []))[: job.cap]
         stderr_bytes = _decode(encoding, bodies.get((index, "e"), []))[: job.cap]
+        truncated = sizes.get((index, "o"), 0) > job.cap or sizes.get((index, "e"), 0) > job.cap
         out[index] = ProbeOutput(
             exit_code=exit_code,
             stdout=stdout_bytes,
             stderr=stderr_bytes,
             timed_out=timed_out,
-            truncated=sizes.get((index, "o"), 0) > job.cap or sizes.get((index, "e"), 0) > job.cap,
+            truncated=truncated,
+            stopped=truncated and exit_code == 128 + 13,  # SIGPIPE: it wrote past what is kept
             seconds_limit=float(max(1, math.ceil(job.seconds))),
         )
     return out

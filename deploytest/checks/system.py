@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import ClassVar
+from typing import Any, ClassVar, Mapping
 
-from .base import Check, ProbeOutput, Verdict, as_list, q, quoted, snippet
+from ..errors import ConfigError
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, q, quoted, size_text, snippet
 from .schema import Field
-from .versions import satisfies
+from .versions import VersionError, parse_spec, satisfies
 
 
 def key_values(text: str) -> dict[str, str]:
@@ -21,7 +22,11 @@ def key_values(text: str) -> dict[str, str]:
 
 
 class CommandCheck(Check):
-    """Run a command; judge its exit status and output."""
+    """Run a command; judge its exit status and output.
+
+    The command runs with the session's umask and no limit of deploytest's; the first ``max_output``
+    bytes (16 MiB unless set) of each stream are kept and judged, the rest is read and dropped.
+    """
 
     kind = "command"
     primary = "run"
@@ -37,7 +42,9 @@ class CommandCheck(Check):
         "stderr_equals": Field("text"),
         "stderr_empty": Field("bool"),
         "cwd": Field("path"),
+        "max_output": Field("size"),
     }
+    output_cap = MAX_OUTPUT
 
     def subject(self) -> str:
         return snippet(str(self.params["run"]), 60)
@@ -66,7 +73,7 @@ class CommandCheck(Check):
 
     def _judge_stream(self, stream: str, text: str, truncated: bool) -> Verdict | None:
         shown = quoted(text) if text.strip() else "nothing"
-        cut = " (output cut at the cap)" if truncated else ""
+        cut = f" (output cut at {size_text(self.capture_bytes())}; raise max_output)" if truncated else ""
         contains = self.params.get(stream)
         if contains is not None and contains not in text:
             return Verdict(False, f"{stream} containing {quoted(contains)}", shown + cut)
@@ -85,11 +92,19 @@ class CommandCheck(Check):
 
 
 class FileCheck(Check):
-    """A path on the host: existence, type, link target, mode, owner, group, content, digest, size."""
+    """A path on the host: existence, type, link target, mode, owner, group, content, digest, size.
+
+    A path "exists" as ``test -e`` says: a dangling symlink does not (its target is absent), except for
+    ``type: symlink``. With ``type: symlink``, ``mode``, ``owner`` and ``group`` are the link's own
+    (``ls -l``); otherwise they are those of what the path leads to. ``owner`` and ``group`` compare as
+    numeric ids on the host: a name is looked up there (a name of digits first as a name, as chown does).
+    ``contains`` (one line) is searched on the host over the whole file; ``matches`` reads the first
+    ``max_output`` bytes (16 MiB unless set).
+    """
 
     kind = "file"
     primary = "path"
-    output_cap = 1024 * 1024
+    output_cap = MAX_OUTPUT
     fields: ClassVar[dict[str, Field]] = {
         "path": Field("path", required=True),
         "exists": Field("bool", default=True),
@@ -102,6 +117,7 @@ class FileCheck(Check):
         "matches": Field("regex"),
         "sha256": Field("str"),
         "size": Field("count"),
+        "max_output": Field("size"),
     }
 
     def subject(self) -> str:
@@ -116,26 +132,45 @@ class FileCheck(Check):
                 parts.append(f"{key} {self.params[key]}")
         return ", ".join(parts)
 
+    def _grep_contains(self) -> bool:
+        contains = self.params.get("contains")
+        return contains is not None and "\n" not in contains and "\r" not in contains
+
     def _wants_content(self) -> bool:
-        return self.params.get("contains") is not None or self.params.get("matches") is not None
+        return self.params.get("matches") is not None or (
+            self.params.get("contains") is not None and not self._grep_contains()
+        )
 
     def probe(self) -> str:
         lines = [
             f"p={q(self.params['path'])}",
-            'if [ -L "$p" ]; then echo link=1; echo "target=$(readlink -- "$p")"; else echo link=0; fi',
+            'if [ -L "$p" ]; then echo link=1; echo "target=$(readlink -- "$p")";'
+            " stat -c 'lmode=%a lowner=%U luid=%u lgroup=%G lgid=%g' -- \"$p\" 2>/dev/null | tr ' ' '\\n';"
+            " else echo link=0; fi",
             'if [ -d "$p" ]; then echo type=dir; elif [ -f "$p" ]; then echo type=file;'
-            ' elif [ -e "$p" ]; then echo type=other; elif [ -L "$p" ]; then echo type=broken; exit 0;'
+            ' elif [ -e "$p" ]; then echo type=other; elif [ -L "$p" ]; then echo type=broken;'
             " else echo type=absent; exit 0; fi",
             "stat -L -c 'mode=%a owner=%U uid=%u group=%G gid=%g size=%s' -- \"$p\" 2>/dev/null"
             " | tr ' ' '\\n'",
         ]
+        for key, database in (("owner", "passwd"), ("group", "group")):
+            name = self.params.get(key)
+            if name is not None:
+                lines.append(f"echo \"want_{key}=$({_id_of(database, str(name))})\"")
         if self.params.get("sha256"):
             lines.append(
                 'if [ -f "$p" ]; then h=$( (sha256sum -- "$p" || shasum -a 256 -- "$p"'
                 ' || openssl dgst -sha256 -r -- "$p") 2>/dev/null); echo "sha256=${h%% *}"; fi'
             )
+        if self._grep_contains():
+            lines.append(
+                f'if [ -f "$p" ]; then if LC_ALL=C grep -F -q -a -e {q(self.params["contains"])} -- "$p";'
+                " then echo found=1; else echo found=0; fi; fi"
+            )
         if self._wants_content():
             lines.append('if [ -f "$p" ]; then echo "--content--"; cat -- "$p"; fi')
+        elif self._grep_contains():
+            lines.append('if [ -f "$p" ]; then echo "--content--"; head -c 200 -- "$p"; fi')
         return "\n".join(lines)
 
     def judge(self, output: ProbeOutput) -> Verdict:
@@ -143,7 +178,6 @@ class FileCheck(Check):
         facts = key_values(head.decode("utf-8", "replace"))
         kind = facts.get("type", "")
         is_link = facts.get("link") == "1"
-        exists = kind not in ("absent", "") or is_link
         if not kind:
             return Verdict(
                 False,
@@ -151,17 +185,18 @@ class FileCheck(Check):
                 "nothing (the probe printed no file facts)",
                 snippet(output.error_text),
             )
+        dangling = f"a dangling symlink to {facts.get('target')}"
+        wanted = self.params.get("type")
         if not self.params["exists"]:
-            if exists:
-                return Verdict(False, "absent", f"a {'symlink' if is_link else kind}")
-            return Verdict(True, "absent", "absent")
+            if kind == "absent":
+                return Verdict(True, "absent", "absent")
+            if kind == "broken":
+                return Verdict(True, "absent", f"absent ({dangling})")
+            return Verdict(False, "absent", f"a {'symlink to a ' if is_link else ''}{kind}")
         if kind == "absent":
             return Verdict(False, self.expectation(), "absent")
-        if kind == "broken":
-            if self.params["type"] == "symlink" and self.params.get("target") in (None, facts.get("target")):
-                return Verdict(True, "symlink", f"symlink to {facts.get('target')} (dangling)")
-            return Verdict(False, self.expectation(), f"a dangling symlink to {facts.get('target')}")
-        wanted = self.params.get("type")
+        if kind == "broken" and wanted != "symlink":
+            return Verdict(False, self.expectation(), dangling)
         if wanted == "symlink" and not is_link:
             return Verdict(False, "symlink", kind)
         if wanted in ("file", "dir") and kind != wanted:
@@ -173,17 +208,18 @@ class FileCheck(Check):
                 f"symlink to {target}",
                 f"symlink to {facts['target']}" if is_link else f"not a symlink ({kind})",
             )
+        own = "l" if wanted == "symlink" else ""  # the link's own mode and owner
         mode = self.params.get("mode")
         if mode is not None:
-            got = facts.get("mode")
+            got = facts.get(own + "mode")
             if got is None or not re.fullmatch(r"[0-7]+", got):
                 return Verdict(False, f"mode {mode}", "unknown mode (stat -c unavailable)")
             if int(got, 8) != int(mode, 8):
                 return Verdict(False, f"mode {mode}", f"mode {int(got, 8):04o}")
         for key, numeric in (("owner", "uid"), ("group", "gid")):
-            value = self.params.get(key)
-            if value is not None and value not in (facts.get(key), facts.get(numeric)):
-                return Verdict(False, f"{key} {value}", f"{key} {facts.get(key, 'unknown')}")
+            verdict = self._judge_id(key, facts, own + key, own + numeric)
+            if verdict is not None:
+                return verdict
         size = self.params.get("size")
         if size is not None and facts.get("size") != str(size):
             return Verdict(False, f"size {size} bytes", f"size {facts.get('size', 'unknown')} bytes")
@@ -192,26 +228,58 @@ class FileCheck(Check):
             got_digest = facts.get("sha256", "")
             if got_digest.lower() != str(digest).lower():
                 return Verdict(False, f"sha256 {digest}", f"sha256 {got_digest or 'unknown'}")
-        verdict = self._judge_content(content.decode("utf-8", "replace"), output.truncated, kind)
+        if kind == "broken":
+            return Verdict(True, self.expectation(), f"symlink to {facts.get('target')} (dangling)")
+        verdict = self._judge_content(content.decode("utf-8", "replace"), output.truncated, kind, facts)
         return verdict or Verdict(True, self.expectation(), f"{'symlink to ' if is_link else ''}{kind}")
 
-    def _judge_content(self, text: str, truncated: bool, kind: str) -> Verdict | None:
-        if not self._wants_content():
+    def _judge_id(self, key: str, facts: dict[str, str], name_key: str, id_key: str) -> Verdict | None:
+        """``owner``/``group`` against the numeric id on the host (None when it holds)."""
+        wanted = self.params.get(key)
+        if wanted is None:
+            return None
+        got_id = facts.get(id_key, "")
+        got_name = facts.get(name_key, "")
+        id_word, entry = ("uid", "user") if key == "owner" else ("gid", "group")
+        shown = f"{key} {got_name} ({id_word} {got_id})" if got_id else f"{key} unknown"
+        if got_name == "UNKNOWN" and got_id:  # stat's placeholder for an id with no entry
+            shown = f"{key} {id_word} {got_id} (no {entry} entry)"
+        want_id = facts.get(f"want_{key}", "")
+        if not want_id and str(wanted).isdigit():
+            want_id = str(int(str(wanted)))
+        if not want_id:
+            return Verdict(False, f"{key} {wanted}", f"{shown}; no {key} named {wanted} on the host")
+        if not got_id or int(got_id) != int(want_id):
+            return Verdict(False, f"{key} {wanted}", shown)
+        return None
+
+    def _judge_content(self, text: str, truncated: bool, kind: str, facts: dict[str, str]) -> Verdict | None:
+        contains = self.params.get("contains")
+        pattern = self.params.get("matches")
+        if contains is None and pattern is None:
             return None
         if kind != "file":
             return Verdict(False, "a regular file to read", kind)
-        where = f"the first {self.output_cap} bytes" if truncated else "the file"
-        contains = self.params.get("contains")
-        if contains is not None and contains not in text:
-            return Verdict(
-                False, f"containing {quoted(contains)}", f"not found in {where}", f"content: {quoted(text)}"
-            )
-        pattern = self.params.get("matches")
+        where = "the file"
+        if truncated:
+            where = f"the first {size_text(self.capture_bytes())} (cut there; raise max_output)"
+        if contains is not None:
+            found = facts.get("found") == "1" if "found" in facts else contains in text
+            if not found:
+                where = "the file" if "found" in facts else where
+                return Verdict(
+                    False, f"containing {quoted(contains)}", f"not found in {where}", f"content: {quoted(text)}"
+                )
         if pattern is not None and re.search(pattern, text, re.MULTILINE) is None:
             return Verdict(
                 False, f"matching /{pattern}/", f"no match in {where}", f"content: {quoted(text)}"
             )
         return None
+
+
+_DF_LINE = re.compile(
+    r"^(?P<fs>.*?)\s+(?P<size>\d+)\s+(?P<used>\d+)\s+(?P<free>\d+)\s+(?:\d+|-)%\s+(?P<mount>/.*)$"
+)
 
 
 class DiskCheck(Check):
@@ -240,13 +308,15 @@ class DiskCheck(Check):
         return f"df -Pk -- {q(self.params['path'])} | tail -n 1"
 
     def judge(self, output: ProbeOutput) -> Verdict:
-        fields = output.text.split()
-        if output.exit_code != 0 or len(fields) < 6 or not fields[-3].isdigit() or not fields[-4].isdigit():
-            return Verdict(False, self.expectation(), "no df output", snippet(output.error_text))
-        used_kb, free_kb = int(fields[-4]), int(fields[-3])
+        # Filesystem and mount point may hold blanks: read the numbers between them, not by position.
+        line = output.text.rstrip("\n").rpartition("\n")[2]
+        match = _DF_LINE.match(line)
+        if output.exit_code != 0 or match is None:
+            return Verdict(False, self.expectation(), "no df output", snippet(output.error_text or line))
+        used_kb, free_kb = int(match.group("used")), int(match.group("free"))
         free_mb = free_kb / 1024
         used_pct = 100.0 * used_kb / (used_kb + free_kb) if used_kb + free_kb else 0.0
-        observed = f"{free_mb:.0f} MB free, {used_pct:.0f}% used on {fields[-1]}"
+        observed = f"{free_mb:.0f} MB free, {used_pct:.0f}% used on {match.group('mount')}"
         minimum = self.params.get("min_free_mb")
         if minimum is not None and free_mb < float(minimum):
             return Verdict(False, self.expectation(), observed)
@@ -257,7 +327,21 @@ class DiskCheck(Check):
 
 
 def _lookup(database: str, name: str) -> str:
+    """Shell text printing ``name``'s line of ``passwd`` or ``group`` (name in ``$n``), looked up by name.
+
+    ``getent passwd 1234`` looks up uid 1234, so a name of digits is found by listing the database.
+    """
+    if name.isdigit():
+        return (
+            f"n={q(name)}; {{ getent {database} || cat /etc/{database}; }} 2>/dev/null"
+            " | awk -F: -v n=\"$n\" '$1 == n'"
+        )
     return f'n={q(name)}; getent {database} "$n" 2>/dev/null || awk -F: -v n="$n" \'$1 == n\' /etc/{database}'
+
+
+def _id_of(database: str, name: str) -> str:
+    """Shell text printing the numeric id of user or group ``name`` on the host (nothing if none)."""
+    return f" ( {_lookup(database, name)} ) | cut -d: -f3 | head -n 1"
 
 
 def _entry(text: str, name: str) -> list[str] | None:
@@ -360,6 +444,23 @@ class GroupCheck(Check):
         return Verdict(True, "present", f"gid {fields[2]}")
 
 
+def _own_processes(root: str, parents: dict[str, str]) -> set[str]:
+    """The check's own processes: its script and probes (descendants of ``root``), and the chain that
+    started the script (shell, sshd session or caller), up to the first process under init."""
+    ours = {root}
+    for pid in parents:
+        chain = [pid]
+        while chain[-1] in parents and chain[-1] not in ours and len(chain) < 256:
+            chain.append(parents[chain[-1]])
+        if chain[-1] in ours:
+            ours.update(chain)
+    pid = parents.get(root, "")
+    while pid in parents and parents[pid] not in ("0", "1") and pid != "1":
+        ours.add(pid)
+        pid = parents[pid]
+    return ours
+
+
 class ProcessCheck(Check):
     """Processes whose command line matches a regular expression (like ``pgrep -f``)."""
 
@@ -399,37 +500,29 @@ class ProcessCheck(Check):
 
     def probe(self) -> str:
         return (
-            'echo "root=${DT_ROOT:-0}"; ps -ww -eo pid=,ppid=,user:32=,args= 2>/dev/null'
-            " || ps -o pid,ppid,user,args"
+            'echo "root=${DT_ROOT:-0}"; ps -ww -eo pid=,ppid=,stat=,user:32=,args= 2>/dev/null'
+            " || ps -o pid,ppid,stat,user,args"
         )
 
     def judge(self, output: ProbeOutput) -> Verdict:
         lines = output.text.splitlines()
         root = key_values("\n".join(lines[:1])).get("root", "0")
-        table: list[tuple[str, str, str, str]] = []
+        table: list[tuple[str, str, str, str, str]] = []
         for line in lines[1:]:
-            parts = line.split(None, 3)
-            if len(parts) == 4 and parts[0].isdigit():
-                table.append((parts[0], parts[1], parts[2], parts[3]))
-        # Leave out deploytest's own script and its probes: their command lines hold every pattern.
-        parents = {pid: ppid for pid, ppid, _, _ in table}
-        ours = {root}
-
-        def is_ours(pid: str) -> bool:
-            seen = 0
-            while pid in parents and seen < 64:
-                if pid in ours:
-                    return True
-                pid = parents[pid]
-                seen += 1
-            return pid in ours
-
+            parts = line.split(None, 4)
+            if len(parts) == 5 and parts[0].isdigit():
+                table.append((parts[0], parts[1], parts[2], parts[3], parts[4]))
+        parents = {pid: ppid for pid, ppid, _, _, _ in table}
+        ours = _own_processes(root, parents)
         pattern = re.compile(str(self.params["pattern"]))
         user = self.params.get("user")
         found = [
             (pid, owner)
-            for pid, _, owner, args in table
-            if pattern.search(args) and not is_ours(pid) and (user is None or owner == user)
+            for pid, _, state, owner, args in table
+            if not state.startswith("Z")  # a zombie has ended: it runs nothing
+            and pid not in ours
+            and pattern.search(args)
+            and (user is None or owner == user)
         ]
         low, high = self._bounds()
         ok = len(found) >= low and (high is None or len(found) <= high)
@@ -463,6 +556,16 @@ class PackageCheck(Check):
         "else:\n print('status=install ok installed'); print('version=' + v)\n"
     )
 
+    @classmethod
+    def refine(cls, params: Mapping[str, Any], where: str) -> None:
+        """Refuse a version constraint that the manager's own rules cannot parse."""
+        version = params.get("version")
+        if version:
+            try:
+                parse_spec(str(version), str(params["manager"]))
+            except VersionError as exc:
+                raise ConfigError(f"{where}.version: {exc}. Nothing was changed.") from None
+
     def subject(self) -> str:
         return str(self.params["name"])
 
@@ -486,8 +589,9 @@ class PackageCheck(Check):
                 'case "$m" in',
                 "  dpkg) dpkg-query -W -f='status=${Status}\\nversion=${Version}\\n' \"$n\" 2>/dev/null"
                 " || echo status=not-installed ;;",
-                "  rpm) rpm -q --qf 'status=install ok installed\\nversion=%{VERSION}-%{RELEASE}\\n' \"$n\""
-                " 2>/dev/null || echo status=not-installed ;;",
+                "  rpm) rpm -q --qf 'status=install ok installed\\n"
+                "version=%|EPOCH?{%{EPOCH}:}|%{VERSION}-%{RELEASE}\\n' \"$n\" 2>/dev/null"
+                " || echo status=not-installed ;;",
                 '  apk) if apk info -e "$n" >/dev/null 2>&1; then echo "status=install ok installed";'
                 ' v=$(apk info "$n" 2>/dev/null | head -n 1); v=${v%% *}; echo "version=${v#"$n"-}";'
                 " else echo status=not-installed; fi ;;",
@@ -515,8 +619,13 @@ class PackageCheck(Check):
         if not installed:
             return Verdict(False, self.expectation(), f"not installed ({manager})")
         wanted = self.params.get("version")
-        if wanted and not satisfies(version, wanted):
-            return Verdict(False, self.expectation(), f"version {version} ({manager})")
+        if wanted:
+            try:
+                ok = satisfies(version, wanted, manager)
+            except VersionError as exc:
+                return Verdict(False, self.expectation(), f"version {version} ({manager})", f"{exc}")
+            if not ok:
+                return Verdict(False, self.expectation(), f"version {version} ({manager})")
         return Verdict(True, self.expectation(), f"version {version} ({manager})")
 
 
@@ -588,9 +697,10 @@ class ServiceCheck(Check):
             observed = f"{state} (systemd)"
         elif manager == "supervisor":
             words = facts.get("status", "").split()
-            state = (
-                words[1] if len(words) > 1 and words[0].split(":")[-1] == self.params["name"] else "unknown"
-            )
+            name = str(self.params["name"])
+            # A program in a group is "group:name"; a bare name also finds it as a homogeneous group.
+            known = len(words) > 1 and (words[0] == name or (":" not in name and words[0].split(":")[-1] == name))
+            state = words[1] if known else "unknown"
             running = state == "RUNNING"
             enabled = enabled_state == "auto"
             observed = f"{state} (supervisor)"

@@ -1,55 +1,402 @@
-"""Version comparison for package checks: good enough for dpkg, rpm, apk and pip version strings."""
+"""Version constraints for package checks, each judged by its package manager's own ordering.
+
+- dpkg: Debian policy as dpkg implements it (``verrevcmp``): epochs, ``~`` before everything, revisions.
+- rpm: ``rpmvercmp`` on epoch, version and release (``~`` pre-releases, ``^`` snapshots).
+- apk: apk-tools' ordering (``_alpha``..``_rc`` before the release, ``_p`` after, ``-rN`` revisions).
+- pip: PEP 440 through :mod:`packaging`.
+
+A constraint is one or more comma-separated ``<op><version>`` items (``>=1.2, <2``); ``op`` is one of
+``== = != >= <= > <`` (pip adds ``~=`` and ``===``). A bare version means ``==``. For dpkg, rpm and apk,
+``==1.2`` also matches a more precise version that starts with it at a ``.``, ``-`` or ``+``
+(``1.2.3``, ``1.2-1``, ``1.2+b1``), never at a ``~`` (``1.2~rc1`` is before ``1.2``). For pip, ``==``
+is PEP 440's (``==1.2`` is ``1.2.0``; write ``==1.2.*`` for any 1.2); ordered comparisons follow the
+PEP 440 order of the two versions, so ``1.2rc1 < 1.2`` and ``2.0.dev1 < 2.0``.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Callable
 
-from .schema import VERSION_SPEC
+from packaging.specifiers import InvalidSpecifier, Specifier
+from packaging.version import InvalidVersion, Version
 
-_PART = re.compile(r"\d+|[A-Za-z]+|~")
+MANAGERS = ("dpkg", "rpm", "apk", "pip")
+_OPS = ("===", "~=", "==", "!=", ">=", "<=", ">", "<", "=")
+_ITEM = re.compile(r"^\s*(===|~=|==|!=|>=|<=|>|<|=)?\s*(\S+)\s*$")
 
 
-def _key(version: str) -> list[tuple[int, int, str]]:
-    """Sortable parts: numbers compare as numbers, ``~`` sorts before everything (Debian's rule)."""
-    epoch, sep, rest = version.partition(":")
-    if sep and epoch.isdigit():
-        parts: list[tuple[int, int, str]] = [(2, int(epoch), "")]
-        version = rest
+class VersionError(ValueError):
+    """A version or constraint that the package manager's rules cannot parse."""
+
+
+# --- dpkg ------------------------------------------------------------------------------------------
+
+
+def _dpkg_split(version: str) -> tuple[int, str, str]:
+    """Epoch, upstream version and revision, checked as dpkg's ``parseversion`` checks them."""
+    if not version or version != version.strip() or any(c.isspace() for c in version):
+        raise VersionError(f"{version!r} is not a dpkg version (empty or contains blanks)")
+    epoch_text, colon, rest = version.partition(":")
+    if not colon:
+        epoch_text, rest = "0", version
+    if not epoch_text.isdigit():
+        raise VersionError(f"{version!r} is not a dpkg version (the epoch must be a number)")
+    upstream, dash, revision = rest.rpartition("-")
+    if not dash:
+        upstream, revision = rest, ""
+    elif not revision:
+        raise VersionError(f"{version!r} is not a dpkg version (empty revision after '-')")
+    if not upstream or not upstream[0].isdigit():
+        raise VersionError(f"{version!r} is not a dpkg version (it must start with a digit)")
+    if re.fullmatch(r"[A-Za-z0-9.+~:-]+", upstream) is None:
+        raise VersionError(f"{version!r} is not a dpkg version (invalid character in the upstream part)")
+    if revision and re.fullmatch(r"[A-Za-z0-9.+~]+", revision) is None:
+        raise VersionError(f"{version!r} is not a dpkg version (invalid character in the revision)")
+    return int(epoch_text), upstream, revision
+
+
+def _dpkg_order(c: str) -> int:
+    if not c or c.isdigit():
+        return 0
+    if c.isascii() and c.isalpha():
+        return ord(c)
+    if c == "~":
+        return -1
+    return ord(c) + 256
+
+
+def _verrevcmp(a: str, b: str) -> int:
+    """dpkg's ``verrevcmp``: non-digit runs by :func:`_dpkg_order`, digit runs as numbers."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not a[i].isdigit()) or (j < len(b) and not b[j].isdigit()):
+            ac = _dpkg_order(a[i] if i < len(a) else "")
+            bc = _dpkg_order(b[j] if j < len(b) else "")
+            if ac != bc:
+                return ac - bc
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        first_diff = 0
+        while i < len(a) and a[i].isdigit() and j < len(b) and b[j].isdigit():
+            if not first_diff:
+                first_diff = ord(a[i]) - ord(b[j])
+            i += 1
+            j += 1
+        if i < len(a) and a[i].isdigit():
+            return 1
+        if j < len(b) and b[j].isdigit():
+            return -1
+        if first_diff:
+            return first_diff
+    return 0
+
+
+def dpkg_compare(a: str, b: str) -> int:
+    """Compare two Debian versions as ``dpkg --compare-versions`` does (negative, 0, positive)."""
+    ea, ua, ra = _dpkg_split(a)
+    eb, ub, rb = _dpkg_split(b)
+    if ea != eb:
+        return ea - eb
+    return _verrevcmp(ua, ub) or _verrevcmp(ra, rb)
+
+
+# --- rpm -------------------------------------------------------------------------------------------
+
+
+def _rpm_split(version: str) -> tuple[int, str, str | None]:
+    if not version or re.fullmatch(r"(\d+:)?[A-Za-z0-9._+~^]+(-[A-Za-z0-9._+~^]+)?", version) is None:
+        raise VersionError(f"{version!r} is not an rpm version ([epoch:]version[-release])")
+    epoch_text, colon, rest = version.partition(":")
+    if not colon:
+        epoch_text, rest = "0", version
+    ver, dash, release = rest.partition("-")
+    return int(epoch_text), ver, (release if dash else None)
+
+
+def rpmvercmp(a: str, b: str) -> int:
+    """rpm's ``rpmvercmp`` on one version or release string (-1, 0 or 1)."""
+    if a == b:
+        return 0
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while i < len(a) and not a[i].isalnum() and a[i] not in "~^":
+            i += 1
+        while j < len(b) and not b[j].isalnum() and b[j] not in "~^":
+            j += 1
+        ca = a[i] if i < len(a) else ""
+        cb = b[j] if j < len(b) else ""
+        if ca == "~" or cb == "~":
+            if ca != "~":
+                return 1
+            if cb != "~":
+                return -1
+            i += 1
+            j += 1
+            continue
+        if ca == "^" or cb == "^":
+            if not ca:
+                return -1
+            if not cb:
+                return 1
+            if ca != "^":
+                return 1
+            if cb != "^":
+                return -1
+            i += 1
+            j += 1
+            continue
+        if not (ca and cb):
+            break
+        numeric = ca.isdigit()
+        kind: Callable[[str], bool] = str.isdigit if numeric else (lambda c: c.isascii() and c.isalpha())
+        si, sj = i, j
+        while i < len(a) and kind(a[i]):
+            i += 1
+        while j < len(b) and kind(b[j]):
+            j += 1
+        one, two = a[si:i], b[sj:j]
+        if not one:
+            return -1  # rpm: arbitrary, a number segment against a letter segment
+        if not two:
+            return 1 if numeric else -1
+        if numeric:
+            one, two = one.lstrip("0"), two.lstrip("0")
+            if len(one) != len(two):
+                return 1 if len(one) > len(two) else -1
+        if one != two:
+            return 1 if one > two else -1
+    rest_a, rest_b = i >= len(a), j >= len(b)
+    if rest_a and rest_b:
+        return 0
+    return -1 if rest_a else 1
+
+
+def rpm_compare(a: str, b: str) -> int:
+    """Compare ``[epoch:]version[-release]`` as rpm does; a release missing on one side is not compared."""
+    ea, va, ra = _rpm_split(a)
+    eb, vb, rb = _rpm_split(b)
+    if ea != eb:
+        return 1 if ea > eb else -1
+    result = rpmvercmp(va, vb)
+    if result or ra is None or rb is None:
+        return result
+    return rpmvercmp(ra, rb)
+
+
+# --- apk -------------------------------------------------------------------------------------------
+
+_INVALID, _DIGIT_OR_ZERO, _DIGIT, _LETTER, _SUFFIX, _SUFFIX_NO, _REVISION_NO, _END = range(-1, 7)
+_PRE = ("alpha", "beta", "pre", "rc")
+_POST = ("cvs", "svn", "git", "hg", "p")
+
+
+class _ApkBlob:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def left(self) -> int:
+        return len(self.text) - self.pos
+
+    def at(self, offset: int = 0) -> str:
+        index = self.pos + offset
+        return self.text[index] if index < len(self.text) else ""
+
+
+def _apk_next(kind: int, blob: _ApkBlob) -> int:
+    new = _INVALID
+    c = blob.at()
+    if blob.left() == 0 or c == "\0":
+        return _END
+    if kind in (_DIGIT, _DIGIT_OR_ZERO) and c.islower():
+        new = _LETTER
+    elif kind == _LETTER and c.isdigit():
+        new = _DIGIT
+    elif kind == _SUFFIX and c.isdigit():
+        new = _SUFFIX_NO
     else:
-        parts = [(2, 0, "")]
-    for token in _PART.findall(version):
-        if token == "~":
-            parts.append((0, 0, ""))
-        elif token.isdigit():
-            parts.append((2, int(token), ""))
+        if c == ".":
+            new = _DIGIT_OR_ZERO
+        elif c == "_":
+            new = _SUFFIX
+        elif c == "-":
+            if blob.left() > 1 and blob.at(1) == "r":
+                new = _REVISION_NO
+                blob.pos += 1
+        blob.pos += 1
+    if new < kind and not (
+        (new == _DIGIT_OR_ZERO and kind == _DIGIT)
+        or (new == _SUFFIX and kind == _SUFFIX_NO)
+        or (new == _DIGIT and kind == _LETTER)
+    ):
+        new = _INVALID
+    return new
+
+
+def _apk_token(kind: int, blob: _ApkBlob) -> tuple[int, int]:
+    """apk-tools' ``get_token``: the value of the token at ``blob`` and the kind of the next one."""
+    if blob.left() <= 0:
+        return 0, _END
+    value = 0
+    length = 0
+    following = _INVALID
+    zeros = 0
+    while kind == _DIGIT_OR_ZERO and blob.at(zeros) == "0":
+        zeros += 1
+    if zeros and blob.at(zeros).isdigit():  # "1.01": leading zeros sort before any number
+        length = zeros
+        following = _DIGIT
+        value = -length
+    elif kind in (_DIGIT_OR_ZERO, _DIGIT, _SUFFIX_NO, _REVISION_NO):
+        while blob.at(length).isdigit():
+            value = value * 10 + int(blob.at(length))
+            length += 1
+    elif kind == _LETTER:
+        value = ord(blob.at())
+        length = 1
+    elif kind == _SUFFIX:
+        rest = blob.text[blob.pos :]
+        pre = next((n for n, word in enumerate(_PRE) if rest.startswith(word)), None)
+        post = next((n for n, word in enumerate(_POST) if rest.startswith(word)), None)
+        if pre is not None:
+            value, length = pre - len(_PRE), len(_PRE[pre])
+        elif post is not None:
+            value, length = post, len(_POST[post])
         else:
-            parts.append((1, 0, token))
-    return parts
+            return -1, _INVALID
+    else:
+        return -1, _INVALID
+    blob.pos += length
+    if blob.left() == 0:
+        return value, _END
+    if following != _INVALID:
+        return value, following
+    return value, _apk_next(kind, blob)
 
 
-def compare(a: str, b: str) -> int:
-    """-1, 0 or 1 as version ``a`` sorts before, equal to, or after ``b``."""
-    ka, kb = _key(a), _key(b)
-    # Pad so that "1.2.1" > "1.2" and "1.2~rc1" < "1.2", as dpkg orders them.
-    width = max(len(ka), len(kb))
-    ka += [(1, 0, "")] * (width - len(ka))
-    kb += [(1, 0, "")] * (width - len(kb))
-    return (ka > kb) - (ka < kb)
-
-
-def satisfies(installed: str, spec: str) -> bool:
-    """Whether ``installed`` meets ``spec`` (``>=1.2``, ``<2``, ``!=1.3``, ``==1.2`` or a bare ``1.2``).
-
-    ``==`` and a bare version match the version itself or any more precise one: ``1.2`` matches
-    ``1.2``, ``1.2.3`` and ``1.2-1ubuntu1``.
-    """
-    match = VERSION_SPEC.match(spec)
-    if match is None or not installed:
+def apk_valid(version: str) -> bool:
+    """Whether apk-tools accepts ``version`` (``1.2.3_rc1-r0``)."""
+    if not version or not version[0].isdigit():
         return False
-    op, wanted = match.group(1) or "==", match.group(2)
-    if op in ("==", "="):
-        return installed == wanted or (installed.startswith(wanted) and installed[len(wanted)] in ".-+~:")
-    if op == "!=":
-        return not satisfies(installed, wanted)
-    result = compare(installed, wanted)
-    return {">=": result >= 0, "<=": result <= 0, ">": result > 0, "<": result < 0}[op]
+    blob, kind = _ApkBlob(version), _DIGIT
+    while kind not in (_END, _INVALID):
+        _, kind = _apk_token(kind, blob)
+    return kind == _END
+
+
+def apk_compare(a: str, b: str) -> int:
+    """Compare two apk versions as ``apk version -t`` does (-1, 0 or 1)."""
+    for version in (a, b):
+        if not apk_valid(version):
+            raise VersionError(f"{version!r} is not an apk version (like 1.2.3_rc1-r0)")
+    ba, bb = _ApkBlob(a), _ApkBlob(b)
+    at = bt = _DIGIT
+    av = bv = 0
+    while at == bt and at not in (_END, _INVALID) and av == bv:
+        av, at = _apk_token(at, ba)
+        bv, bt = _apk_token(bt, bb)
+    if av != bv:
+        return -1 if av < bv else 1
+    if at == bt:
+        return 0
+    if at == _SUFFIX and _apk_token(at, _ApkBlob(ba.text[ba.pos :]))[0] < 0:
+        return -1
+    if bt == _SUFFIX and _apk_token(bt, _ApkBlob(bb.text[bb.pos :]))[0] < 0:
+        return 1
+    if at > bt:
+        return -1
+    if bt > at:
+        return 1
+    return 0
+
+
+# --- constraints -----------------------------------------------------------------------------------
+
+_COMPARE: dict[str, Callable[[str, str], int]] = {"dpkg": dpkg_compare, "rpm": rpm_compare, "apk": apk_compare}
+
+
+def _items(spec: str) -> list[tuple[str, str]]:
+    items = []
+    for part in spec.split(","):
+        match = _ITEM.match(part)
+        if match is None:
+            raise VersionError(f"{part.strip()!r} is not a version constraint like >=1.2")
+        items.append((match.group(1) or "==", match.group(2)))
+    return items
+
+
+def parse_spec(spec: str, manager: str) -> list[tuple[str, str]]:
+    """The ``(op, version)`` items of ``spec``, each version valid for ``manager``.
+
+    :param manager: dpkg, rpm, apk or pip; ``auto`` accepts a version any of dpkg, rpm and apk can parse.
+    :raises VersionError: a constraint or version the manager's rules cannot parse.
+    """
+    if manager == "pip":
+        out = []
+        for op, version in _items(spec):
+            op = "==" if op == "=" else op
+            try:
+                Specifier(op + version)
+            except InvalidSpecifier:
+                raise VersionError(f"{op}{version!r} is not a PEP 440 version specifier") from None
+            out.append((op, version))
+        return out
+    items = _items(spec)
+    managers = ("dpkg", "rpm", "apk") if manager == "auto" else (manager,)
+    for op, version in items:
+        if op in ("~=", "==="):
+            raise VersionError(f"{op} is a pip (PEP 440) operator; {manager} takes == != >= <= > <")
+        problems = []
+        for name in managers:
+            try:
+                _COMPARE[name](version, version)
+            except VersionError as exc:
+                problems.append(str(exc))
+            else:
+                break
+        else:
+            raise VersionError(problems[0])
+    return items
+
+
+def _prefix_of(wanted: str, installed: str) -> bool:
+    return installed.startswith(wanted) and installed[len(wanted) : len(wanted) + 1] in (".", "-", "+")
+
+
+def _pip_satisfies(installed: str, op: str, wanted: str) -> bool:
+    have = Version(installed)
+    if op in ("==", "!=", "~=", "===") or wanted.endswith(".*"):
+        return Specifier(op + wanted).contains(have, prereleases=True)
+    want = Version(wanted)
+    return {">=": have >= want, "<=": have <= want, ">": have > want, "<": have < want}[op]
+
+
+def satisfies(installed: str, spec: str, manager: str = "dpkg") -> bool:
+    """Whether the ``installed`` version meets every item of ``spec`` under ``manager``'s ordering.
+
+    :raises VersionError: ``installed`` or ``spec`` is not valid for ``manager``.
+    """
+    items = parse_spec(spec, manager)
+    if manager == "pip":
+        try:
+            Version(installed)
+        except InvalidVersion:
+            raise VersionError(f"{installed!r} is not a PEP 440 version") from None
+        return all(_pip_satisfies(installed, op, wanted) for op, wanted in items)
+    compare = _COMPARE[manager]
+    compare(installed, installed)  # raises for a version the manager cannot parse
+    for op, wanted in items:
+        result = compare(installed, wanted)
+        if op in ("==", "=", "!="):
+            equal = result == 0 or _prefix_of(wanted, installed)
+            ok = equal if op != "!=" else not equal
+        else:
+            ok = {">=": result >= 0, "<=": result <= 0, ">": result > 0, "<": result < 0}[op]
+        if not ok:
+            return False
+    return True
