@@ -6,6 +6,8 @@ missing required keys are refused with one line naming the key and what was expe
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -55,7 +57,9 @@ class Settings:
     shared: tuple[str, ...] = ()
     build_hooks: tuple[str, ...] = ()
     restart_hooks: tuple[str, ...] = ()
+    stop_hooks: tuple[str, ...] = ()
     checks: tuple[Any, ...] = ()
+    suite: str = "[]"  # the checks as the user wrote them (JSON): recorded with each verified release
     verify: VerifySettings = field(default_factory=VerifySettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     sudo: bool = False
@@ -239,8 +243,8 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
 
     hooks = data.get("hooks") or {}
     if not isinstance(hooks, Mapping):
-        raise _fail("hooks", "a mapping with build and/or restart lists", hooks)
-    _check_keys(hooks, {"build", "restart"}, "hooks.")
+        raise _fail("hooks", "a mapping with build, restart and/or stop lists", hooks)
+    _check_keys(hooks, {"build", "restart", "stop"}, "hooks.")
 
     verify_data = data.get("verify") or {}
     if not isinstance(verify_data, Mapping):
@@ -273,7 +277,9 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         shared=shared,
         build_hooks=_string_list(hooks, "build", "hooks."),
         restart_hooks=_string_list(hooks, "restart", "hooks."),
+        stop_hooks=_string_list(hooks, "stop", "hooks."),
         checks=tuple(parse_checks(data.get("checks"))),
+        suite=_suite_json(data.get("checks")),
         verify=verify,
         rollout=rollout,
         sudo=sudo,
@@ -282,6 +288,35 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         step_timeout=float(_number(data, "step_timeout", "", 900.0, minimum=1)),
         base_dir=base_dir,
     )
+
+
+def _suite_json(raw: object) -> str:
+    """The checks as written, as one JSON text (YAML gives plain data; anything else is kept as text)."""
+    return json.dumps(_plain(raw or []), sort_keys=True, separators=(",", ":"))
+
+
+def _plain(value: object) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def with_suite(settings: Settings, suite: str) -> Settings:
+    """``settings`` whose checks are a recorded suite (JSON, as :attr:`Settings.suite` holds it).
+
+    :raises ConfigError: the recorded suite does not validate with today's check catalog.
+    """
+    from .checks import parse_checks
+
+    try:
+        raw = json.loads(suite)
+    except ValueError as error:
+        raise ConfigError(f"recorded suite: not JSON ({error})") from None
+    return dataclasses.replace(settings, checks=tuple(parse_checks(raw)), suite=_suite_json(raw))
 
 
 def plan_batches(hosts: Sequence[str], batches: Sequence[Union[int, str]]) -> list[list[str]]:

@@ -100,6 +100,13 @@ class NeedsHuman(DeploytestError):
     exit_code = NEEDS_HUMAN
 
 
+def fab_command(task: str, hosts: Sequence[str], *, local: bool = False) -> str:
+    """The command an operator types to run ``task`` on ``hosts`` (no ``-H`` on the local machine)."""
+    if local or not hosts:
+        return f"fab {task}"
+    return f"fab -H {','.join(hosts)} {task}"
+
+
 def exit_code_for(error: BaseException) -> int:
     """The process exit code for an error that ended a task."""
     if isinstance(error, DeploytestError):

@@ -8,6 +8,7 @@ parallel (bounded by ``rollout.parallel``) and records what it changed in :class
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -16,18 +17,21 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import release
 from .checks import HostReport, VerifyReport
-from .config import Settings, VerifySettings, plan_batches
+from .config import Settings, VerifySettings, plan_batches, with_suite
 from .console import Console
 from .errors import (
     ChecksFailed,
+    ConfigError,
     DeploytestError,
     HostUnreachable,
     NeedsHuman,
     Refused,
     RolledBack,
     UsageError,
+    fab_command,
 )
 from .hosts import Target, in_parallel
+from .lock import HEARTBEAT_SECONDS, heartbeat
 from .report import explain, result_line
 from .verifiers import Verifier, checks_verifier
 
@@ -57,6 +61,14 @@ class Rollout:
     verifier: Optional[Verifier] = None  # default: the configured checks
     verifying: bool = True  # False for a plain deploy
     tolerated: list[str] = field(default_factory=list)  # failed within max_fail, put back on their own
+    touched: set[str] = field(default_factory=set)  # hosts the new release went live on, even for a moment
+    suites: dict[str, Optional[str]] = field(default_factory=dict)  # host -> suite of the release it went back to
+    stopped: list[str] = field(default_factory=list)  # first deploy failed: its stop hooks ran there
+    unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
+
+    def fab(self, task: str, hosts: Sequence[str]) -> str:
+        """The command an operator types to run ``task`` on ``hosts`` of this run."""
+        return fab_command(task, hosts, local=all(t.is_local for t in self.pick(hosts)))
 
     @property
     def verifies(self) -> bool:
@@ -123,15 +135,16 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     run.verifying = verify
     run.package = release.pack_source(run.settings)
     preflight(run)
-    try:
-        if verify:
-            record_baseline(run)
-        prepare(run)
-        for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
-            go_live(run, batch, number, verify=verify)
+    with Heartbeat(run):
+        try:
+            if verify:
+                record_baseline(run)
+            prepare(run)
+            for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
+                go_live(run, batch, number, verify=verify)
+        except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
+            roll_back(run, error)
         finish(run)
-    except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
-        roll_back(run, error)
     return run
 
 
@@ -155,28 +168,42 @@ def preflight(run: Rollout, *, lock: bool = True) -> None:
 
     try:
         run.states = run.each(run.names, "preflight", check)
-        if not run.failed and lock:
-            take = lambda t: release.acquire_lock(t, settings, run.owner)  # noqa: E731
-            # The first host in name order is taken alone: two deploys racing for the same hosts meet
-            # there first, so exactly one of them goes on to lock the rest (in parallel).
-            first, *rest = sorted(run.names)
-            run.locked = list(run.each([first], "lock", take))
-            if not run.failed:
-                run.locked += list(run.each(rest, "lock", take))
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
-    if run.failed:
-        release_locks(run, run.locked)
-        lines = [f"  {host}: {why}" for host, why in run.failed.items()]
-        raise Refused(
-            "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
-            hosts=list(run.failed),
-        )
+    _refuse_if_failed(run)
+    if lock:
+        take_locks(run)
     for name, state in run.states.items():
         live = state.live or "nothing live yet"
         console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
     run.release_id = release.new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
+    )
+
+
+def take_locks(run: Rollout) -> None:
+    """Take every host's lock, first host first; any refusal releases those taken (exit 2)."""
+    take = lambda t: release.acquire_lock(t, run.settings, run.owner)  # noqa: E731
+    try:
+        # The first host in name order is taken alone: two deploys racing for the same hosts meet
+        # there first, so exactly one of them goes on to lock the rest (in parallel).
+        first, *rest = sorted(run.names)
+        run.locked = list(run.each([first], "lock", take))
+        if not run.failed:
+            run.locked += list(run.each(rest, "lock", take))
+    except KeyboardInterrupt:
+        run.failed.setdefault("local", "interrupted")
+    _refuse_if_failed(run)
+
+
+def _refuse_if_failed(run: Rollout) -> None:
+    if not run.failed:
+        return
+    release_locks(run, run.locked)
+    lines = [f"  {host}: {why}" for host, why in run.failed.items()]
+    raise Refused(
+        "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
+        hosts=list(run.failed),
     )
 
 
@@ -217,7 +244,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
 
     def switch(target: Target) -> None:
         try:
-            run.switched[target.name] = release.switch_and_restart(target, settings, run.release_id)
+            run.switched[target.name] = release.switch_and_restart(target, settings, run.release_id).previous
         except release.RestartFailed as error:
             run.switched[target.name] = error.previous
             raise
@@ -228,6 +255,9 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
             # switched (switching back to the release it had is safe either way)
             run.switched[target.name] = run.states[target.name].live
             raise
+        finally:
+            if target.name in run.switched:
+                run.touched.add(target.name)
 
     for name in run.each(batch, "switch", switch):
         run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
@@ -241,7 +271,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
                 run.failed.setdefault(host.host, f"verify: {host.error}")
             elif not host.ok:
                 red = [r for r in host.results if not r.ok]
-                run.failed.setdefault(host.host, "verify: " + "; ".join(f"{r.check.name}: {explain(r)}" for r in red))
+                run.failed.setdefault(host.host, "verify: " + "; ".join(f"{r.name}: {explain(r)}" for r in red))
             colour = "green" if host.ok and not host.error else "red"
             run.console.host(host.host, "verify", summary(host), colour)
             for result in host.results:
@@ -256,36 +286,54 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
 
 
 def finish(run: Rollout) -> None:
-    """Success: clean up old releases, log, unlock, in one round trip per host."""
+    """Success: record the suite, clean up old releases, log, unlock, in one round trip per host.
+
+    What each host did is shown as it happened; a lock that could not be released is exit 3.
+    """
     run.console.end_progress()
     run.console.stage("finish")
     run.outcome = "verified" if run.after is not None else "deployed"
+    settings = run.settings
     event = _event(run, "deploy", run.outcome)
+    # The suite this release was verified with goes beside it: a rollback to it is judged by it.
+    record = [release.script_for_record_suite(settings, run.release_id, settings.suite)] \
+        if run.outcome == "verified" and run.verifier is None else []
     done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
-                    lambda t: release.finish(t, run.settings, run.owner, event, cleanup=True))
-    for name in done:
-        run.console.host(name, "finish", f"live on {run.release_id}, cleaned up, unlocked", "green")
+                    lambda t: release.finish(t, settings, run.owner, event, cleanup=True, first=record))
+    for name, result in done.items():
+        run.console.host(name, "finish", f"live on {run.release_id}; {result.describe()}",
+                         "green" if result.unlocked and not result.warnings else "yellow")
     back = _event(run, "deploy", "rolled back (within max_fail)", error=", ".join(run.failed.values()))
 
-    def tidy(target: Target) -> None:
-        release.finish(target, run.settings, run.owner, back, cleanup=False,
-                       first=[release.script_for_discard(run.settings, run.release_id, bad=True)])
+    def tidy(target: Target) -> release.FinishResult:
+        discard = release.script_for_discard(settings, run.release_id, bad=target.name in run.touched)
+        return release.finish(target, settings, run.owner, back, cleanup=False, first=[discard])
 
     tidied = run.each([n for n in run.locked if n in run.tolerated], "finish", tidy)
-    for name in tidied:
-        run.console.host(name, "finish", f"stays on its previous release; {run.release_id} marked bad, unlocked",
-                         "yellow")
-    run.locked = [n for n in run.locked if n not in done and n not in tidied]
+    for name, result in tidied.items():
+        what = "marked bad" if name in run.touched else "removed"
+        run.console.host(name, "finish", f"stays on its previous release; {run.release_id} {what};"
+                         f" {result.describe()}", "yellow")
+    unlocked = {n for n, r in [*done.items(), *tidied.items()] if r.unlocked}
+    run.locked = [n for n in run.locked if n not in unlocked]
     if run.locked:
-        raise DeploytestError("could not finish on " + ", ".join(run.locked))
+        run.outcome = "needs a human"
+        raise NeedsHuman(
+            f"release {run.release_id} is live on every host but could not finish on {', '.join(run.locked)}:"
+            " its lock there is kept (" + "; ".join(run.failed.get(n, "lock kept") for n in run.locked) + ")",
+            hosts=list(run.locked),
+            next_step=f"{run.fab('status', run.locked)}, then {run.fab('unlock', run.locked)}",
+        )
 
 
 # -- failure -------------------------------------------------------------------------------------
 
 
 def roll_back(run: Rollout, error: BaseException) -> None:
-    """Put every switched host back on the release it left, verify that, mark the release bad,
-    remove unfinished releases and release all locks; then raise RolledBack or NeedsHuman."""
+    """Put every switched host back on the release it left (or stop a failed first deploy), verify
+    that with the suite recorded with that release, mark the release bad, remove unfinished releases
+    and release all locks; then raise RolledBack or NeedsHuman, saying only what happened."""
+    settings = run.settings
     with _shielded_from_ctrl_c(run.console):
         run.console.end_progress()
         cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else _reason(error)
@@ -293,40 +341,58 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         run.outcome = "rolled back"
         stuck: dict[str, str] = {}
 
-        def back(target: Target) -> None:
-            if not target.alive(max(run.settings.connect_timeout, 10.0)):
+        def back(target: Target) -> release.Switched:
+            if not target.alive(max(settings.connect_timeout, 10.0)):
                 raise HostUnreachable(target.name, "no answer; its state is unknown")
-            previous = run.switched[target.name]
-            release.switch_back(target, run.settings, previous, run.release_id)  # and restart there
+            # back on the previous release and restarted there, or (first deploy) stopped
+            return release.switch_back(target, settings, run.switched[target.name], run.release_id)
 
         switched = list(run.switched)
-        for target, result in in_parallel(run.pick(switched), back, limit=run.settings.rollout.parallel):
+        for target, result in in_parallel(run.pick(switched), back, limit=settings.rollout.parallel):
+            name = target.name
             if isinstance(result, BaseException):
-                stuck[target.name] = f"rollback failed: {_reason(result).removeprefix(target.name + ': ')}"
-                run.console.host(target.name, "rollback", stuck[target.name], "red")
+                stuck[name] = f"rollback failed: {_reason(result).removeprefix(name + ': ')}"
+                run.console.host(name, "rollback", stuck[name], "red")
+            elif run.switched[name]:
+                run.suites[name] = result.suite
+                run.console.host(name, "rollback", f"back on {run.switched[name]}", "yellow")
+            elif result.stopped:
+                run.stopped.append(name)
+                run.console.host(name, "rollback", f"nothing to go back to: {run.release_id} stopped"
+                                 " (hooks.stop), current removed", "yellow")
             else:
-                previous = run.switched[target.name] or "nothing (first deploy: current removed)"
-                run.console.host(target.name, "rollback", f"back on {previous}", "yellow")
+                if settings.restart_hooks:
+                    run.unstopped.append(name)
+                run.console.host(name, "rollback", "nothing to go back to: current removed"
+                                 + (", but no hooks.stop: what it started may still run"
+                                    if settings.restart_hooks else ""), "red" if settings.restart_hooks else "yellow")
         restored = [n for n in switched if n not in stuck and run.switched[n]]
         unreached = set(stuck)  # not put back: leave their locks, they need a look first
-        _verify_rollback(run, restored, stuck)
+        verified = _verify_rollback(run, restored, stuck)
 
         event = _event(run, "deploy", "rolled back", error=cause)
+        # Bad: it went live and is kept (a first deploy that may still run too); else removed.
+        keep_bad = {n for n in run.touched if run.switched.get(n) or n in run.unstopped or n in run.tolerated}
+        results: dict[str, release.FinishResult] = {}
 
-        def tidy(target: Target) -> None:
-            discard = release.script_for_discard(run.settings, run.release_id, bad=target.name in run.switched)
-            release.finish(target, run.settings, run.owner, event, cleanup=False, first=[discard])
+        def tidy(target: Target) -> release.FinishResult:
+            discard = release.script_for_discard(settings, run.release_id, bad=target.name in keep_bad)
+            return release.finish(target, settings, run.owner, event, cleanup=False, first=[discard])
 
-        for target, result in in_parallel(run.pick([n for n in run.locked if n not in unreached]), tidy,
-                                          limit=run.settings.rollout.parallel):
-            if isinstance(result, BaseException):
-                why = _reason(result).removeprefix(target.name + ": ")
-                stuck.setdefault(target.name, f"could not unlock: {why}")
+        for target, outcome in in_parallel(run.pick([n for n in run.locked if n not in unreached]), tidy,
+                                           limit=settings.rollout.parallel):
+            if isinstance(outcome, BaseException):
+                why = _reason(outcome).removeprefix(target.name + ": ")
+                stuck.setdefault(target.name, f"could not finish: {why}")
                 run.console.host(target.name, "unlock", stuck[target.name], "red")
-            else:
+                continue
+            results[target.name] = outcome
+            if outcome.warnings or not outcome.unlocked:
+                run.console.host(target.name, "finish", outcome.describe(), "yellow")
+            if outcome.unlocked:
                 run.locked.remove(target.name)
         for name in run.locked:
-            stuck[name] = stuck.get(name, "") + ("; " if name in stuck else "") + "still locked"
+            stuck[name] = stuck.get(name, "") + ("; " if name in stuck else "") + "lock kept"
 
     if stuck:
         run.outcome = "needs a human"
@@ -336,56 +402,149 @@ def roll_back(run: Rollout, error: BaseException) -> None:
             f"deploy of {run.release_id} failed ({cause}) and these hosts could not be put back safely:\n"
             + "\n".join(lines),
             hosts=hosts,
-            next_step=f"fab -H {','.join(hosts)} status   (then rollback or unlock as it shows)",
+            next_step=f"{run.fab('status', hosts)}   (then rollback or unlock as it shows)",
         ) from (error if isinstance(error, Exception) else None)
-    if run.switched:
-        done = (f"{len(run.switched)} switched host(s) rolled back and verified, release marked bad,"
-                " locks released.")
-    else:
-        done = "nothing went live; the unfinished release was removed and the locks released."
-    raise RolledBack(
-        f"deploy of {run.release_id} failed ({cause}); {done}",
-        hosts=sorted(run.failed),
-    ) from (error if isinstance(error, Exception) else None)
+    if run.unstopped:
+        run.outcome = "needs a human"
+        hosts = sorted(run.unstopped)
+        hooks = "; ".join(settings.restart_hooks)
+        raise NeedsHuman(
+            f"first deploy of {run.release_id} failed ({cause}): nothing to roll back to, and no hooks.stop."
+            f" What its restart hook ({hooks}) started from {settings.releases_dir}/{run.release_id} may"
+            f" still run on {', '.join(hosts)}; current was removed and the release kept, marked bad.",
+            hosts=hosts,
+            next_step=f"stop it by hand on {', '.join(hosts)} (and add hooks.stop to fabric.yaml), then:"
+                      f" {run.fab('status', hosts)}",
+        ) from (error if isinstance(error, Exception) else None)
+    raise RolledBack(f"deploy of {run.release_id} failed ({cause}); {_what_rollback_did(run, verified)}",
+                     hosts=sorted(run.failed)) from (error if isinstance(error, Exception) else None)
 
 
-def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -> None:
-    """Checks that were green in the baseline must be green again on the rolled-back hosts.
+def _what_rollback_did(run: Rollout, verified: Optional[bool]) -> str:
+    """The closing words of a rollback, each one true of what happened."""
+    parts = []
+    back = [n for n in run.switched if run.switched[n]]
+    if back:
+        check = {True: "verified", None: "not verified (a plain deploy checks nothing)",
+                 False: "verified where a check was green before the deploy"}[verified]
+        parts.append(f"{len(back)} switched host(s) rolled back to their previous release and {check};"
+                     f" {run.release_id} marked bad there")
+    if run.stopped:
+        parts.append(f"first deploy failed: nothing to roll back to; {run.release_id} stopped and removed"
+                     f" on {', '.join(sorted(run.stopped))}")
+    quiet = [n for n in run.switched if not run.switched[n] and n not in run.stopped]
+    if quiet:
+        parts.append(f"first deploy failed: nothing to roll back to; {run.release_id} removed on"
+                     f" {', '.join(sorted(quiet))} (no restart hook had started it)")
+    if not run.switched:
+        parts.append("nothing went live; the unfinished release was removed")
+    return "; ".join(parts) + "; locks released."
 
-    Only those are waited for ("eventually"); a check that was already red before the deploy is not
-    the rollback's to fix. Without a baseline for a host every check must turn green.
+
+def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -> Optional[bool]:
+    """Verify the hosts put back: True when every one was verified, False when some had nothing to be
+    held to, None for a plain deploy (nothing is checked).
+
+    A host whose previous release has a recorded suite is judged by that suite, except the checks that
+    were already red, word for word, in this run's baseline (not the rollback's to fix). Without a
+    record, the checks of today's config that were green in the baseline must be green again.
     """
-    if not restored or not run.verifies or not run.verifying:
-        return  # a plain deploy checks nothing, going forward or back
-    groups: dict[tuple[str, ...], list[str]] = {}
+    if not run.verifies or not run.verifying:
+        return None  # a plain deploy checks nothing, going forward or back
+    if not restored:
+        return True
+    groups: dict[tuple[Optional[str], tuple[str, ...]], list[str]] = {}
     for name in restored:
         before = run.baseline.host(name) if run.baseline else None
-        green = () if before is None or before.error else tuple(r.check.name for r in before.results if r.ok)
+        suite = run.suites.get(name) if run.verifier is None else None
+        if suite is not None:
+            try:
+                checks = with_suite(run.settings, suite).checks
+            except ConfigError as error:
+                run.console.host(name, "rollback verify", f"its recorded suite no longer validates ({error.message});"
+                                 " verified with today's checks", "yellow")
+                suite = None
+            else:
+                red_before = {_same(r.check) for r in (before.results if before and not before.error else [])
+                              if not r.ok}
+                only = tuple(c.name for c in checks if _same(c) not in red_before)
+                if only:
+                    groups.setdefault((suite, only), []).append(name)
+                continue
+        green = () if before is None or before.error else tuple(r.name for r in before.results if r.ok)
         if before is not None and not before.error and not green:
             continue  # nothing was green before: nothing to hold the rollback to
-        groups.setdefault(green, []).append(name)
+        groups.setdefault((None, green), []).append(name)
     hosts: list[HostReport] = []
-    for only, names in groups.items():
-        hosts += run.verify(names, run.settings.verify, only).hosts
+    recorded_with: dict[str, str] = {}
+    for (suite, only), names in groups.items():
+        if suite is None:
+            run.console.stage(f"rollback verify: {', '.join(names)} with today's checks"
+                              " (their release has no recorded suite)" if run.verifier is None else
+                              f"rollback verify: {', '.join(names)}")
+            hosts += run.verify(names, run.settings.verify, only).hosts
+        else:
+            run.console.stage(f"rollback verify: {', '.join(names)} with the suite recorded with"
+                              f" {run.switched[names[0]]}")
+            recorded = checks_verifier(list(with_suite(run.settings, suite).checks),
+                                       parallel=run.settings.rollout.parallel)
+            recorded_with.update({n: str(run.switched[n]) for n in names})
+            hosts += recorded(run.pick(names), run.settings.verify, list(only)).hosts
     run.rollback_report = VerifyReport(hosts)
     for host in hosts:
         if host.error:
             stuck[host.host] = f"rollback not verified: {host.error}"
         elif not host.ok:
-            red = [r.check.name for r in host.results if not r.ok]
-            stuck[host.host] = "rollback not verified: green before the deploy, red now: " + ", ".join(red)
+            red = ", ".join(r.name for r in host.results if not r.ok)
+            suite_of = recorded_with.get(host.host)
+            stuck[host.host] = (f"rollback not verified: red with the suite recorded with {suite_of}: {red}"
+                                if suite_of else f"rollback not verified: green before the deploy, red now: {red}")
         colour = "red" if host.host in stuck else "green"
         run.console.host(host.host, "rollback verify", stuck.get(host.host, summary(host)), colour)
+    return len(hosts) == len(restored)
+
+
+def _same(check: Any) -> str:
+    """A check's identity for comparing suites: its kind, name and parameters."""
+    return json.dumps(check.to_dict(), sort_keys=True, default=str)
 
 
 def _tolerate(run: Rollout, name: str) -> None:
-    """Within ``rollout.max_fail``: put this one host back and carry on with the rollout."""
+    """Within ``rollout.max_fail``: put this one host back (or aside) and carry on with the rollout."""
+    run.tolerated.append(name)
+    if name not in run.switched:  # refused before its switch: it never had the release
+        live = run.states[name].live if name in run.states else None
+        run.console.host(name, "rollback", f"set aside: stays on {live or 'nothing'} (within max_fail)", "yellow")
+        return
     target = run.pick([name])[0]
-    previous = run.switched.get(name)
+    previous = run.switched[name]
     release.switch_back(target, run.settings, previous, run.release_id)  # and restart there
     run.switched.pop(name, None)
-    run.tolerated.append(name)
     run.console.host(name, "rollback", f"back on {previous or 'nothing'} (within max_fail)", "yellow")
+
+
+class Heartbeat:
+    """Keeps this run's locks fresh while it works, so that ``unlock`` can tell it from a dead one: every
+    :data:`HEARTBEAT_SECONDS` each host still locked has its lock renewed (one short session)."""
+
+    def __init__(self, run: Rollout) -> None:
+        self.run = run
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="deploytest-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _beat(self) -> None:
+        run = self.run
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            in_parallel(run.pick(list(run.locked)), lambda t: heartbeat(t, run.settings, run.owner),
+                        limit=run.settings.rollout.parallel)
 
 
 def release_locks(run: Rollout, names: Sequence[str]) -> None:
@@ -414,7 +573,7 @@ def summary(host: HostReport) -> str:
     """``all 5 checks green`` / ``2 of 5 red: health, port 8000`` / the host's error."""
     if host.error:
         return host.error
-    red = [r.check.name for r in host.results if not r.ok]
+    red = [r.name for r in host.results if not r.ok]
     if not red:
         return f"all {len(host.results)} checks green"
     return f"{len(red)} of {len(host.results)} red: " + ", ".join(red)

@@ -173,9 +173,18 @@ def parse_marks(stdout: str) -> dict[str, list[str]]:
 # -- the lock ----------------------------------------------------------------------------------
 
 
+#: Seconds between two heartbeats of a running rollout on each host it holds locked.
+HEARTBEAT_SECONDS = 15.0
+#: A lock whose last heartbeat is older than this is stale: its rollout is gone.
+STALE_AFTER_SECONDS = 60
+
+
 @dataclass(frozen=True)
 class LockInfo:
-    """Who holds a host's deploy lock, as written in the lock file."""
+    """Who holds a host's deploy lock, as written in the lock file.
+
+    :ivar age: seconds since the holder's last heartbeat (the lock file's mtime), when read from a host.
+    """
 
     user: str
     host: str
@@ -183,6 +192,7 @@ class LockInfo:
     started: str
     token: str = ""
     release: str = ""
+    age: int | None = None
 
     @property
     def holder(self) -> str:
@@ -192,6 +202,22 @@ class LockInfo:
     def describe(self) -> str:
         """``alice@laptop (pid 4242) since 2026-11-25T10:00:01Z``."""
         return f"{self.holder} since {self.started}"
+
+    def staleness(self) -> str | None:
+        """Why this lock is stale (its rollout is gone), or None while it is live (pure but for the pid)."""
+        if self.looks_dead():
+            return "its process is no longer running"
+        if self.age is not None and self.age > STALE_AFTER_SECONDS:
+            return f"no heartbeat for {_duration(self.age)}"
+        return None
+
+    def liveness(self) -> str:
+        """``live, last heartbeat 3s ago`` or ``stale: no heartbeat for 5m``."""
+        stale = self.staleness()
+        if stale:
+            return f"stale: {stale}"
+        beat = f", last heartbeat {_duration(self.age)} ago" if self.age is not None else ""
+        return f"live{beat}"
 
     def looks_dead(self) -> bool:
         """True when the holder ran on this machine and its process is gone (a stale lock)."""
@@ -206,7 +232,7 @@ class LockInfo:
         return False
 
     @classmethod
-    def parse(cls, text: str) -> LockInfo:
+    def parse(cls, text: str, age: int | None = None) -> LockInfo:
         """A lock from its file content; a damaged file gives a lock held by "unknown"."""
         try:
             data = json.loads(text)
@@ -220,9 +246,22 @@ class LockInfo:
                 started=str(data.get("started", "unknown")),
                 token=str(data.get("token", "")),
                 release=str(data.get("release", "") or ""),
+                age=age,
             )
         except ValueError:
-            return cls(user="unknown", host="unknown", pid=0, started="unknown")
+            return cls(user="unknown", host="unknown", pid=0, started="unknown", age=age)
+
+
+def _duration(seconds: int | None) -> str:
+    """``42s``, ``5m``, ``3h``."""
+    if seconds is None:
+        return "?"
+    seconds = max(0, seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
 
 
 @dataclass(frozen=True)
@@ -255,6 +294,11 @@ class LockOwner(LockInfo):
         )
 
 
+def _holds(token: str) -> str:
+    """Shell test: the lock file holds ``token`` (a hex string), whatever the JSON's spacing."""
+    return f"grep -q '\"token\": *\"{token}\"' \"$S/lock\" 2>/dev/null"
+
+
 def _check_token(token: str) -> str:
     if not token or not all(c in "0123456789abcdef" for c in token):
         raise UsageError(f"lock token {token!r} is not a hex string")
@@ -271,7 +315,7 @@ printf '%s\\n' {shlex.quote(owner.to_json())} > "$tmp" \\
   || {{ rm -f -- "$tmp"; dt_fail lock "cannot write $tmp"; }}
 if ln -- "$tmp" "$S/lock" 2>/dev/null; then rm -f -- "$tmp"; printf '@@dt locked\\n'; exit 0; fi
 rm -f -- "$tmp"
-if grep -q '"token": "{token}"' "$S/lock" 2>/dev/null; then printf '@@dt locked\\n'; exit 0; fi
+if {_holds(token)}; then printf '@@dt locked\\n'; exit 0; fi
 printf '@@dt held\\t'; head -n 1 "$S/lock" 2>/dev/null; echo
 """
 
@@ -300,9 +344,10 @@ def script_for_release_lock(settings: Settings, owner: LockOwner) -> str:
     """Shell text that removes the lock only if it holds ``owner``'s token."""
     token = _check_token(owner.token)
     return prelude(settings) + f"""\
-if [ -f "$S/lock" ] && grep -q '"token": "{token}"' "$S/lock"; then
+if [ ! -f "$S/lock" ]; then printf '@@dt lockgone\\n'
+elif {_holds(token)}; then
   rm -f -- "$S/lock" && printf '@@dt released\\n'
-fi
+else printf '@@dt lockother\\n'; fi
 """
 
 
@@ -315,31 +360,48 @@ def release_lock(target: Target, settings: Settings, owner: LockOwner) -> bool:
     return "released" in marks
 
 
-def script_for_force_unlock(settings: Settings) -> str:
-    """Shell text that prints the lock and removes it, whoever holds it."""
-    return prelude(settings) + """\
+def script_for_heartbeat(settings: Settings, owner: LockOwner) -> str:
+    """Shell text that renews ``owner``'s lock (its mtime is the heartbeat); needs no free space."""
+    return prelude(settings) + f"if {_holds(_check_token(owner.token))}; then touch -c -- \"$S/lock\"; fi\n"
+
+
+def heartbeat(target: Target, settings: Settings, owner: LockOwner) -> None:
+    """Renew ``owner``'s lock on ``target`` (one round trip; a lock that is not ours is left alone)."""
+    run_script(target, settings, script_for_heartbeat(settings, owner), "heartbeat", timeout=30)
+
+
+def script_for_force_unlock(settings: Settings, token: str = "", event: Mapping[str, Any] | None = None) -> str:
+    """Shell text that prints the lock and removes it (only while it holds ``token``, when given), then
+    logs ``event``."""
+    holds = _holds(_check_token(token)) if token else "true"
+    log = script_for_log_line(event, fatal=False) if event is not None else ""
+    return prelude(settings) + f"""\
 if [ -f "$S/lock" ]; then
   printf '@@dt held\\t'; head -n 1 "$S/lock"; echo
-  rm -f -- "$S/lock" || dt_fail unlock "cannot remove $S/lock"
+  if {holds}; then
+    rm -f -- "$S/lock" || dt_fail unlock "cannot remove $S/lock"
+    printf '@@dt removed\\n'
+{log}  fi
 fi
 """
 
 
-def force_unlock(target: Target, settings: Settings, who: str | None = None) -> LockInfo | None:
-    """Remove the lock whoever holds it (the ``unlock`` task); return whose it was, or None.
+def force_unlock(target: Target, settings: Settings, who: str | None = None, *,
+                 seen: LockInfo | None = None) -> LockInfo | None:
+    """Remove the lock (the ``unlock`` task); return whose it was, or None when none was removed.
 
-    One round trip; with ``who`` (the person unlocking) and a lock found, a second one appends an
-    ``unlock`` event naming both to ``log.jsonl``.
+    One round trip, the ``unlock`` event (``who`` removed whose lock) included. With ``seen`` (the lock
+    as read before deciding to remove it), only that very lock is removed: one taken since is kept.
     """
-    _result, marks = run_script(target, settings, script_for_force_unlock(settings), "unlock")
-    if "held" not in marks:
-        return None
-    info = LockInfo.parse(marks["held"][0])
+    event = None
     if who is not None:
-        event = {"event": "unlock", "who": who, "holder": info.describe(), "release": info.release or None,
-                 "outcome": "unlocked"}
-        run_script(target, settings, prelude(settings) + script_for_log_line(event), "log")
-    return info
+        event = {"event": "unlock", "who": who, "outcome": "unlocked",
+                 "holder": seen.describe() if seen else None, "release": (seen.release or None) if seen else None}
+    token = seen.token if seen is not None and all(c in "0123456789abcdef" for c in seen.token) else ""
+    _result, marks = run_script(target, settings, script_for_force_unlock(settings, token, event), "unlock")
+    if "removed" not in marks:
+        return None
+    return LockInfo.parse(marks["held"][0])
 
 
 # -- the log -------------------------------------------------------------------------------------

@@ -10,20 +10,27 @@ from typing import Optional, Sequence
 
 from . import release
 from .checks import VerifyReport, run_checks
-from .config import Settings
+from .config import Settings, with_suite
 from .console import Console
 from .errors import (
     OK,
     ChecksFailed,
+    ConfigError,
     NeedsHuman,
     Refused,
     RemoteCommandFailed,
     UsageError,
+    fab_command,
 )
-from .flow import Rollout, preflight, release_locks
+from .flow import Heartbeat, Rollout, preflight, take_locks
 from .hosts import Target, in_parallel
-from .lock import prelude, script_for_log_line
+from .lock import prelude, run_script, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
+from .verifiers import checks_verifier
+
+
+def _fab(task: str, targets: Sequence[Target]) -> str:
+    return fab_command(task, [t.name for t in targets], local=all(t.is_local for t in targets))
 
 
 def _connect_all(targets: Sequence[Target], settings: Settings, console: Console) -> None:
@@ -54,14 +61,14 @@ def verify(targets: Sequence[Target], settings: Settings, console: Console, json
                         parallel=settings.rollout.parallel)
     console.line(render(report, color=console.colour))
     if json_path:
-        write_json(json_path, report)
+        write_json(json_path, report, extra={"task": "verify"})
     if junit_path:
-        write_junit(junit_path, report)
+        write_junit(junit_path, report, name="deploytest verify")
     _log_verify(targets, settings, report)
     unreachable = [h.host for h in report.hosts if h.error]
     if unreachable:
         raise NeedsHuman(f"lost {', '.join(unreachable)} while verifying", hosts=unreachable,
-                         next_step=f"fab -H {','.join(unreachable)} status")
+                         next_step=_fab("status", [t for t in targets if t.name in unreachable]))
     return OK if report.ok else ChecksFailed.exit_code
 
 
@@ -74,65 +81,106 @@ def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyRep
         if host is None or host.error:
             return
         event = {"event": "verify", "who": me, "outcome": "green" if host.ok else "red",
-                 "red": [r.check.name for r in host.results if not r.ok]}
+                 "red": [r.name for r in host.results if not r.ok]}
         script = prelude(settings) + 'if [ -d "$S" ]; then\n' + script_for_log_line(event, fatal=False) + "fi\n"
-        target.run(script)
+        run_script(target, settings, script, "log")
 
     in_parallel(targets, log, limit=settings.rollout.parallel)
 
 
 def rollback(targets: Sequence[Target], settings: Settings, console: Console, to: Optional[str]) -> int:
-    """Re-activate the previous good release (or ``to``) on every host, restart, verify."""
+    """Re-activate the previous good release (or ``to``) on every host, restart, and verify it with the
+    suite recorded with that release (today's checks when it has none, and the output says so)."""
     run = Rollout(settings, list(targets), console)
-    preflight(run)
-    picked: dict[str, str] = {}
-    try:
-        for name, state in run.states.items():
-            picked[name] = release.rollback_target(state, to)
-    except UsageError:
-        release_locks(run, run.locked)
-        raise
+    preflight(run, lock=False)
+    picked = {name: release.rollback_target(state, to) for name, state in run.states.items()}  # or refuse
+    take_locks(run)
+    with Heartbeat(run):
+        return _roll_back_to(run, picked)
+
+
+def _roll_back_to(run: Rollout, picked: dict[str, str]) -> int:
+    settings, console = run.settings, run.console
     console.stage("rollback")
     left: dict[str, Optional[str]] = {}
+    suites: dict[str, Optional[str]] = {}
 
     def back(target: Target) -> None:
         try:
-            left[target.name] = release.switch_and_restart(target, settings, picked[target.name])
+            switched = release.switch_and_restart(target, settings, picked[target.name])
         except release.RestartFailed as error:
             left[target.name] = error.previous
             raise
+        left[target.name], suites[target.name] = switched.previous, switched.suite
 
     run.each(run.names, "rollback", back)
     for name in left:
         console.host(name, "rollback", f"live on {picked[name]} (was {left[name] or 'nothing'})", "yellow")
-    report: Optional[VerifyReport] = None
+    reports: list[VerifyReport] = []
     ok_hosts = [n for n in run.names if n not in run.failed]
     if run.verifies and ok_hosts:
-        report = run.verify(ok_hosts, settings.verify)
+        for suite, names in _by_suite(ok_hosts, suites).items():
+            reports.append(_verify_with(run, names, suite, picked))
+    report = VerifyReport([h for r in reports for h in r.hosts]) if reports else None
+    if report is not None:
         console.line(render(report, color=console.colour))
     red = {h.host for h in report.hosts if not h.ok} if report else set()
 
-    def finish(target: Target) -> None:
-        previous = left.get(target.name)
-        first = [release.script_for_mark_bad(settings, previous)] if previous and previous != picked[target.name] \
-            else []
-        outcome = "failed" if target.name in run.failed or target.name in red else "rolled back"
-        event = {"event": "rollback", "release": picked[target.name], "from": previous, "outcome": outcome}
-        release.finish(target, settings, run.owner, event, cleanup=False, first=first)
+    def finish(target: Target) -> release.FinishResult:
+        name = target.name
+        previous = left.get(name)
+        first = [release.script_for_mark_bad(settings, previous)] if previous and previous != picked[name] \
+            and name not in red else []
+        if report is not None and name not in red and name not in run.failed and suites.get(name) is None:
+            first.append(release.script_for_record_suite(settings, picked[name], settings.suite))
+        outcome = "failed" if name in run.failed or name in red else "rolled back"
+        event = {"event": "rollback", "release": picked[name], "from": previous, "outcome": outcome,
+                 "who": run.owner.who}
+        return release.finish(target, settings, run.owner, event, cleanup=False, first=first)
 
-    unfinished = [t for t, r in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel)
-                  if isinstance(r, BaseException)]
+    unfinished = []
+    for target, result in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel):
+        if isinstance(result, BaseException) or not result.unlocked:
+            unfinished.append(target.name)
+        elif result.warnings:
+            console.host(target.name, "finish", result.describe(), "yellow")
     if run.failed or unfinished:
-        hosts = sorted(set(run.failed) | {t.name for t in unfinished})
+        hosts = sorted(set(run.failed) | set(unfinished))
         raise NeedsHuman("rollback did not complete on " + ", ".join(hosts), hosts=hosts,
-                         next_step=f"fab -H {','.join(hosts)} status")
+                         next_step=run.fab("status", hosts))
     if red:
         console.error(f"deploytest: rolled back, but checks are red on {', '.join(sorted(red))}")
         return ChecksFailed.exit_code
     where = ", ".join(sorted(set(picked.values())))
     console.line(console.paint(f"deploytest: rolled back: {len(picked)} host(s) live on {where}"
-                               f"{', verified' if report is not None else ''}", "green"))
+                               f"{', verified' if report is not None else ', not verified (no checks)'}",
+                               "green"))
     return OK
+
+
+def _by_suite(names: Sequence[str], suites: dict[str, Optional[str]]) -> dict[Optional[str], list[str]]:
+    groups: dict[Optional[str], list[str]] = {}
+    for name in names:
+        groups.setdefault(suites.get(name), []).append(name)
+    return groups
+
+
+def _verify_with(run: Rollout, names: list[str], suite: Optional[str], picked: dict[str, str]) -> VerifyReport:
+    """Verify ``names`` with the suite recorded with the release they went back to, else today's checks."""
+    releases_ = ", ".join(sorted({picked[n] for n in names}))
+    if suite is not None:
+        try:
+            checks = with_suite(run.settings, suite).checks
+        except ConfigError as error:
+            run.console.stage(f"verify {', '.join(names)}: the suite recorded with {releases_} no longer"
+                              f" validates ({error.message}); with today's checks instead")
+        else:
+            run.console.stage(f"verify {', '.join(names)} with the suite recorded with {releases_}")
+            verifier = checks_verifier(list(checks), parallel=run.settings.rollout.parallel)
+            return verifier(run.pick(names), run.settings.verify, [])
+    else:
+        run.console.stage(f"verify {', '.join(names)}: {releases_} has no recorded suite; with today's checks")
+    return run.verify(names, run.settings.verify)
 
 
 def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
@@ -142,7 +190,7 @@ def status(targets: Sequence[Target], settings: Settings, console: Console) -> i
     """
     states, lost = _read_states(targets, settings, console)
     for name, state in states.items():
-        lock = state.lock.describe() if state.lock else "free"
+        lock = f"{state.lock.describe()} ({state.lock.liveness()})" if state.lock else "free"
         last = describe_event(state.last_event) if state.last_event else "none"
         console.line(f"{name}: live {state.live or '-'}  previous {state.previous or '-'}  "
                      f"lock {lock}  last event: {last}")
@@ -182,18 +230,38 @@ def _unknown(lost: dict[str, str]) -> int:
     return OK
 
 
-def unlock(targets: Sequence[Target], settings: Settings, console: Console) -> int:
-    """Remove each host's deploy lock and say whose it was."""
+def unlock(targets: Sequence[Target], settings: Settings, console: Console, force: bool = False) -> int:
+    """Remove each host's stale deploy lock and say whose it was; a live one (its rollout still beats)
+    only with ``force``. Any live lock without ``force``: nothing is removed anywhere (exit 2)."""
     _connect_all(targets, settings, console)
+    states, lost = _read_states(targets, settings, console)
+    if lost:
+        raise Refused(f"cannot read the lock of {', '.join(lost)}; nothing was removed.", hosts=list(lost))
+    live = {n: s.lock for n, s in states.items() if s.lock is not None and s.lock.staleness() is None}
+    if live and not force:
+        lines = [f"  {n}: held by {lock.describe()}, {lock.liveness()}" for n, lock in live.items() if lock]
+        hosts = list(live)
+        raise Refused("a running deploy holds these locks; nothing was removed:\n" + "\n".join(lines),
+                      hosts=hosts, next_step=f"wait for it; if it is really dead: "
+                      f"{_fab('unlock --force', [t for t in targets if t.name in hosts])}")
     me = release.LockOwner.new().who
-    for target, result in in_parallel(targets, lambda t: release.force_unlock(t, settings, me),
-                                      limit=settings.rollout.parallel):
+
+    def remove(target: Target) -> Optional[release.LockInfo]:
+        seen = states[target.name].lock
+        return release.force_unlock(target, settings, me, seen=seen) if seen is not None else None
+
+    for target, result in in_parallel(targets, remove, limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
             raise RemoteCommandFailed(target.name, "unlock", _message(result))
-        if result is None:
+        seen = states[target.name].lock
+        if seen is None:
             console.host(target.name, "unlock", "no lock was held")
+        elif result is None:
+            console.host(target.name, "unlock", f"left alone: the lock changed hands since it was read"
+                         f" (was {seen.describe()})", "yellow")
         else:
-            console.host(target.name, "unlock", f"removed the lock of {result.describe()}", "yellow")
+            how = seen.liveness() if seen.staleness() else f"{seen.liveness()}, removed with --force"
+            console.host(target.name, "unlock", f"removed the lock of {result.describe()} ({how})", "yellow")
     return OK
 
 
@@ -241,17 +309,18 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     return OK
 
 
-def write_reports(run: Rollout, json_path: Optional[str], junit_path: Optional[str]) -> None:
-    """The red-green report of a run: JSON and JUnit, with the baseline beside the result."""
+def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path: Optional[str]) -> None:
+    """The red-green report of a run: JSON and JUnit, with the baseline beside the result; the run's
+    own hosts and seconds at the top, the checks' per-host results under ``result``."""
     after = run.after or run.rollback_report
     if after is None:
         after = VerifyReport(hosts=[])
-    extra = {"release": run.release_id, "outcome": run.outcome, "hosts": run.names,
+    extra = {"task": task, "release": run.release_id, "outcome": run.outcome, "hosts": run.names,
              "failed": run.failed, "seconds": round(time.monotonic() - run.started, 1)}
     if json_path:
         write_json(json_path, after, baseline=run.baseline, extra=extra)
     if junit_path:
-        write_junit(junit_path, after, baseline=run.baseline, extra=extra)
+        write_junit(junit_path, after, baseline=run.baseline, extra=extra, name=f"deploytest {task}")
 
 
 def print_transitions(run: Rollout) -> None:

@@ -19,6 +19,7 @@ before the directory, so an interrupted prepare is ``preparing`` and removed by 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import re
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .config import Settings, clean_relative_path
-from .errors import RemoteCommandFailed, UsageError
+from .errors import RemoteCommandFailed, UsageError, fab_command
 from .hosts import RunResult, Target
 from .lock import (
     LockInfo,
@@ -53,7 +54,7 @@ __all__ = [
     "cleanup_plan", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
     "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release", "restart",
     "rollback_target", "script_for_discard", "script_for_mark_bad", "switch", "switch_and_restart",
-    "switch_back",
+    "switch_back", "Switched", "recorded_suite", "script_for_record_suite",
 ]
 
 COMPLETE = "complete"
@@ -142,6 +143,12 @@ class HostState:
     current_kind: str = "none"
     lock: Optional[LockInfo] = None
     last_event: Optional[dict[str, Any]] = field(default=None, hash=False, compare=False)
+    local: bool = False  # the local machine: on-call hints then carry no -H
+    suites: frozenset[str] = frozenset()  # ids of the releases that have a recorded suite
+
+    def fab(self, task: str) -> str:
+        """The command that runs ``task`` on this host, as an operator types it."""
+        return fab_command(task, [self.host], local=self.local)
 
     @property
     def release_ids(self) -> list[str]:
@@ -176,7 +183,14 @@ dt_list | while read -r id st; do
   if [ "$st" != unknown ]; then head -n 1 -- "$S/releases/$id.json"; fi
   echo
 done
-if [ -f "$S/lock" ]; then printf '@@dt lock\\t'; head -n 1 -- "$S/lock"; echo; fi
+if [ -f "$S/lock" ]; then
+  printf '@@dt lock\\t'; head -n 1 -- "$S/lock"; echo
+  m=$(stat -c %Y -- "$S/lock" 2>/dev/null || stat -f %m -- "$S/lock" 2>/dev/null)
+  [ -n "$m" ] && printf '@@dt lockage\\t%s\\n' "$(( $(date +%s) - m ))"
+fi
+for f in "$S/releases"/*.suite.json; do
+  [ -f "$f" ] && { f=${f##*/}; printf '@@dt suite\\t%s\\n' "${f%.suite.json}"; }
+done
 if [ -f "$S/log.jsonl" ]; then printf '@@dt last\\t'; tail -n 1 -- "$S/log.jsonl"; echo; fi
 """
 
@@ -188,7 +202,7 @@ def inspect(target: Target, settings: Settings, *, timeout: float | None = None)
     :raises HostUnreachable: from the target.
     """
     result, _marks = run_script(target, settings, script_for_inspect(settings), "inspect", timeout=timeout)
-    return parse_state(target.name, settings, result.stdout)
+    return dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
 
 
 def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
@@ -196,9 +210,11 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
     exists = writable = False
     free: int | None = None
     current, kind = "", "none"
-    lock: LockInfo | None = None
+    lock_text: str | None = None
+    lock_age: int | None = None
     last: dict[str, Any] | None = None
     releases: list[ReleaseInfo] = []
+    suites: set[str] = set()
     for line in stdout.splitlines():
         if not line.startswith("@@dt "):
             continue
@@ -216,13 +232,18 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
             if RELEASE_ID.fullmatch(rid):
                 releases.append(_release_info(rid, meta))
         elif key == "lock":
-            lock = LockInfo.parse(value)
+            lock_text = value
+        elif key == "lockage":
+            lock_age = int(value) if value.strip().lstrip("-").isdigit() else None
+        elif key == "suite":
+            suites.add(value.strip())
         elif key == "last":
             last = _json_object(value)
     releases.sort(key=lambda r: r.id)
     live = live_id(current, settings) if kind == "link" else None
+    lock = LockInfo.parse(lock_text, lock_age) if lock_text is not None else None
     return HostState(host, settings.deploy_to, exists, writable, free, tuple(releases), live, current, kind,
-                     lock, last)
+                     lock, last, suites=frozenset(suites))
 
 
 def live_id(link: str, settings: Settings) -> str | None:
@@ -267,10 +288,11 @@ def preflight_problem(state: HostState, need_mb: int) -> str | None:
     if state.current_kind == "other":
         return f"{state.deploy_to}/current exists and is not a symlink; move it away first"
     if state.lock is not None:
-        if state.lock.looks_dead():
-            return (f"locked by {state.lock.describe()}, whose process is no longer running (a stale lock);"
-                    f" check, then: fab -H {state.host} unlock")
-        return f"locked by {state.lock.describe()}; if that deploy is dead: fab -H {state.host} unlock"
+        stale = state.lock.staleness()
+        if stale:
+            return f"locked by {state.lock.describe()}, stale ({stale}); check, then: {state.fab('unlock')}"
+        return (f"locked by {state.lock.describe()} ({state.lock.liveness()}): another deploy is running;"
+                f" wait for it, or if it is really dead: {state.fab('unlock --force')}")
     return None
 
 
@@ -287,7 +309,7 @@ def rollback_target(state: HostState, to: str | None = None) -> str:
             raise UsageError(
                 f"{host}: no previous good release to roll back to (live: {live}). Nothing was changed.",
                 hosts=[host],
-                next_step=f"fab -H {host} releases",
+                next_step=state.fab("releases"),
             )
         return state.previous
     check_release_id(to)
@@ -295,7 +317,7 @@ def rollback_target(state: HostState, to: str | None = None) -> str:
     if info is None:
         known = ", ".join(state.release_ids[-5:]) or "none"
         raise UsageError(f"{host}: release {to} does not exist (latest: {known}). Nothing was changed.",
-                         hosts=[host], next_step=f"fab -H {host} releases")
+                         hosts=[host], next_step=state.fab("releases"))
     if not info.good:
         raise UsageError(f"{host}: release {to} is {info.state}; only complete releases can go live."
                          " Nothing was changed.", hosts=[host])
@@ -409,11 +431,17 @@ _SHARE_FN = r"""dt_share() {
 }
 """
 
+_RECORDED_FN = r"""dt_recorded() {
+  f="$S/releases/$1.suite.json"
+  if [ -f "$f" ]; then printf '@@dt recorded\t'; head -n 1 -- "$f"; echo; fi
+}
+"""
+
 _REMOVE_FN = r"""dt_remove() {
   if [ "$1" = "$(dt_live)" ]; then printf '@@dt warn\tnot removing live release %s\n' "$1"; return 0; fi
   p="$D/releases/$1"
   chmod -R u+w -- "$p" 2>/dev/null
-  if out=$(rm -rf -- "$p" 2>&1) && rm -f -- "$S/releases/$1.json"; then
+  if out=$(rm -rf -- "$p" 2>&1) && rm -f -- "$S/releases/$1.json" "$S/releases/$1.suite.json"; then
     printf '@@dt removed\t%s\n' "$1"
   else
     printf '@@dt warn\tcannot remove %s: %s\n' "$p" "$(dt_clean "$out")"; dt_bad=1
@@ -592,17 +620,47 @@ def chain(*scripts: str) -> str:
 
 def script_for_switch(settings: Settings, release_id: str) -> str:
     """Shell text of :func:`switch`."""
-    return prelude(settings) + _LIST_FN + _LINK_FN + _ids(release_id) + """\
+    return prelude(settings) + _LIST_FN + _LINK_FN + _RECORDED_FN + _ids(release_id) + """\
 [ -d "$R" ] && [ ! -L "$R" ] || dt_refuse "release $id does not exist"
 st=$(dt_state "$id")
 [ "$st" = complete ] || dt_refuse "release $id is $st, not complete; it cannot go live"
 dt_link "$R"
+dt_recorded "$id"
+"""
+
+
+def recorded_suite(marks: Mapping[str, list[str]]) -> str | None:
+    """The suite recorded with the release a switch went to (JSON text), if it has one."""
+    text = marks.get("recorded", [""])[0].strip()
+    return text or None
+
+
+def script_for_record_suite(settings: Settings, release_id: str, suite: str) -> str:
+    """Shell text that records ``suite`` (one line of JSON) as the suite ``release_id`` was verified with;
+    a failure to write it is a warning."""
+    line = json.dumps(json.loads(suite), sort_keys=True, separators=(",", ":"))  # one line, whatever came in
+    return prelude(settings) + _ids(release_id) + f"""\
+f="$S/releases/$id.suite.json"
+if [ -d "$R" ]; then
+  {{ printf '%s\\n' {_q(line)} > "$f.tmp" && mv -f -- "$f.tmp" "$f"; }} 2>/dev/null \
+    || {{ rm -f -- "$f.tmp"; printf '@@dt warn\\tcannot record the suite of %s (disk full?)\\n' "$id"; }}
+fi
 """
 
 
 def _previous(marks: dict[str, list[str]], settings: Settings) -> str | None:
     link = marks.get("previous", [""])[0]
     return live_id(link, settings) if link else None
+
+
+@dataclass(frozen=True)
+class Switched:
+    """What a switch did on one host: the release that was live before, the suite recorded with the
+    release that is live now (None: it has none), and whether stop hooks ran (nothing to go back to)."""
+
+    previous: str | None
+    suite: str | None = None
+    stopped: bool = False
 
 
 def switch(target: Target, settings: Settings, release_id: str) -> str | None:
@@ -651,10 +709,10 @@ def script_for_switch_and_restart(settings: Settings, release_id: str) -> str:
 
 
 def switch_and_restart(target: Target, settings: Settings, release_id: str,
-                       *, timeout: float | None = None) -> str | None:
+                       *, timeout: float | None = None) -> Switched:
     """:func:`switch` then :func:`restart`, in one round trip.
 
-    :returns: the release that was live before.
+    :returns: the release that was live before, and the suite recorded with ``release_id``.
     :raises RestartFailed: the switch happened, then a restart hook failed (``.previous`` says where
         to go back).
     :raises UsageError, RemoteCommandFailed: as :func:`switch` (then nothing was switched).
@@ -667,12 +725,12 @@ def switch_and_restart(target: Target, settings: Settings, release_id: str,
         if "live" in marks:
             raise RestartFailed(target.name, error.step, error.detail, _previous(marks, settings)) from error
         raise
-    return _previous(marks, settings)
+    return Switched(_previous(marks, settings), recorded_suite(marks))
 
 
 def script_for_switch_back(settings: Settings, previous: str | None, release_id: str) -> str:
     """Shell text of :func:`switch_back`."""
-    body = prelude(settings) + _LIST_FN + _LINK_FN + _ids(release_id)
+    body = prelude(settings) + _LIST_FN + _LINK_FN + _RECORDED_FN + _HOOK_FN + _ids(release_id)
     prev = check_release_id(previous) if previous else ""
     body += f"""\
 prev_id={_q(prev)}
@@ -685,7 +743,13 @@ if [ -e "$D/current" ] || [ -L "$D/current" ]; then
 fi
 """
     if not previous:
-        return body + """\
+        # Nothing to go back to: the stop hooks (if any) stop what the failed release started.
+        stop = "".join(f'dt_hook stop "$R" {_q(hook)}\n' for hook in settings.stop_hooks)
+        if stop:
+            stop = ('if [ -d "$R" ]; then\n  dt_env "$id" "$R"\n  mkdir -p -- "$S" 2>/dev/null\n'
+                    + "".join("  " + line + "\n" for line in stop.splitlines())
+                    + "  printf '@@dt stopped\\n'\nfi\n")
+        return body + stop + """\
 if [ "$now" = "$id" ]; then rm -f -- "$D/current" || dt_fail "switch back" "cannot remove $D/current"; fi
 printf '@@dt live\\t\\n'
 """
@@ -694,24 +758,28 @@ P="$D/releases/$prev_id"
 [ -d "$P" ] || dt_fail "switch back" "previous release $prev_id is gone"
 [ "$(dt_state "$prev_id")" != preparing ] || dt_fail "switch back" "previous release $prev_id is incomplete"
 dt_link "$P"
+dt_recorded "$prev_id"
 """
 
 
-def switch_back(target: Target, settings: Settings, previous: str | None, release_id: str) -> None:
+def switch_back(target: Target, settings: Settings, previous: str | None, release_id: str) -> Switched:
     """Undo a :func:`switch` to ``release_id``: point ``current`` back at ``previous`` and run the
     restart hooks there, in one round trip.
 
-    ``previous`` None (a first deploy) removes ``current`` (and restarts nothing). Only acts when
+    ``previous`` None (a first deploy) runs the stop hooks in the failed release's directory, removes
+    ``current`` and restarts nothing. Only acts when
     ``current`` points at ``release_id``, ``previous`` or nothing: a host someone else changed is
     left alone.
 
+    :returns: the suite recorded with ``previous``, and whether stop hooks ran.
     :raises RemoteCommandFailed: step ``switch back``: current points elsewhere, or previous is gone;
-        step ``restart hook``: the release switched back to did not restart.
+        step ``restart hook``: the release switched back to did not restart; ``stop hook``.
     """
     script = script_for_switch_back(settings, previous, release_id)
     if previous and settings.restart_hooks:
         script = chain(script, script_for_restart(settings))
-    run_script(target, settings, script, "switch back")
+    _result, marks = run_script(target, settings, script, "switch back")
+    return Switched(previous, recorded_suite(marks), stopped="stopped" in marks)
 
 
 # -- removal, cleanup, log, finish ---------------------------------------------------------------------
@@ -746,8 +814,14 @@ class FinishResult:
     """What :func:`finish` did on one host."""
 
     removed: tuple[str, ...]
-    unlocked: bool
+    unlocked: bool  # no lock of this deploy is left on the host
     warnings: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``removed 20261101000000, 20261102000000; unlocked`` and the warnings, as they happened."""
+        words = [f"removed {', '.join(self.removed)}"] if self.removed else []
+        words.append("unlocked" if self.unlocked else "LOCK KEPT")
+        return "; ".join(words + [f"warning: {w}" for w in self.warnings])
 
 
 def script_for_finish(settings: Settings, owner: LockOwner, event: Mapping[str, Any] | None,
@@ -774,7 +848,13 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
     """
     script = chain(*first, script_for_finish(settings, owner, event, cleanup=cleanup))
     _result, marks = run_script(target, settings, script, "finish")
-    return FinishResult(tuple(marks.get("removed", [])), "released" in marks, tuple(marks.get("warn", [])))
+    warnings = list(marks.get("warn", []))
+    if "lockgone" in marks:
+        warnings.append("its lock was already gone (removed by an unlock)")
+    if "lockother" in marks:
+        warnings.append("the lock there now belongs to another deploy (left alone)")
+    unlocked = bool({"released", "lockgone", "lockother"} & set(marks))
+    return FinishResult(tuple(marks.get("removed", [])), unlocked, tuple(warnings))
 
 
 def plan(settings: Settings, release_id: str, package: Package, owner: LockOwner) -> list[tuple[str, str]]:

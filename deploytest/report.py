@@ -198,9 +198,16 @@ def to_json(
     baseline: VerifyReport | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON document: the report, the baseline and transitions when given, plus ``extra`` fields."""
+    """The JSON document: the report, the baseline and transitions when given, plus ``extra`` fields.
+
+    ``extra`` with ``hosts`` (a rollout's: its host names, its seconds) keeps them at the top and puts
+    the checks' per-host results under ``result``.
+    """
     document: dict[str, Any] = dict(extra or {})
-    document.update(report.to_dict())
+    if "hosts" in document:
+        document["result"] = report.to_dict()
+    else:
+        document.update(report.to_dict())
     if baseline is not None:
         document["baseline"] = baseline.to_dict()
         document["transitions"] = [t.to_dict() for t in transitions(baseline, report)]
@@ -245,13 +252,14 @@ def junit_xml(
     *,
     baseline: VerifyReport | None = None,
     extra: Mapping[str, Any] | None = None,
+    name: str = "deploytest verify",
 ) -> str:
     """JUnit XML: one ``<testsuite>`` per host, one ``<testcase>`` (``web2 :: http ...``) per check."""
     changes = {(t.host, t.check): t for t in transitions(baseline, report)} if baseline is not None else {}
     counts = report.counts()
     root = ET.Element(
         "testsuites",
-        name="deploytest verify",
+        name=_x(name),
         tests=str(counts["checks"] + counts["unreachable"]),
         failures=str(counts["red"]),
         errors=str(counts["unreachable"]),
@@ -308,6 +316,7 @@ def write_junit(
     *,
     baseline: VerifyReport | None = None,
     extra: Mapping[str, Any] | None = None,
+    name: str = "deploytest verify",
 ) -> None:
     """Write :func:`junit_xml` to ``path`` (replaced atomically; parent directories created)."""
-    _write_atomically(path, junit_xml(report, baseline=baseline, extra=extra))
+    _write_atomically(path, junit_xml(report, baseline=baseline, extra=extra, name=name))

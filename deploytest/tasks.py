@@ -3,7 +3,8 @@
     from deploytest.tasks import deploy, verify, rollback, deploy_and_verify, status, releases, unlock
 
 Each task runs once over all ``-H`` hosts (hosts in parallel), with no extra configuration (see
-:mod:`deploytest.executor`); with no ``-H`` it acts on the local machine. Errors become one clear message and the contract's exit code (0/1/2/3), never a traceback.
+:mod:`deploytest.executor`); with no ``-H`` it acts on the local machine.
+Errors become one clear message and the contract's exit code (0/1/2/3), never a traceback.
 """
 
 from __future__ import annotations
@@ -128,13 +129,17 @@ _DRY_RUN = {"dry-run": "print what would be done on each host, and change nothin
 def deploy_and_verify(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False,
                       json: Optional[str] = None, junit: Optional[str] = None) -> int:
     """Deploy a new release, verify it, and roll back on every touched host if it stays red."""
+    run = Rollout(settings, targets, console)
+    if not run.verifies:
+        raise UsageError("config deploytest.checks: nothing to verify (no checks configured), so a green"
+                         " deploy-and-verify would mean nothing. Add checks, or use fab deploy for an unverified"
+                         " deploy. Nothing was changed.")
     if dry_run:
         return oncall.dry_run(targets, settings, console, verify=True)
-    run = Rollout(settings, targets, console)
     try:
         run_flow(run, verify=True)
     finally:
-        oncall.write_reports(run, json, junit)
+        oncall.write_reports(run, "deploy-and-verify", json, junit)
         oncall.print_transitions(run)
     return oncall.summarise(run)
 
@@ -179,11 +184,12 @@ def releases(targets: List[Target], settings: Settings, console: Console) -> int
     return oncall.releases(targets, settings, console)
 
 
-@task(klass=CoordinatedTask)
+@task(klass=CoordinatedTask, help={"force": "also remove a live lock (its deploy still renews it): only when"
+                                             " you know that deploy is dead"})
 @on_hosts()
-def unlock(targets: List[Target], settings: Settings, console: Console) -> int:
-    """Remove a deploy lock left behind, printing who held it."""
-    return oncall.unlock(targets, settings, console)
+def unlock(targets: List[Target], settings: Settings, console: Console, force: bool = False) -> int:
+    """Remove a stale deploy lock (its deploy stopped renewing it), printing who held it."""
+    return oncall.unlock(targets, settings, console, force)
 
 
 __all__ = ["deploy", "verify", "rollback", "deploy_and_verify", "status", "releases", "unlock",

@@ -23,7 +23,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport, run_checks
 from .checks.runner import unverified
 from .config import VerifySettings
-from .hosts import Target, in_parallel
+from .errors import HostUnreachable
+from .hosts import Cancelled, Target, in_parallel
 
 Verifier = Callable[[Sequence[Target], VerifySettings, Sequence[str]], VerifyReport]
 """``verifier(targets, verify_settings, only)``: ``only`` limits the checks by name (empty: all)."""
@@ -66,10 +67,30 @@ class FunctionCheck(Check):
         return Verdict(True, self.expectation(), "passed")
 
 
+def _attempt(check: FunctionCheck, target: Target) -> Verdict:
+    """One run of a verify function: green when it returns, red (with what it raised) otherwise."""
+    try:
+        check.function(target)
+    except AssertionError as error:
+        return Verdict(False, check.expectation(), _first_line(error) or "an assertion failed")
+    except (HostUnreachable, Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 - a broken verify step is red, named, never a lost host
+        return Verdict(False, check.expectation(), f"raised {type(error).__name__}: {_first_line(error)}".rstrip(": "))
+    return Verdict(True, check.expectation(), "passed")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else ""
+
+
 def python_verifier(*functions: HostFunction, parallel: int = 10) -> Verifier:
     """A verifier from functions ``fn(target)`` that raise ``AssertionError`` when a host is not right.
 
-    Each function is re-run every ``interval`` while it fails, until ``timeout``; hosts in parallel.
+    Each function gets its own ``timeout`` window and is re-run every ``interval`` while it fails;
+    hosts in parallel. Any other exception is a red result naming it (an unreachable host stays a
+    host error).
     """
     checks = [FunctionCheck(fn) for fn in functions]
 
@@ -78,18 +99,14 @@ def python_verifier(*functions: HostFunction, parallel: int = 10) -> Verifier:
         report = HostReport(target.name)
         for check in picked:
             attempts = 0
+            window = time.monotonic()
             while True:
                 attempts += 1
-                try:
-                    check.function(target)
-                    verdict = Verdict(True, check.expectation(), "passed")
-                except AssertionError as error:
-                    verdict = Verdict(False, check.expectation(), str(error).splitlines()[0] if str(error) else
-                                      "an assertion failed")
-                if verdict.ok or time.monotonic() - started + settings.interval > settings.timeout:
+                verdict = _attempt(check, target)
+                if verdict.ok or time.monotonic() - window + settings.interval > settings.timeout:
                     break
                 time.sleep(settings.interval)
-            report.results.append(CheckResult(check, verdict, attempts, time.monotonic() - started))
+            report.results.append(CheckResult(check, verdict, attempts, time.monotonic() - window))
         report.seconds = time.monotonic() - started
         return report
 

@@ -32,6 +32,7 @@ def hello_config(deploy_to: str, port: int, *, version: str = "1.0", **overrides
         "hooks": {
             "build": ["python3 -m py_compile hello.py"],
             "restart": [f"sh bin/restart {port}"],
+            "stop": ["sh bin/stop"],
         },
         "checks": [
             {"http": {"url": f"http://127.0.0.1:{port}/health", "status": 200, "contains": "ok",

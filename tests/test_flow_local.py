@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import time
 from pathlib import Path
 from typing import Any, Dict
 
@@ -48,7 +50,8 @@ def current(tmp_path: Path) -> str:
 
 def states(tmp_path: Path) -> Dict[str, str]:
     meta = tmp_path / "app" / ".deploytest" / "releases"
-    return {p.stem: json.loads(p.read_text()).get("state", "") for p in meta.glob("*.json")}
+    return {p.stem: json.loads(p.read_text()).get("state", "") for p in meta.glob("*.json")
+            if not p.name.endswith(".suite.json")}
 
 
 def test_good_first_deploy(tmp_path: Path) -> None:
@@ -65,7 +68,39 @@ def test_broken_first_deploy_leaves_nothing_live(tmp_path: Path) -> None:
         run(settings)
     assert info.value.exit_code == 1
     assert current(tmp_path) == ""  # there was nothing before: nothing is live now, not a bad release
-    assert list(states(tmp_path).values()) == ["bad"]
+    assert states(tmp_path) == {}  # no restart hook ran, nothing was started: the release is removed
+    assert "first deploy failed: nothing to roll back to;" in info.value.message
+    assert "removed on local (no restart hook had started it); locks released." in info.value.message
+    assert "verified" not in info.value.message
+    assert not (tmp_path / "app" / ".deploytest" / "lock").exists()
+
+
+def test_broken_first_deploy_is_stopped_by_the_stop_hook(tmp_path: Path) -> None:
+    marker = tmp_path / "stopped-in"
+    settings = settings_for(tmp_path, hooks={"build": ["echo 2.0 > VERSION"], "restart": ["touch started"],
+                                              "stop": [f"pwd > {marker}"]})
+    with pytest.raises(RolledBack) as info:
+        run(settings)
+    rid = info.value.message.split()[2]
+    assert info.value.exit_code == 1
+    assert f"first deploy failed: nothing to roll back to; {rid} stopped and removed on local" in info.value.message
+    assert marker.read_text().strip() == str(tmp_path / "app" / "releases" / rid)  # ran in the failed release
+    assert current(tmp_path) == "" and states(tmp_path) == {}
+    assert not (tmp_path / "app" / "releases" / rid).exists()
+    assert not (tmp_path / "app" / ".deploytest" / "lock").exists()
+
+
+def test_broken_first_deploy_without_a_stop_hook_needs_a_human(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, hooks={"build": ["echo 2.0 > VERSION"], "restart": ["touch started"]})
+    with pytest.raises(NeedsHuman) as info:
+        run(settings)
+    assert info.value.exit_code == NEEDS_HUMAN
+    rid = info.value.message.split()[3]
+    assert "nothing to roll back to, and no hooks.stop" in info.value.message
+    assert "(touch started)" in info.value.message and f"releases/{rid} may still run on local" in info.value.message
+    assert "add hooks.stop" in info.value.next_step and "fab status" in info.value.next_step
+    assert "-H" not in info.value.next_step  # a local run's hint carries no -H local
+    assert current(tmp_path) == "" and states(tmp_path) == {rid: "bad"}  # kept: it may still run from there
     assert not (tmp_path / "app" / ".deploytest" / "lock").exists()
 
 
@@ -149,7 +184,69 @@ def test_a_rollback_that_does_not_come_back_green_needs_a_human(tmp_path: Path) 
     error = info.value
     assert error.exit_code == NEEDS_HUMAN
     assert error.hosts == ["local"]
-    assert "green before the deploy, red now: data is there" in error.message
+    assert f"red with the suite recorded with {good}: data is there" in error.message
     assert "status" in error.next_step
     assert current(tmp_path) == good  # put back all the same, and the lock released
     assert not (tmp_path / "app" / ".deploytest" / "lock").exists()
+
+
+# -- verify steps of one's own, locks kept fresh -------------------------------------------------------
+
+
+def test_python_verify_functions_each_get_their_own_window_and_errors_are_red(tmp_path: Path) -> None:
+    from deploytest.config import VerifySettings
+    from deploytest.verifiers import python_verifier
+
+    first_call: Dict[str, float] = {}
+
+    def never(target: Any) -> None:
+        raise AssertionError("never green")
+
+    def slow_to_start(target: Any) -> None:
+        first_call.setdefault("t", time.monotonic())
+        assert time.monotonic() - first_call["t"] >= 0.5, "not yet"
+
+    def broken(target: Any) -> None:
+        raise ValueError("boom")
+
+    report = python_verifier(never, slow_to_start, broken)([LocalTarget()], VerifySettings(1.0, 0.1), [])
+    (host,) = report.hosts
+    assert host.error is None  # a broken verify step is red, not a lost host
+    verdicts = {r.name: (r.ok, r.verdict.observed) for r in host.results}
+    assert verdicts["never"] == (False, "never green")
+    assert verdicts["slow to start"] == (True, "passed")  # its window started when it did, not with "never"
+    assert verdicts["broken"] == (False, "raised ValueError: boom")
+
+
+def test_the_heartbeat_renews_the_runs_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploytest import flow
+
+    monkeypatch.setattr(flow, "HEARTBEAT_SECONDS", 0.2)
+    settings = settings_for(tmp_path)
+    out = io.StringIO()
+    rollout = Rollout(settings, [LocalTarget()], Console(out, out))
+    flow.preflight(rollout)
+    lock = tmp_path / "app" / ".deploytest" / "lock"
+    os.utime(lock, (time.time() - 3600, time.time() - 3600))
+    with flow.Heartbeat(rollout):
+        deadline = time.monotonic() + 10
+        while time.time() - lock.stat().st_mtime > 60 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert time.time() - lock.stat().st_mtime < 60
+    flow.release_locks(rollout, rollout.locked)
+    assert not lock.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_a_lock_that_cannot_be_released_is_exit_3_naming_the_host(tmp_path: Path) -> None:
+    state = tmp_path / "app" / ".deploytest"
+    # after the switch, the state directory turns read-only: finish cannot remove the lock
+    ro = f"mount --bind {state} {state} && mount -o remount,ro,bind {state}"
+    try:
+        with pytest.raises(NeedsHuman) as info:
+            run(settings_for(tmp_path, hooks={"restart": [ro]}))
+    finally:
+        subprocess.run(["umount", str(state)], check=False)
+    assert info.value.exit_code == NEEDS_HUMAN and info.value.hosts == ["local"]
+    assert "could not finish on local: its lock there is kept" in info.value.message
+    assert "fab unlock" in info.value.next_step and "-H" not in info.value.next_step

@@ -388,7 +388,7 @@ def test_lock_held_names_the_holder(tmp_path: Path, target: CountingTarget) -> N
         " If that deploy is dead: fab unlock"
     )
     assert release.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
-    info = release.force_unlock(target, settings, who="bob@desk")
+    info = release.force_unlock(target, settings, who="bob@desk", seen=release.inspect(target, settings).lock)
     assert info is not None and info.user == "alice"
     assert release.force_unlock(target, settings) is None
     last = Path(settings.state_dir, "log.jsonl").read_text().splitlines()[-1]

@@ -65,7 +65,7 @@ def test_rollout_on_three_hosts_uses_one_release_id(make_hosts: MakeHosts, tmp_p
         def roll(target: SSHTarget) -> str | None:
             release.acquire_lock(target, settings, owner)
             release.prepare(target, settings, rid, package, owner.who, build=True)
-            previous = release.switch_and_restart(target, settings, rid)
+            previous = release.switch_and_restart(target, settings, rid).previous
             event = {"event": "deploy", "release": rid, "outcome": "deployed"}
             release.finish(target, settings, owner, event)
             return previous

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import subprocess
 from datetime import datetime, timezone
@@ -195,3 +196,26 @@ def test_plan_gives_every_script_without_running() -> None:
     assert [s for s, _ in steps] == ["inspect", "lock", "prepare, build", "switch, restart", "finish"]
     for _, script in steps:
         subprocess.run(["sh", "-n", "-c", script], check=True)
+
+
+# -- locks that protect a live deploy, hints that work as printed ----------------------------------
+
+
+def test_a_lock_is_live_while_it_beats_and_stale_after() -> None:
+    from deploytest.lock import STALE_AFTER_SECONDS
+
+    far = LockInfo(user="alice", host="elsewhere.example", pid=42, started="2026-11-25T10:00:01Z", age=3)
+    assert far.staleness() is None and far.liveness() == "live, last heartbeat 3s ago"
+    old = dataclasses.replace(far, age=STALE_AFTER_SECONDS + 1)
+    assert old.staleness() == f"no heartbeat for {STALE_AFTER_SECONDS + 1}s"
+    assert dataclasses.replace(far, age=3 * 3600).liveness() == "stale: no heartbeat for 3h"
+
+
+def test_preflight_hints_carry_no_host_on_the_local_machine() -> None:
+    lock = LockInfo(user="alice", host="elsewhere.example", pid=42, started="2026-11-25T10:00:01Z", age=500)
+    state = release.HostState("local", "/srv/app", exists=True, writable=True, lock=lock, local=True)
+    problem = release.preflight_problem(state, 1) or ""
+    assert problem.endswith("check, then: fab unlock") and "-H" not in problem
+    remote = dataclasses.replace(state, host="web1", local=False, lock=dataclasses.replace(lock, age=2))
+    assert "another deploy is running" in (release.preflight_problem(remote, 1) or "")
+    assert (release.preflight_problem(remote, 1) or "").endswith("fab -H web1 unlock --force")
