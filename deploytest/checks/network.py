@@ -255,6 +255,8 @@ class Listener:
         return address == wanted
 
     def __str__(self) -> str:
+        if isinstance(self.address, ipaddress.IPv6Address) and self.address.ipv4_mapped is not None:
+            return f"::ffff:{self.address.ipv4_mapped}"
         if self.address == _ANY6 and self.v6only is not None:
             return ":: (IPv6 only)" if self.v6only else ":: (IPv6 and IPv4)"
         return str(self.address)
