@@ -88,10 +88,11 @@ def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyRep
     in_parallel(targets, log, limit=settings.rollout.parallel)
 
 
-def rollback(targets: Sequence[Target], settings: Settings, console: Console, to: Optional[str]) -> int:
+def rollback(run: Rollout, to: Optional[str]) -> int:
     """Re-activate the previous good release (or ``to``) on every host, restart, and verify it with the
-    suite recorded with that release (today's checks when it has none, and the output says so)."""
-    run = Rollout(settings, list(targets), console)
+    suite recorded with that release (today's checks when it has none, and the output says so).
+
+    ``run`` records what happened (``after``: the verification, ``outcome``) for the reports."""
     preflight(run, lock=False)
     picked = {name: release.rollback_target(state, to) for name, state in run.states.items()}  # or refuse
     take_locks(run)
@@ -122,6 +123,8 @@ def _roll_back_to(run: Rollout, picked: dict[str, str]) -> int:
         for suite, names in _by_suite(ok_hosts, suites).items():
             reports.append(_verify_with(run, names, suite, picked))
     report = VerifyReport([h for r in reports for h in r.hosts]) if reports else None
+    run.after = report
+    run.release_id = ", ".join(sorted(set(picked.values())))
     if report is not None:
         console.line(render(report, color=console.colour))
     red = {h.host for h in report.hosts if not h.ok} if report else set()
@@ -146,11 +149,14 @@ def _roll_back_to(run: Rollout, picked: dict[str, str]) -> int:
             console.host(target.name, "finish", result.describe(), "yellow")
     if run.failed or unfinished:
         hosts = sorted(set(run.failed) | set(unfinished))
+        run.outcome = "needs a human"
         raise NeedsHuman("rollback did not complete on " + ", ".join(hosts), hosts=hosts,
                          next_step=run.fab("status", hosts))
     if red:
+        run.outcome = "rolled back, red"
         console.error(f"deploytest: rolled back, but checks are red on {', '.join(sorted(red))}")
         return ChecksFailed.exit_code
+    run.outcome = "rolled back"
     where = ", ".join(sorted(set(picked.values())))
     console.line(console.paint(f"deploytest: rolled back: {len(picked)} host(s) live on {where}"
                                f"{', verified' if report is not None else ', not verified (no checks)'}",

@@ -166,8 +166,8 @@ def verify(targets: List[Target], settings: Settings, console: Console, json: Op
 @task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)"})
 @on_hosts()
 def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None) -> int:
-    """Re-activate the previous good release (or --to RELEASE), restart, verify."""
-    return oncall.rollback(targets, settings, console, to)
+    """Re-activate the previous good release (or --to RELEASE), restart, verify it with its own suite."""
+    return oncall.rollback(Rollout(settings, targets, console), to)
 
 
 @task(klass=CoordinatedTask)
