@@ -444,9 +444,14 @@ class GroupCheck(Check):
         return Verdict(True, "present", f"gid {fields[2]}")
 
 
-def _own_processes(root: str, parents: dict[str, str]) -> set[str]:
+_SSHD_CONNECTION = re.compile(r"^sshd(-session)?: \S+( \[priv\]| \[net\]|@)")
+
+
+def _own_processes(root: str, parents: dict[str, str], args: dict[str, str]) -> set[str]:
     """The check's own processes: its script and probes (descendants of ``root``), and the chain that
-    started the script (shell, sshd session or caller), up to the first process under init."""
+    runs the script: over SSH, the shell and the connection's own sshd processes (not the sshd that
+    listens); run locally, the callers up to, not including, the first process under init.
+    """
     ours = {root}
     for pid in parents:
         chain = [pid]
@@ -454,10 +459,16 @@ def _own_processes(root: str, parents: dict[str, str]) -> set[str]:
             chain.append(parents[chain[-1]])
         if chain[-1] in ours:
             ours.update(chain)
+    ancestors: list[str] = []
     pid = parents.get(root, "")
-    while pid in parents and parents[pid] not in ("0", "1") and pid != "1":
-        ours.add(pid)
+    while pid in parents and pid not in ("0", "1") and pid not in ancestors and len(ancestors) < 256:
+        ancestors.append(pid)
         pid = parents[pid]
+    connection = [i for i, pid in enumerate(ancestors) if _SSHD_CONNECTION.match(args.get(pid, ""))]
+    if connection:
+        ours.update(ancestors[: connection[-1] + 1])
+    else:
+        ours.update(pid for pid in ancestors if parents.get(pid) not in ("0", "1"))
     return ours
 
 
@@ -513,7 +524,7 @@ class ProcessCheck(Check):
             if len(parts) == 5 and parts[0].isdigit():
                 table.append((parts[0], parts[1], parts[2], parts[3], parts[4]))
         parents = {pid: ppid for pid, ppid, _, _, _ in table}
-        ours = _own_processes(root, parents)
+        ours = _own_processes(root, parents, {pid: args for pid, _, _, _, args in table})
         pattern = re.compile(str(self.params["pattern"]))
         user = self.params.get("user")
         found = [
