@@ -12,7 +12,7 @@ VENV=${VENV:-$REPO/.venv}
 PYTHON=${PYTHON:-python3}
 
 PACKAGES=(openssh-server openssh-client iproute2 supervisor postgresql postgresql-client sqlite3 curl git
-          sudo util-linux procps mount)
+          sudo util-linux procps mount passwd)
 # Debian's own python3 needs python3-venv for "python3 -m venv" (ensurepip); other Pythons have it.
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     PACKAGES+=(python3-venv)

@@ -98,6 +98,16 @@ def quoted(text: str, limit: int = 80) -> str:
     return '"' + snippet(text, limit).replace('"', '\\"') + '"'
 
 
+def key_values(text: str) -> dict[str, str]:
+    """``key=value`` lines into a mapping (first occurrence wins; other lines ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key.isidentifier() and key not in out:
+            out[key] = value
+    return out
+
+
 def as_list(value: object) -> list[Any]:
     """``value`` as a list: a list as it is, anything else as a list of one (``status: 200``)."""
     return list(value) if isinstance(value, list) else [value]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Union
 
 from ..errors import ConfigError
-from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, q, quoted, size_text, snippet
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, q, quoted, size_text, snippet
 from .schema import Field
 
 _PY_HTTP = r"""import ssl, sys, urllib.error, urllib.request
@@ -324,16 +324,6 @@ def listeners(text: str, port: int, proto: str) -> list[Listener]:
 
 def _unique(items: list[Listener]) -> list[Listener]:
     return sorted(set(items), key=items.index)
-
-
-def key_values(text: str) -> dict[str, str]:
-    """``key=value`` lines into a mapping (first occurrence wins)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key.isidentifier() and key not in out:
-            out[key] = value
-    return out
 
 
 class PortCheck(Check):

@@ -6,19 +6,9 @@ import re
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
-from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, q, quoted, size_text, snippet
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, q, quoted, size_text, snippet
 from .schema import Field
 from .versions import VersionError, parse_spec, satisfies
-
-
-def key_values(text: str) -> dict[str, str]:
-    """``key=value`` lines into a mapping (first occurrence wins; other lines ignored)."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key and key.isidentifier() and key not in out:
-            out[key] = value
-    return out
 
 
 class CommandCheck(Check):
