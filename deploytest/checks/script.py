@@ -68,9 +68,10 @@ _dt_emit() {
 # timeout(1) works. Stdout and stderr each go through a pipe to a cat(1) that may write $2 blocks
 # (cat writes what it reads at once, so stopping it loses nothing); past that the probe's writes fail
 # (SIGPIPE). The probe's exit status goes to $1.r. What the probe leaves running may hold its output
-# open: the capture stops reading a second after the probe itself ended.
+# open: a second after the probe itself ended, a cat still reading is stopped (found through its
+# shell's pid in $1.o.k / $1.e.k, which the shell removes when its cat is done).
 _CAPTURE = r"""
-_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; ulimit -f "$2" 2>/dev/null; exec cat >"$1"' dt-keep "$@"; }
+_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; ulimit -f "$2" 2>/dev/null; cat >"$1"; rm -f "$1.k"' dt-keep "$@"; }
 _dt_probe() {
   _dt_k=
   if [ -n "$7" ]; then (umask "$4"; exec timeout -k 2 "$6" /bin/sh -c "$3" "dt-$5") & _dt_p=$!
@@ -82,7 +83,7 @@ _dt_probe() {
   wait "$_dt_p"; echo "$?" >"$1.r"
   if [ -n "$_dt_k" ]; then kill "$_dt_k"; fi
   # Run, not forked: a forked shell would hold this shell's saved copies of the output pipes.
-  /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do read -r c <"$f" && kill "$c"; done' dt-stop "$1" \
+  /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do read -r c <"$f" && pkill -P "$c" -x cat; done' dt-stop "$1" \
     >/dev/null 2>&1 3>&- &
 }
 { { _dt_probe "$@" 2>&1 1>&3 3>&-; } | _dt_keep "$1.e" "$2" 3>&-; } 3>&1 | _dt_keep "$1.o" "$2"
