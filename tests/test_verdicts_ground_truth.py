@@ -1,10 +1,10 @@
 """Ground truth: every check kind against REAL facts set up on this machine (tests/verdict_facts.py).
 
 ``tests/data/verdicts/<kind>.json`` lists cases: ``check`` (config form; ``@name@`` is replaced by a
-fact's value), the right verdict ``ok`` and ``observed`` (a regular expression the verdict's observed
-value must match, so no case passes on ``ok`` alone). ``root: true`` marks cases whose facts need root
-(users, chown, dpkg -i, mount); they are skipped otherwise, and their ids start with ``root-`` so
-``-k "not root"`` selects the rest. ``issue`` names the cause of issue 15 the case reproduces;
+fact's value, ``"#name#"`` by the fact as a number), the right verdict ``ok`` and ``observed`` (a
+regular expression the verdict's observed value must match, so no case passes on ``ok`` alone).
+``root: true`` marks cases whose facts need root (users, chown, dpkg -i, mount); they are skipped
+otherwise, and their ids start with ``root-`` so ``-k "not root"`` selects the rest. ``issue`` names the cause of issue 15 the case reproduces;
 ``from_child`` runs the check from a child Python whose command line holds the pattern. ``bounded``
 marks the few cases whose fact holds but lies past ``max_output``: there the right verdict is red
 with "more than N" or "cut at N" said, never a guess.
@@ -53,13 +53,14 @@ def facts() -> Iterator[dict[str, str]]:
 
 
 def _fill(value: Any, facts: dict[str, str], escape: bool = False) -> Any:
-    """``value`` with every ``@name@`` replaced by that fact (regex-escaped with ``escape``)."""
+    """``value`` with each ``"#name#"`` replaced by that fact as a number and each ``@name@`` inside
+    a string by the fact's text (regex-escaped with ``escape``)."""
     text = json.dumps(value)
-    for name in set(re.findall(r"@(\w+)@", text)):
+    for name in set(re.findall(r"[@#](\w+)[@#]", text)):
         if name not in facts:
             pytest.fail(f"no fact named {name}")
-        if name.startswith("p_") and not escape:  # "port": "@p_v4_lo@" is a number
-            text = text.replace(f'"@{name}@"', facts[name])
+        if f'"#{name}#"' in text:
+            text = text.replace(f'"#{name}#"', str(int(facts[name])))
         fact = re.escape(facts[name]) if escape else facts[name]
         text = text.replace(f"@{name}@", json.dumps(fact)[1:-1])
     return json.loads(text)

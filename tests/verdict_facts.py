@@ -141,25 +141,42 @@ class Facts:
         )
 
     def root_files(self) -> None:
-        t = self.root
+        t, v = self.root, self.values
         (t / "orphan").write_text("owned by a uid with no passwd entry\n")
-        os.chown(t / "orphan", 4242, 4243)
+        os.chown(t / "orphan", int(v["orphan_uid"]), int(v["orphan_gid"]))
         (t / "dangling-owned").symlink_to(t / "nowhere")
-        os.lchown(t / "dangling-owned", 5001, 5002)
-        (t / "numeric-owned").write_text("owned by the user named 4321\n")
-        os.chown(t / "numeric-owned", 5005, 5003)
+        os.lchown(t / "dangling-owned", int(v["uid_u"]), int(v["gid_g"]))
+        (t / "numeric-owned").write_text("owned by the user whose name is a number\n")
+        os.chown(t / "numeric-owned", int(v["uid_num"]), int(v["gid_num"]))
 
     # --- users and groups (root) -------------------------------------------------------------------
     def accounts(self) -> None:
-        self.run("groupadd", "-g", "5002", f"{MARK}g")
-        self.cleanups.append(lambda: self.run("groupdel", f"{MARK}g"))
-        self.run("groupadd", "-g", "5003", "7777")
-        self.cleanups.append(lambda: self.run("groupdel", "7777"))
-        self.run("useradd", "-M", "-u", "5001", "-g", "5002", "-s", "/bin/sh", "-d", "/nonexistent", f"{MARK}u")
-        self.cleanups.append(lambda: self.run("userdel", f"{MARK}u"))
-        self.run("useradd", "-M", "-u", "5005", "-g", "5003", "-G", f"{MARK}g", "-s", "/bin/false", "4321")
-        self.cleanups.append(lambda: self.run("userdel", "4321"))
-        self.run("gpasswd", "-a", f"{MARK}u", "7777")
+        """A user and a group, and a user and a group named by digits that are not their ids.
+
+        Ids and numeric names are free ones picked per run (from the pid), so runs side by side and
+        leftovers of a killed run do not collide.
+        """
+        base = 50000 + (os.getpid() % 1000) * 10
+        ids = [str(n) for n in range(base, base + 10)]
+        taken = [n for n in ids if _has_entry("passwd", n) or _has_entry("group", n)]
+        if taken:
+            raise RuntimeError(f"verdict facts: ids {', '.join(taken)} are in use; run again")
+        v = self.values
+        v.update(
+            u=f"{MARK}u", g=f"{MARK}g", uid_u=ids[0], gid_g=ids[1], uid_num=ids[2], gid_num=ids[3],
+            numuser=ids[4], numgroup=ids[5], orphan_uid=ids[6], orphan_gid=ids[7], free_id=ids[8],
+        )
+        self.run("groupadd", "-g", v["gid_g"], v["g"])
+        self.cleanups.append(lambda: self.run("groupdel", v["g"]))
+        self.run("groupadd", "-g", v["gid_num"], v["numgroup"])
+        self.cleanups.append(lambda: self.run("groupdel", v["numgroup"]))
+        self.run("useradd", "-M", "-u", v["uid_u"], "-g", v["gid_g"], "-s", "/bin/sh", "-d", "/nonexistent", v["u"])
+        self.cleanups.append(lambda: self.run("userdel", v["u"]))
+        self.run(
+            "useradd", "-M", "-u", v["uid_num"], "-g", v["gid_num"], "-G", v["g"], "-s", "/bin/false", v["numuser"]
+        )
+        self.cleanups.append(lambda: self.run("userdel", v["numuser"]))
+        self.run("gpasswd", "-a", v["u"], v["numgroup"])
 
     # --- listeners ---------------------------------------------------------------------------------
     def listen(self, name: str, family: int, address: str, *, v6only: bool | None = None, udp: bool = False) -> None:
@@ -233,10 +250,21 @@ class Facts:
                 f"Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: corpus <c@example.org>\n"
                 "Description: deploytest verdict corpus\n"
             )
-            deb = self.root / "debs" / f"{name}.deb"
-            self.run("dpkg-deb", "--root-owner-group", "-b", str(build), str(deb))
-            self.run("dpkg", "-i", str(deb))
-            self.cleanups.append(lambda name=name: self.run("dpkg", "-P", name))  # type: ignore[misc]
+            self.run("dpkg-deb", "--root-owner-group", "-b", str(build), str(build) + ".deb")
+        debs = [str(self.root / "debs" / f"{name}.deb") for name in DEBS]
+        self.dpkg("-i", *debs)
+        self.cleanups.append(lambda: self.dpkg("-P", *DEBS))
+
+    def dpkg(self, *args: str) -> None:
+        """dpkg, waiting while another dpkg holds its lock (two test runs side by side)."""
+        deadline = time.monotonic() + 120
+        while True:
+            done = subprocess.run(["dpkg", *args], capture_output=True, text=True, timeout=120)
+            if done.returncode == 0:
+                return
+            if "lock" not in done.stderr or time.monotonic() > deadline:
+                raise RuntimeError(f"dpkg {' '.join(args[:1])} failed: {done.stderr.strip()[-300:]}")
+            time.sleep(0.2)
 
     def wheels(self) -> None:
         venv = self.root / "venv"
@@ -307,6 +335,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _has_entry(database: str, key: str) -> bool:
+    """Whether ``getent database key`` finds anything (a name, or an id for digits)."""
+    return subprocess.run(["getent", database, key], capture_output=True).returncode == 0
 
 
 def _state(pid: str) -> str:
