@@ -4,10 +4,10 @@
 fact's value, ``"#name#"`` by the fact as a number), the right verdict ``ok`` and ``observed`` (a
 regular expression the verdict's observed value must match, so no case passes on ``ok`` alone).
 ``root: true`` marks cases whose facts need root (users, chown, dpkg -i, mount); they are skipped
-otherwise, and their ids start with ``root-`` so ``-k "not root"`` selects the rest. ``issue`` names the cause of issue 15 the case reproduces;
-``from_child`` runs the check from a child Python whose command line holds the pattern. ``bounded``
-marks the few cases whose fact holds but lies past ``max_output``: there the right verdict is red
-with "more than N" or "cut at N" said, never a guess.
+otherwise, and their ids start with ``root-`` so ``-k "not root"`` selects the rest. ``issue`` names
+the cause of issue 15 the case reproduces; ``from_child`` runs the check from a child Python whose
+command line holds the pattern. ``bounded`` marks the few cases whose fact holds but lies past
+``max_output``: there the right verdict is red with "more than N" or "cut at N" said, never a guess.
 """
 
 from __future__ import annotations
