@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import testbed  # noqa: E402
+from reports_check import _deploytest_reports_are_valid  # noqa: E402,F401 - every report a test writes is checked
 
 # ==================================================================================================
 # SSH test bed fixtures (tests/testbed.py): real OpenSSH servers to deploy to.

@@ -442,7 +442,7 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     )
     document = json.loads((tmp_path / "out" / "verify.json").read_text())
     assert document["release"] == "20240101T000000Z" and document["ok"] is True
-    assert document["transitions"][0]["change"] == "red -> green"
+    assert document["hosts"][0]["checks"][0]["change"] == "red -> green"
     assert document["hosts"][0]["checks"][0]["observed"] == "200"
 
     rpt.write_junit(str(tmp_path / "verify.xml"), baseline, extra={"release": "r1"})
