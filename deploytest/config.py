@@ -67,6 +67,7 @@ class Settings:
     min_free_mb: int = 1
     step_timeout: float = 900.0
     base_dir: str = "."
+    label: str | None = None  # this run's release label (--label), instead of the source's content hash
 
     @property
     def releases_dir(self) -> str:
@@ -212,12 +213,16 @@ def _batches(value: object) -> tuple[Union[int, str], ...]:
     return tuple(out)
 
 
-def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bool = False) -> Settings:
+def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bool = False,
+         source: str | None = None, label: str | None = None) -> Settings:
     """Validate the ``deploytest`` config mapping and return :class:`Settings`.
 
     :param data: the ``deploytest`` key of Fabric's config (a mapping).
     :param base_dir: the directory relative ``source`` paths are resolved against.
     :param need_source: refuse a config without ``source`` (deploy needs one; verify does not).
+    :param source: this run's source (``--source``: a directory or .tar.gz), validated as
+        ``deploytest.source`` is, instead of the configured one.
+    :param label: this run's release label (``--label``): one line of printable text.
     :raises ConfigError: with one line naming the bad key and what was expected.
     """
     from .checks import parse_checks  # the check catalog owns its own schema
@@ -236,8 +241,16 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     app = _string(data, "app", "", default="app") or "app"
     if not _NAME.match(app):
         raise _fail("app", "a name of letters, digits, '.', '_' or '-'", app)
-    source = _source(data.get("source"))
-    if need_source and source is None:
+    configured = _source(data.get("source"))
+    if source is not None:
+        if not source.strip() or "\x00" in source or "\n" in source:
+            raise ConfigError(f"--source: expected a local directory or a .tar.gz file, got {source!r}."
+                              " Nothing was changed.")
+        configured = source
+    if label is not None and not re.fullmatch(r"[^\x00-\x1f\x7f]{1,100}", label):
+        raise ConfigError(f"--label: expected one line of up to 100 printable characters, got {label[:120]!r}."
+                          " Nothing was changed.")
+    if need_source and configured is None:
         raise ConfigError("config deploytest.source: missing (required to deploy). Nothing was changed.")
     shared = tuple(clean_relative_path(p, "shared") for p in _string_list(data, "shared", ""))
 
@@ -272,7 +285,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     return Settings(
         deploy_to=_deploy_to(deploy_to),
         app=app,
-        source=source,
+        source=configured,
         keep_releases=int(_number(data, "keep_releases", "", 5, minimum=1, integer=True)),
         shared=shared,
         build_hooks=_string_list(hooks, "build", "hooks."),
@@ -287,6 +300,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         min_free_mb=int(_number(data, "min_free_mb", "", 1, integer=True)),
         step_timeout=float(_number(data, "step_timeout", "", 900.0, minimum=1)),
         base_dir=base_dir,
+        label=label,
     )
 
 

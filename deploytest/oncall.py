@@ -315,18 +315,68 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     return OK
 
 
-def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path: Optional[str]) -> None:
-    """The red-green report of a run: JSON and JUnit, with the baseline beside the result; the run's
-    own hosts and seconds at the top, the checks' per-host results under ``result``."""
-    after = run.after or run.rollback_report
-    if after is None:
-        after = VerifyReport(hosts=[])
-    extra = {"task": task, "release": run.release_id, "outcome": run.outcome, "hosts": run.names,
-             "failed": run.failed, "seconds": round(time.monotonic() - run.started, 1)}
+def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path: Optional[str],
+                  error: Optional[BaseException] = None) -> None:
+    """The reports of a rollout (deploy, deploy-and-verify, rollback), whatever its end: JSON (the
+    versioned schema of :mod:`deploytest.report`) and JUnit, with per host what was live before and
+    after and per check its transition; ``error`` is what ended the run (None: it succeeded)."""
+    from datetime import datetime, timedelta, timezone
+
+    from .errors import DeploytestError, exit_code_for
+    from .report import OUTCOME_FOR_CODE, HostFacts, RunReport, write_document, write_run_junit
+
+    if not json_path and not junit_path:
+        return
+    code = exit_code_for(error) if error is not None else OK
+    message = (error.message if isinstance(error, DeploytestError) else
+               "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
+               f"internal error: {type(error).__name__}: {error}" if error is not None else None)
+    blamed = set(getattr(error, "hosts", None) or [])
+    after_ids = {run.release_id} if run.release_id and "," not in run.release_id else set()
+
+    def end_of(name: str, before: Optional[str]) -> tuple[str, Optional[str], str]:
+        """``(status, live after, why)`` of one host at the end of the run."""
+        if code == Refused.exit_code:
+            return ("refused" if name in run.failed or name in blamed else "unchanged"), before, ""
+        if name in run.lost or (code == NeedsHuman.exit_code and name in blamed) or code not in (0, 1, 3):
+            return "unknown", None, "its state is unknown: see fab status"
+        if task == "rollback":
+            if name in run.failed:
+                return "failed", None, ""
+            checked = run.after.host(name) if run.after is not None else None
+            return ("red" if checked is not None and not checked.ok else "rolled back"), \
+                next(iter(after_ids), None), ""
+        if code == OK:
+            if name in run.tolerated:
+                return "set aside", before, "within rollout.max_fail"
+            return run.outcome, run.release_id, ""
+        if name not in run.switched:
+            return "unchanged", before, ""
+        if run.switched[name]:
+            return "rolled back", run.switched[name], ""
+        return ("stopped" if name in run.stopped else "removed"), None, "first deploy failed: nothing to go back to"
+
+    hosts = []
+    for name in run.names:
+        state = run.states.get(name)
+        before = state.live if state is not None else None
+        status, after, why = end_of(name, before)
+        hosts.append(HostFacts(name, status, before, after, run.failed.get(name, why)))
+    seconds = round(time.monotonic() - run.started, 1)
+    started = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    package = run.package
+    facts = RunReport(
+        task=task, outcome=run.outcome if run.outcome != "pending" else OUTCOME_FOR_CODE.get(code, "failed"),
+        exit_code=code, hosts=hosts, result=run.after, baseline=run.baseline, rollback=run.rollback_report,
+        release=run.release_id or None, label=package.label if package is not None else None,
+        source=package.origin if package is not None else None,
+        error=message, next_step=getattr(error, "next_step", "") or "",
+        started=started.isoformat(timespec="seconds"), seconds=seconds,
+    )
     if json_path:
-        write_json(json_path, after, baseline=run.baseline, extra=extra)
+        write_document(json_path, facts)
     if junit_path:
-        write_junit(junit_path, after, baseline=run.baseline, extra=extra, name=f"deploytest {task}")
+        write_run_junit(junit_path, facts)
 
 
 def print_transitions(run: Rollout) -> None:

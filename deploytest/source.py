@@ -7,6 +7,7 @@ streamed to each host in one session, whatever the number of files.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -64,11 +65,17 @@ class Package:
 
 
 def pack_source(settings: Settings) -> Package:
-    """Pack ``settings.source``; pure local work, no host.
+    """Pack ``settings.source``; pure local work, no host. Its label is ``settings.label`` when given
+    (``--label``), else the content hash (or the git ref).
 
     :raises ConfigError: no source configured, or it does not exist, cannot be read or holds a file name
         that is not UTF-8.
     """
+    package = _pack(settings)
+    return dataclasses.replace(package, label=settings.label) if settings.label else package
+
+
+def _pack(settings: Settings) -> Package:
     source = settings.source
     if source is None:
         raise ConfigError("config deploytest.source: missing (required to deploy). Nothing was changed.")

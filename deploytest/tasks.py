@@ -13,7 +13,7 @@ import functools
 import inspect
 import os
 import traceback
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 from fabric import Connection
 from invoke.context import Context
@@ -24,11 +24,12 @@ from . import config as config_module
 from . import oncall
 from .config import Settings
 from .console import Console
-from .errors import DeploytestError, UsageError, exit_code_for
+from .errors import DeploytestError, Refused, UsageError, exit_code_for
 from .executor import CoordinatedTask, HostsContext, split_refusal
 from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, Target, targets_for
+from .report import RunReport, refused_run, write_document, write_run_junit
 
 
 def targets_of(c: Context, settings: Settings, task_name: str = "this task") -> List[Target]:
@@ -52,11 +53,19 @@ def _targets(c: Context, settings: Settings, task_name: str) -> List[Target]:
     return [LocalTarget()]
 
 
-def settings_of(c: Context, *, need_source: bool = False) -> Settings:
-    """The validated ``deploytest`` config of this run."""
+def settings_of(c: Context, *, need_source: bool = False, source: Optional[str] = None,
+                label: Optional[str] = None) -> Settings:
+    """The validated ``deploytest`` config of this run.
+
+    :param source: ``--source``: this run's directory or .tar.gz (relative to the current directory),
+        instead of ``deploytest.source``.
+    :param label: ``--label``: this run's release label, shown in ``releases`` and the reports.
+    """
     base_dir = getattr(c.config, "_project_prefix", None) or os.getcwd()
+    if source:
+        source = os.path.abspath(os.path.expanduser(source))
     return config_module.load(c.config.get("deploytest"), base_dir=os.path.abspath(base_dir),
-                              need_source=need_source)
+                              need_source=need_source, source=source, label=label)
 
 
 Body = Callable[..., Optional[int]]
@@ -66,7 +75,8 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
     """Give a task body ``(targets, settings, console, **options)`` and make it safe to run.
 
     Config is validated before any host is touched; connections are closed at the end; deploytest's
-    errors become one message and the contract's exit code, never a bare traceback.
+    errors become one message and the contract's exit code, never a bare traceback. A task with
+    ``--json``/``--junit`` refused before its body ran (configuration, usage) still writes them.
     """
 
     def decorate(body: Body) -> Callable[..., None]:
@@ -74,9 +84,16 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
         def task_body(c: Context, **options: Any) -> None:
             console = Console()
             targets: List[Target] = []
+            name = body.__name__.replace("_", "-")
             try:
-                settings = settings_of(c, need_source=need_source)
-                targets = targets_of(c, settings, body.__name__.replace("_", "-"))
+                try:
+                    settings = settings_of(c, need_source=need_source, source=options.get("source"),
+                                           label=options.get("label"))
+                    targets = targets_of(c, settings, name)
+                except DeploytestError as error:
+                    hosts = [t.name for t in targets] or list(getattr(c, "hosts", None) or [])
+                    write_refusal(name, options.get("json"), options.get("junit"), error, hosts, console)
+                    raise
                 code = body(targets, settings, console, **options) or 0
             except DeploytestError as error:
                 console.error(f"deploytest: {error.render()}")
@@ -117,42 +134,98 @@ def _task_signature(body: Body) -> Callable[..., Any]:
     return shape
 
 
+def write_refusal(task: str, json_path: Optional[str], junit_path: Optional[str], error: BaseException,
+                  hosts: Sequence[str], console: Console) -> None:
+    """The reports of a task that stopped before it changed anything: what was refused, and where."""
+    if not json_path and not junit_path:
+        return
+    message = error.message if isinstance(error, DeploytestError) else f"{type(error).__name__}: {error}"
+    facts = refused_run(task, message, hosts, refused=getattr(error, "hosts", ()),
+                        next_step=getattr(error, "next_step", ""), exit_code=exit_code_for(error))
+    _write(console, json_path, junit_path, facts)
+
+
+def _write(console: Console, json_path: Optional[str], junit_path: Optional[str], facts: RunReport) -> None:
+    for path, write in ((json_path, write_document), (junit_path, write_run_junit)):
+        if path:
+            try:
+                write(path, facts)
+            except OSError as error:
+                console.error(f"deploytest: could not write the report {path}: {error.strerror or error}")
+
+
+def reported(run: Rollout, task: str, json_path: Optional[str], junit_path: Optional[str],
+             action: Callable[[], int]) -> int:
+    """Run ``action`` and write the run's reports whatever its end: exit 0, 1, 2, 3, Ctrl-C or a bug."""
+    error: Optional[BaseException] = None
+    try:
+        return action()
+    except BaseException as caught:
+        error = caught
+        raise
+    finally:
+        try:
+            oncall.write_reports(run, task, json_path, junit_path, error)
+        except OSError as problem:
+            run.console.error(f"deploytest: could not write the reports: {problem}")
+
+
 _REPORTS = {
-    "json": "write a JSON report (baseline, result, transitions) to this path",
-    "junit": "write a JUnit XML report (one testsuite per host) to this path",
+    "json": "write the JSON report (deploytest/schemas/report.schema.json) to this path, whatever the outcome",
+    "junit": "write a JUnit XML report (one testsuite per host) to this path, whatever the outcome",
+}
+_SOURCE = {
+    "source": "deploy this directory or .tar.gz instead of deploytest.source (e.g. the build's artifact)",
+    "label": "the release's label (e.g. v1.2, a commit): shown in releases and the reports",
 }
 _DRY_RUN = {"dry-run": "print what would be done on each host, and change nothing"}
 
 
-@task(klass=CoordinatedTask, name="deploy-and-verify", help={**_DRY_RUN, **_REPORTS})
+def _nothing_to_verify() -> UsageError:
+    return UsageError("config deploytest.checks: nothing to verify (no checks configured), so a green"
+                      " deploy-and-verify would mean nothing. Add checks, or use fab deploy for an unverified"
+                      " deploy. Nothing was changed.")
+
+
+@task(klass=CoordinatedTask, name="deploy-and-verify", help={**_DRY_RUN, **_REPORTS, **_SOURCE})
 @on_hosts(need_source=True)
 def deploy_and_verify(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False,
-                      json: Optional[str] = None, junit: Optional[str] = None) -> int:
+                      json: Optional[str] = None, junit: Optional[str] = None, source: Optional[str] = None,
+                      label: Optional[str] = None) -> int:
     """Deploy a new release, verify it, and roll back on every touched host if it stays red."""
     run = Rollout(settings, targets, console)
-    if not run.verifies:
-        raise UsageError("config deploytest.checks: nothing to verify (no checks configured), so a green"
-                         " deploy-and-verify would mean nothing. Add checks, or use fab deploy for an unverified"
-                         " deploy. Nothing was changed.")
     if dry_run:
+        if not run.verifies:
+            raise _nothing_to_verify()
         return oncall.dry_run(targets, settings, console, verify=True)
-    try:
-        run_flow(run, verify=True)
-    finally:
-        oncall.write_reports(run, "deploy-and-verify", json, junit)
-        oncall.print_transitions(run)
-    return oncall.summarise(run)
+
+    def flow() -> int:
+        if not run.verifies:
+            raise _nothing_to_verify()
+        try:
+            run_flow(run, verify=True)
+        finally:
+            oncall.print_transitions(run)
+        return oncall.summarise(run)
+
+    return reported(run, "deploy-and-verify", json, junit, flow)
 
 
-@task(klass=CoordinatedTask, help=_DRY_RUN)
+@task(klass=CoordinatedTask, help={**_DRY_RUN, **_REPORTS, **_SOURCE})
 @on_hosts(need_source=True)
-def deploy(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False) -> int:
+def deploy(targets: List[Target], settings: Settings, console: Console, dry_run: bool = False,
+           json: Optional[str] = None, junit: Optional[str] = None, source: Optional[str] = None,
+           label: Optional[str] = None) -> int:
     """Prepare and switch to a new release on every host (no verification)."""
     if dry_run:
         return oncall.dry_run(targets, settings, console, verify=False)
     run = Rollout(settings, targets, console)
-    run_flow(run, verify=False)
-    return oncall.summarise(run)
+
+    def flow() -> int:
+        run_flow(run, verify=False)
+        return oncall.summarise(run)
+
+    return reported(run, "deploy", json, junit, flow)
 
 
 @task(klass=CoordinatedTask, help=_REPORTS)
@@ -160,14 +233,21 @@ def deploy(targets: List[Target], settings: Settings, console: Console, dry_run:
 def verify(targets: List[Target], settings: Settings, console: Console, json: Optional[str] = None,
            junit: Optional[str] = None) -> int:
     """Run the configured checks now; report red/green per host and check (exit 1 if any red)."""
-    return oncall.verify(targets, settings, console, json, junit)
+    try:
+        return oncall.verify(targets, settings, console, json, junit)
+    except Refused as error:  # refused before any check ran: the reports say what and where
+        write_refusal("verify", json, junit, error, [t.name for t in targets], console)
+        raise
 
 
-@task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)"})
+@task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)",
+                                    **_REPORTS})
 @on_hosts()
-def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None) -> int:
+def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None,
+             json: Optional[str] = None, junit: Optional[str] = None) -> int:
     """Re-activate the previous good release (or --to RELEASE), restart, verify it with its own suite."""
-    return oncall.rollback(Rollout(settings, targets, console), to)
+    run = Rollout(settings, targets, console)
+    return reported(run, "rollback", json, junit, lambda: oncall.rollback(run, to))
 
 
 @task(klass=CoordinatedTask)
