@@ -12,7 +12,12 @@ VENV=${VENV:-$REPO/.venv}
 PYTHON=${PYTHON:-python3}
 
 PACKAGES=(openssh-server openssh-client iproute2 supervisor postgresql postgresql-client sqlite3 curl git
-          sudo util-linux procps mount passwd)
+          sudo util-linux procps mount passwd rsync)
+# The GitLab pipeline test runs gitlab-ci-local (npm; it needs git and rsync, and Node >= 18).
+GITLAB_CI_LOCAL_VERSION=4.56.0
+if ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+fi
 # Debian's own python3 needs python3-venv for "python3 -m venv" (ensurepip); other Pythons have it.
 if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     PACKAGES+=(python3-venv)
@@ -41,6 +46,16 @@ if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; 
     fi
 else
     log "no apt-get: make sure these are installed: ${PACKAGES[*]}"
+fi
+
+if [ "$(gitlab-ci-local --version 2>/dev/null)" != "$GITLAB_CI_LOCAL_VERSION" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        log "missing gitlab-ci-local $GITLAB_CI_LOCAL_VERSION (run as root, or:" \
+            "sudo npm install -g gitlab-ci-local@$GITLAB_CI_LOCAL_VERSION)"
+        exit 2
+    fi
+    log "installing gitlab-ci-local $GITLAB_CI_LOCAL_VERSION (npm)"
+    npm install -g --silent --no-audit --no-fund "gitlab-ci-local@$GITLAB_CI_LOCAL_VERSION" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
