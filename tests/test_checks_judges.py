@@ -1,7 +1,7 @@
 """Data-driven tests of the check judges and of config validation: one JSON file per case.
 
 ``tests/data/judges/<kind>/<case>.json`` holds ``check`` (its config form), ``output`` (what the
-probe gave back: exit, stdout or stdout_b64, stderr, timed_out, truncated) and ``verdict`` (ok and,
+probe gave back: exit, stdout or stdout_b64, stderr, timed_out, truncated, stopped) and ``verdict`` (ok and,
 optionally, the exact expected / observed / detail, or detail_contains). ``probe_contains`` /
 ``probe_excludes`` pin parts of the probe text; ``probe_safe`` runs the probe for real with values
 full of shell syntax and asserts nothing they spell was executed.
@@ -39,6 +39,7 @@ def _output(spec: dict[str, Any]) -> ProbeOutput:
         stdout=stdout,
         stderr=spec.get("stderr", "").encode(),
         timed_out=spec.get("timed_out", False),
+        stopped=spec.get("stopped", False),
         truncated=spec.get("truncated", False),
         seconds_limit=spec.get("seconds_limit", 0.0),
     )

@@ -176,9 +176,8 @@ class Check(ABC):
             )
         if output.stopped:
             limit = size_text(self.capture_bytes())
-            return Verdict(
-                False, self.expectation(), f"more than {limit} of output (probe stopped; raise max_output)"
-            )
+            hint = "; raise max_output" if "max_output" in self.fields else ""
+            return Verdict(False, self.expectation(), f"more than {limit} of output (probe stopped{hint})")
         if output.exit_code < 0:
             return Verdict(
                 False,
