@@ -83,8 +83,8 @@ _dt_probe() {
   wait "$_dt_p"; echo "$?" >"$1.r"
   if [ -n "$_dt_k" ]; then kill "$_dt_k"; fi
   # Run, not forked: a forked shell would hold this shell's saved copies of the output pipes.
-  /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do read -r c <"$f" && pkill -P "$c" -x cat; done' dt-stop "$1" \
-    >/dev/null 2>&1 3>&- &
+  /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do
+    read -r c <"$f" && { pkill -P "$c" -x cat || kill "$c"; }; done' dt-stop "$1" >/dev/null 2>&1 3>&- &
 }
 { { _dt_probe "$@" 2>&1 1>&3 3>&-; } | _dt_keep "$1.e" "$2" 3>&-; } 3>&1 | _dt_keep "$1.o" "$2"
 """
