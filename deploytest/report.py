@@ -7,6 +7,7 @@ report was made. Colour is used only on a terminal and only when ``NO_COLOR`` is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -125,17 +126,28 @@ def _state(ok: bool | None) -> str:
     return "unknown" if ok is None else ("green" if ok else "red")
 
 
+def _by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
+    """Results by check name; the first of a name, as :meth:`HostReport.result` finds it."""
+    out: dict[str, CheckResult] = {}
+    for result in results:
+        out.setdefault(result.name, result)
+    return out
+
+
 def transitions(baseline: VerifyReport | None, after: VerifyReport) -> list[Transition]:
     """Per host and check of ``after``, what changed since ``baseline``."""
     out: list[Transition] = []
+    before_hosts = {h.host: h for h in baseline.hosts} if baseline is not None else {}
     for host in after.hosts:
-        before_host = baseline.host(host.host) if baseline is not None else None
-        names = [r.name for r in host.results]
+        before_host = before_hosts.get(host.host)
+        now_by = _by_name(host.results)
+        was_by = _by_name(before_host.results) if before_host is not None and before_host.error is None else {}
+        names = list(now_by)
         if before_host is not None:
-            names += [r.name for r in before_host.results if r.name not in names]
+            names += [name for name in _by_name(before_host.results) if name not in now_by]
         for name in names:
-            now = host.result(name)
-            was = before_host.result(name) if before_host is not None and before_host.error is None else None
+            now = now_by.get(name)
+            was = was_by.get(name)
             out.append(
                 Transition(
                     host=host.host,
@@ -247,17 +259,28 @@ class RunReport:
 
     def host(self, name: str) -> HostFacts | None:
         """The facts of host ``name``, if it was part of the run."""
-        return next((h for h in self.hosts if h.host == name), None)
+        return self._index["facts"].get(name)
+
+    def checked(self, name: str, which: str = "result") -> HostReport | None:
+        """Host ``name``'s report in the ``result``, ``baseline`` or ``rollback`` verification."""
+        return self._index[which].get(name)
+
+    @functools.cached_property
+    def _index(self) -> dict[str, dict[str, Any]]:
+        # by host name, once: a 10,000-host run is looked up host by host
+        index: dict[str, dict[str, Any]] = {"facts": {h.host: h for h in self.hosts}}
+        for which in ("result", "baseline", "rollback"):
+            report: VerifyReport | None = getattr(self, which)
+            index[which] = {h.host: h for h in report.hosts} if report is not None else {}
+        return index
 
     @property
     def names(self) -> list[str]:
         """Every host of the run: those given, then any only a verification names."""
-        names = [h.host for h in self.hosts]
+        names = {h.host: None for h in self.hosts}
         for report in (self.result, self.baseline, self.rollback):
-            for host in report.hosts if report is not None else []:
-                if host.host not in names:
-                    names.append(host.host)
-        return names
+            names.update({h.host: None for h in report.hosts} if report is not None else {})
+        return list(names)
 
 
 def report_schema() -> dict[str, Any]:
@@ -324,10 +347,11 @@ def _check_entry(host: str, result: CheckResult, change: Transition | None, chec
     return entry
 
 
-def _host_checks(run: RunReport, name: str) -> tuple[list[dict[str, Any]], str | None]:
+def _host_checks(run: RunReport, name: str,
+                 changes: Mapping[tuple[str, str], Transition]) -> tuple[list[dict[str, Any]], str | None]:
     """The host's checks with their transitions, and the error that kept it from being checked."""
-    after = run.result.host(name) if run.result is not None else None
-    before = run.baseline.host(name) if run.baseline is not None else None
+    after = run.checked(name)
+    before = run.checked(name, "baseline")
     if after is None:
         # never verified in this run: the baseline alone, nothing known after
         entries = []
@@ -339,13 +363,18 @@ def _host_checks(run: RunReport, name: str) -> tuple[list[dict[str, Any]], str |
                 "observed_before": result.verdict.observed, "detail": "", "attempts": 0, "seconds": 0.0,
             })
         return entries, None
-    changes = {t.check: t for t in transitions(run.baseline, VerifyReport([after]))} \
-        if run.baseline is not None else {}
-    entries = [_check_entry(name, r, changes.get(r.name), after.error is None) for r in after.results]
+    entries = [_check_entry(name, r, changes.get((name, r.name)), after.error is None) for r in after.results]
     return entries, after.error
 
 
 _NOT_OK = {"unknown", "unreachable", "refused", "red", "failed", "stopped", "removed"}
+
+
+def _changes(run: RunReport) -> dict[tuple[str, str], Transition]:
+    """Each ``(host, check)`` of the result, against the baseline (none without a baseline)."""
+    if run.baseline is None or run.result is None:
+        return {}
+    return {(t.host, t.check): t for t in transitions(run.baseline, run.result)}
 
 
 def to_document(run: RunReport) -> dict[str, Any]:
@@ -353,10 +382,11 @@ def to_document(run: RunReport) -> dict[str, Any]:
     counts = {"hosts": 0, "checks": 0, "green": 0, "red": 0, "unreachable": 0, "turned_green": 0,
               "regressions": 0}
     hosts = []
+    changes = _changes(run)
     for name in run.names:
         facts = run.host(name) or HostFacts(name, "checked")
-        checks, error = _host_checks(run, name)
-        rolled = run.rollback.host(name) if run.rollback is not None else None
+        checks, error = _host_checks(run, name, changes)
+        rolled = run.checked(name, "rollback")
         ok = facts.status not in _NOT_OK and error is None and all(c["ok"] is not False for c in checks)
         counts["hosts"] += 1
         counts["unreachable"] += 1 if error else 0
@@ -566,7 +596,7 @@ _HOST_BAD = {"rolled back": "failure", "stopped": "failure", "removed": "failure
 
 
 def _detailed(suite: _Suite, run: RunReport, host: str, changes: Mapping[tuple[str, str], Transition]) -> None:
-    report = run.result.host(host) if run.result is not None else None
+    report = run.checked(host)
     for result in report.results if report is not None else []:
         change = changes.get((host, result.name))
         out = [f"{'green' if result.ok else 'red'}: expected {result.verdict.expected}",
@@ -578,7 +608,7 @@ def _detailed(suite: _Suite, run: RunReport, host: str, changes: Mapping[tuple[s
 
 
 def _summarised(suite: _Suite, run: RunReport, host: str) -> None:
-    report = run.result.host(host) if run.result is not None else None
+    report = run.checked(host)
     kinds: dict[str, list[CheckResult]] = {}
     for result in report.results if report is not None else []:
         kinds.setdefault(result.check.kind, []).append(result)
@@ -629,8 +659,7 @@ def run_junit(run: RunReport, *, max_cases: int = JUNIT_MAX_CASES, max_bytes: in
 
 
 def _junit(run: RunReport, *, summary: bool) -> str:
-    changes = {(t.host, t.check): t for t in transitions(run.baseline, run.result)} \
-        if run.baseline is not None and run.result is not None else {}
+    changes = _changes(run)
     root = ET.Element("testsuites", name=_x(f"deploytest {run.task}"))
     suites: list[_Suite] = []
     for index, host in enumerate(run.names):
@@ -642,7 +671,7 @@ def _junit(run: RunReport, *, summary: bool) -> str:
                           "live_before": facts.live_before if facts else None,
                           "live_after": facts.live_after if facts else None,
                           "summary": "one case per check kind" if summary else None})
-        report = run.result.host(host) if run.result is not None else None
+        report = run.checked(host)
         if summary:
             _summarised(suite, run, host)
         else:

@@ -16,7 +16,7 @@ import pytest
 from reports_check import check_json, check_junit
 
 from deploytest import report as rpt
-from deploytest.checks import VerifyReport
+from deploytest.checks import HostReport, VerifyReport
 
 
 def check(name: str, ok: bool, *, kind: str = "http", observed: str = "200", detail: str = "",
@@ -107,16 +107,17 @@ def test_case_names_are_unique_per_host_and_output_is_trimmed_as_jenkins_keeps_i
 
 def test_a_huge_run_becomes_a_summary_gitlab_accepts(tmp_path: Path) -> None:
     kinds = ["http", "port", "file", "command", "process"]
-    hosts = {f"web{i}.example.com": [check(f"{kinds[j % 5]} {j}", not (i == 7 and j == 3), kind=kinds[j % 5],
-                                           observed="o" * 40)
-                                     for j in range(30)] for i in range(10_000)}
-    run = rpt.verify_run(verification(hosts))
+    green, red = (verification({"t": [check(f"{kinds[j % 5]} {j}", ok or j != 3, kind=kinds[j % 5], observed="o" * 40)
+                                      for j in range(30)]}).hosts[0].results for ok in (True, False))
+    hosts = {f"web{i}.example.com": red if i == 7 else green for i in range(10_000)}
+    run = rpt.verify_run(VerifyReport([HostReport(name, list(results), seconds=1.0)
+                                       for name, results in hosts.items()], started="2026-12-02T03:00:00+00:00"))
     text = rpt.run_junit(run)
     assert len(text.encode()) < 30 * 1024 * 1024
     assert text.count("<testcase ") == 10_000 * 5 < 500_000  # one case per host and check kind
     assert 'name="web7.example.com :: command checks (6)"' in text
     assert "1 of 6 command checks red: command 3" in text
-    small = rpt.verify_run(verification(dict(list(hosts.items())[:8])))
+    small = rpt.verify_run(VerifyReport([HostReport(name, list(results)) for name, results in list(hosts.items())[:8]]))
     path = tmp_path / "summary.xml"
     path.write_text(rpt.run_junit(small, max_cases=10))
     parsed = check_junit(path)
