@@ -109,3 +109,21 @@ def test_refusals_write_reports_saying_what_was_refused(two: Dict[str, Any], tmp
     assert proc.returncode == 2, output(proc)
     data = json.loads(report.read_text())
     assert (data["task"], data["exit_code"]) == ("verify", 2) and hosts[1] in data["failed"]
+
+
+def test_needs_a_human_is_exit_3_in_the_reports(two: Dict[str, Any], tmp_path: Path) -> None:
+    project, hosts = two["project"], two["hosts"]
+    # a failed first deploy with a restart hook and no hooks.stop: what it started may still run
+    del project.config["hooks"]["stop"]
+    project.set_version("1.0", broken=True, verify_timeout=1)
+    report, junit = tmp_path / "human.json", tmp_path / "human.xml"
+    proc = project.fab("deploy-and-verify", "--json", str(report), "--junit", str(junit), hosts=hosts)
+    assert proc.returncode == 3, output(proc)
+    data = json.loads(report.read_text())
+    assert (data["exit_code"], data["outcome"], data["ok"]) == (3, "needs a human", False)
+    assert "hooks.stop" in data["error"]["message"] and data["error"]["next_step"]
+    assert [(h["live_before"], h["live_after"], h["status"]) for h in data["hosts"]] == [(None, None, "unknown")] * 2
+    health = [c for h in data["hosts"] for c in h["checks"] if c["name"] == "health"]
+    assert [(c["before"], c["after"], c["observed"]) for c in health] == [("not checked", "red", "500")] * 2
+    text = junit.read_text()
+    assert text.count('<error message="unknown: ') == 2 and "next: " in text
