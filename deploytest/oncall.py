@@ -349,7 +349,7 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
         if code == OK:
             if name in run.tolerated:
                 return "set aside", before, "within rollout.max_fail"
-            return run.outcome, run.release_id, ""
+            return ("verified" if run.outcome == "verified" else "deployed"), run.release_id, ""
         if name not in run.switched:
             return "unchanged", before, ""
         if run.switched[name]:
