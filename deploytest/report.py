@@ -326,13 +326,14 @@ def _line_about(host: str, message: str) -> str:
     return message.splitlines()[0] if message else "refused"
 
 
-def _check_entry(host: str, result: CheckResult, change: Transition | None, checked: bool) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _check_entry(result: CheckResult, change: Transition | None, checked: bool) -> dict[str, Any]:
+    """One check of one host: its state before (the baseline) and after, and what each observed."""
+    return {
         "name": result.name,
         "kind": result.check.kind,
         "ok": result.ok,
         "before": _state(change.before) if change is not None else "not checked",
-        "after": "green" if result.ok else "red",
+        "after": ("green" if result.ok else "red") if checked else "unknown",
         "change": change.label if change is not None else ("green" if result.ok else "red"),
         "regression": change.regression if change is not None else False,
         "expected": result.verdict.expected,
@@ -342,9 +343,6 @@ def _check_entry(host: str, result: CheckResult, change: Transition | None, chec
         "attempts": result.attempts,
         "seconds": round(result.seconds, 3),
     }
-    if not checked:
-        entry["after"] = "unknown"
-    return entry
 
 
 def _host_checks(run: RunReport, name: str,
@@ -363,7 +361,7 @@ def _host_checks(run: RunReport, name: str,
                 "observed_before": result.verdict.observed, "detail": "", "attempts": 0, "seconds": 0.0,
             })
         return entries, None
-    entries = [_check_entry(name, r, changes.get((name, r.name)), after.error is None) for r in after.results]
+    entries = [_check_entry(r, changes.get((name, r.name)), after.error is None) for r in after.results]
     return entries, after.error
 
 
@@ -406,7 +404,7 @@ def to_document(run: RunReport) -> dict[str, Any]:
             "reason": facts.reason or None,
             "error": error,
             "checks": checks,
-            "rollback_checks": [_check_entry(name, r, None, rolled.error is None) for r in rolled.results]
+            "rollback_checks": [_check_entry(r, None, rolled.error is None) for r in rolled.results]
             if rolled is not None else [],
         })
     return {
