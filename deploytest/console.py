@@ -14,6 +14,16 @@ import time
 from typing import Optional, TextIO
 
 _COLOURS = {"green": "32", "red": "31", "yellow": "33", "bold": "1", "dim": "2", "cyan": "36"}
+# Control characters a host's output may carry (escape sequences, carriage returns, bells): shown,
+# never obeyed. Newlines and tabs stay.
+_CONTROL = {c: f"^{chr(c + 64)}" for c in range(32) if chr(c) not in "\n\t"}
+_CONTROL.update({127: "^?", **{c: f"\\x{c:02x}" for c in range(0x80, 0xA0)}})
+
+
+def neutral(text: str) -> str:
+    """``text`` with control characters made visible (``ESC`` as ``^[``), so what a host printed can
+    never move the cursor, recolour or clear the operator's terminal."""
+    return text.translate(_CONTROL)
 
 
 def wants_colour(stream: TextIO) -> bool:
@@ -53,9 +63,9 @@ class Console:
 
     def host(self, host: str, stage: str, message: str, colour: str = "") -> None:
         """One line for one host at one stage: ``[web1] switch: now on 20261125112102``."""
-        prefix = self.paint(f"[{host}]".ljust(self._width + 2), "cyan")
+        prefix = self.paint(f"[{neutral(host)}]".ljust(self._width + 2), "cyan")
         label = self.paint(f"{stage}:", colour) if colour else f"{stage}:"
-        self.line(f"{prefix} {label} {message}")
+        self.line(f"{prefix} {label} {neutral(message)}")
 
     def stage(self, title: str) -> None:
         """A stage heading: ``== prepare (3 hosts)``."""
@@ -72,7 +82,8 @@ class Console:
             self._draw_progress()
 
     def error(self, text: str) -> None:
-        """A line on stderr."""
+        """A line on stderr (control characters from hosts made visible)."""
+        text = neutral(text)
         with self._lock:
             self._clear_progress()
             self.err.write(self.paint(text, "red") if wants_colour(self.err) else text)

@@ -8,6 +8,7 @@ parallel (bounded by ``rollout.parallel``) and records what it changed in :class
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import threading
@@ -148,20 +149,27 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     return run
 
 
-def preflight(run: Rollout, *, lock: bool = True) -> None:
-    """Every host reachable with a known key, config sane, disk room, then every lock taken.
+def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> None:
+    """Every host reachable with a known key, config sane, disk room, then every lock taken (with the
+    rollout's journal, written before anything else changes on a host).
 
     Any failure releases the locks already taken: nothing has changed anywhere (exit 2).
+
+    :param resolving: a rollback that may undo an interrupted rollout (its journal and dead lock are
+        then no refusal).
     """
     console, settings = run.console, run.settings
     console.set_hosts(run.names)
     console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
     need_mb = settings.min_free_mb + _package_mb(run.package)
+    interrupted: list[str] = []
 
     def check(target: Target) -> release.HostState:
         target.open()
         state = release.inspect(target, settings)
-        problem = release.preflight_problem(state, need_mb)
+        if state.interrupted:
+            interrupted.append(target.name)
+        problem = release.preflight_problem(state, need_mb, resolving=resolving)
         if problem:
             raise Refused(f"{target.name}: {problem}")
         return state
@@ -170,24 +178,38 @@ def preflight(run: Rollout, *, lock: bool = True) -> None:
         run.states = run.each(run.names, "preflight", check)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
-    _refuse_if_failed(run)
-    if lock:
-        take_locks(run)
-    for name, state in run.states.items():
-        live = state.live or "nothing live yet"
-        console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
+    hint = f"{run.fab('rollback', sorted(interrupted))}   (undoes the interrupted rollout)" if interrupted else ""
+    _refuse_if_failed(run, hint)
     run.release_id = release.new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
     )
+    run.owner = dataclasses.replace(run.owner, release=run.release_id)
+    if lock:
+        take_locks(run, journal=True)
+    for name, state in run.states.items():
+        live = state.live or "nothing live yet"
+        console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
 
 
-def take_locks(run: Rollout) -> None:
-    """Take every host's lock, first host first; any refusal releases those taken (exit 2)."""
-    take = lambda t: release.acquire_lock(t, run.settings, run.owner)  # noqa: E731
+def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[str]] = None,
+               takeover: Optional[dict[str, str]] = None) -> None:
+    """Take the hosts' locks (all, or ``names``), first host first; any refusal releases those taken
+    (exit 2). With ``journal`` each host's lock comes with this rollout's journal; ``takeover`` maps a
+    host to the token of a dead rollout's lock this run replaces."""
+
+    def take(target: Target) -> None:
+        started = release.Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
+            if journal and target.name in run.states else None
+        release.acquire_lock(target, run.settings, run.owner, journal=started,
+                             takeover=(takeover or {}).get(target.name, ""))
+
+    names = list(run.names if names is None else names)
+    if not names:
+        return
     try:
         # The first host in name order is taken alone: two deploys racing for the same hosts meet
         # there first, so exactly one of them goes on to lock the rest (in parallel).
-        first, *rest = sorted(run.names)
+        first, *rest = sorted(names)
         run.locked = list(run.each([first], "lock", take))
         if not run.failed:
             run.locked += list(run.each(rest, "lock", take))
@@ -196,14 +218,14 @@ def take_locks(run: Rollout) -> None:
     _refuse_if_failed(run)
 
 
-def _refuse_if_failed(run: Rollout) -> None:
+def _refuse_if_failed(run: Rollout, next_step: str = "") -> None:
     if not run.failed:
         return
     release_locks(run, run.locked)
     lines = [f"  {host}: {why}" for host, why in run.failed.items()]
     raise Refused(
         "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
-        hosts=list(run.failed),
+        hosts=list(run.failed), next_step=next_step,
     )
 
 
@@ -296,8 +318,9 @@ def finish(run: Rollout) -> None:
     settings = run.settings
     event = _event(run, "deploy", run.outcome)
     # The suite this release was verified with goes beside it: a rollback to it is judged by it.
-    record = [release.script_for_record_suite(settings, run.release_id, settings.suite)] \
-        if run.outcome == "verified" and run.verifier is None else []
+    record = [release.script_for_mark_verified(settings, run.release_id)] if run.outcome == "verified" else []
+    if run.outcome == "verified" and run.verifier is None:
+        record.append(release.script_for_record_suite(settings, run.release_id, settings.suite))
     done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
                     lambda t: release.finish(t, settings, run.owner, event, cleanup=True, first=record))
     for name, result in done.items():

@@ -13,6 +13,7 @@ ssh_config says ``StrictHostKeyChecking no`` (or ``accept-new`` for an unknown k
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import select
 import shlex
@@ -37,6 +38,10 @@ R = TypeVar("R")
 
 LOCAL = "local"
 _DEFAULT_CONNECT_TIMEOUT = 10
+
+# paramiko logs a dropped connection's traceback (e.g. "Error reading SSH protocol banner") through
+# logging's last-resort handler, i.e. to stderr; deploytest reports the failure itself, in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,12 @@ class SSHTarget(Target):
     def user(self) -> str:
         return str(self.connection.user)
 
+    @property
+    def known_as(self) -> str:
+        """The name known_hosts keeps this host's key under (HostKeyAlias, else ``[host]:port``)."""
+        alias = self.connection.ssh_config.get("hostkeyalias")
+        return str(alias) if alias else _lookup_name(self.connection.host, self.connection.port)
+
     def open(self) -> None:
         with self._lock:
             if self.connection.is_connected:
@@ -205,7 +216,7 @@ class SSHTarget(Target):
                     f"{self.name}: host key does not match known_hosts (got {exc.key.get_name()});"
                     " refusing to connect. Nothing was changed.",
                     hosts=[self.name],
-                    next_step=f"check the host, then fix its entry with ssh-keygen -R {self.connection.host}",
+                    next_step=f"check the host's new key, then: ssh-keygen -R {shlex.quote(self.known_as)}",
                 ) from exc
             except paramiko.SSHException as exc:
                 if "not found in known_hosts" in str(exc):
@@ -406,15 +417,28 @@ def secure(connection: Connection) -> Connection:
     """
     ssh_config = connection.ssh_config
     client = connection.client
-    for path in _known_hosts_files(ssh_config):
+    files = _known_hosts_files(ssh_config)
+    for path in files:
         if os.path.isfile(path):
             try:
                 client.load_host_keys(path)
             except (OSError, paramiko.SSHException):
                 pass
+    # paramiko looks keys up under the name it connects to; OpenSSH under HostKeyAlias when set.
+    seen_as = _lookup_name(connection.host, connection.port)
+    alias = ssh_config.get("hostkeyalias")
+    if alias:
+        keys = client.get_host_keys()
+        known = keys.lookup(str(alias))
+        keys.pop(seen_as, None)
+        for keytype, key in (known or {}).items():
+            keys.add(seen_as, keytype, key)
     strict = str(ssh_config.get("stricthostkeychecking", "yes")).lower()
-    if strict in ("no", "off", "false", "accept-new"):
+    if strict in ("no", "off", "false"):
         client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    elif strict == "accept-new":
+        user_file = next((f for f in files if "known_hosts" in os.path.basename(f)), files[0] if files else "")
+        client.set_missing_host_key_policy(_AcceptNew(user_file, str(alias) if alias else None))
     else:
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
     if strict not in ("no", "off", "false"):
@@ -423,6 +447,32 @@ def secure(connection: Connection) -> Connection:
     if isinstance(connection.gateway, Connection):  # ProxyJump hops: their keys are checked too
         secure(connection.gateway)
     return connection
+
+
+def _lookup_name(host: str, port: int) -> str:
+    """How known_hosts names a host: ``host``, or ``[host]:port`` off port 22."""
+    return host if int(port) == 22 else f"[{host}]:{port}"
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's ``StrictHostKeyChecking accept-new``: an unknown key is accepted AND recorded in the
+    user's known_hosts (under HostKeyAlias when set), so that a later change is refused."""
+
+    def __init__(self, path: str, alias: str | None) -> None:
+        self.path = path
+        self.alias = alias
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        if not self.path:
+            return
+        name = self.alias or hostname
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as known:
+                known.write(f"{name} {key.get_name()} {key.get_base64()}\n")
+        except OSError:
+            pass  # accepted for this run; OpenSSH too goes on when it cannot record the key
 
 
 def targets_for(hosts: Sequence[str], config: Config | None = None, *,

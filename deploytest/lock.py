@@ -305,28 +305,98 @@ def _check_token(token: str) -> str:
     return token
 
 
-def script_for_acquire_lock(settings: Settings, owner: LockOwner) -> str:
-    """Shell text that takes the lock, or prints the holder; one session."""
+def script_for_acquire_lock(settings: Settings, owner: LockOwner, journal: Journal | None = None,
+                            takeover: str = "") -> str:
+    """Shell text that takes the lock (and writes ``journal`` with it), or prints the holder; one session.
+
+    :param takeover: the token of a dead rollout's lock that this one may replace (by rename).
+    """
     token = _check_token(owner.token)
+    write_journal = ""
+    if journal is not None:
+        write_journal = f"""\
+if ! {{ printf '%s\\n' {shlex.quote(journal.to_json())} > "$S/journal.tmp" \\
+      && mv -f -- "$S/journal.tmp" "$S/journal"; }} 2>/dev/null; then
+  rm -f -- "$S/journal.tmp"; {_holds(token)} && rm -f -- "$S/lock"; dt_fail lock "cannot write $S/journal"
+fi
+"""
+    steal = ""
+    if takeover:
+        steal = f"""\
+if {_holds(_check_token(takeover))} && mv -f -- "$tmp" "$S/lock" 2>/dev/null; then dt_locked; fi
+"""
     return prelude(settings) + f"""\
 out=$(mkdir -p -- "$S" 2>&1) || dt_fail lock "cannot create $S: $out"
+dt_locked() {{
+{write_journal}  printf '@@dt locked\\n'; exit 0
+}}
 tmp="$S/lock.{token}"
 printf '%s\\n' {shlex.quote(owner.to_json())} > "$tmp" \\
   || {{ rm -f -- "$tmp"; dt_fail lock "cannot write $tmp"; }}
-if ln -- "$tmp" "$S/lock" 2>/dev/null; then rm -f -- "$tmp"; printf '@@dt locked\\n'; exit 0; fi
-rm -f -- "$tmp"
+if ln -- "$tmp" "$S/lock" 2>/dev/null; then rm -f -- "$tmp"; dt_locked; fi
+{steal}rm -f -- "$tmp"
 if {_holds(token)}; then printf '@@dt locked\\n'; exit 0; fi
 printf '@@dt held\\t'; head -n 1 "$S/lock" 2>/dev/null; echo
 """
 
 
-def acquire_lock(target: Target, settings: Settings, owner: LockOwner) -> None:
+@dataclass(frozen=True)
+class Journal:
+    """What a rollout records on a host before it changes anything there, so that an interrupted one
+    (its owner killed, its machine gone) can be told and undone: who, which release, what was live
+    before, and the steps it completed (``prepared``, ``switched``, ``restarted``)."""
+
+    rollout: str  # the token of the rollout's lock
+    who: str
+    pid: int
+    host: str  # the machine the rollout ran from
+    release: str
+    previous: str | None
+    started: str
+    steps: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """``rollout of 20261202... by alice@laptop (pid 42) since 2026-...``."""
+        return f"rollout of {self.release} by {self.who} (pid {self.pid}) since {self.started}"
+
+    def to_json(self) -> str:
+        """The journal's first line."""
+        return json.dumps({"rollout": self.rollout, "who": self.who, "pid": self.pid, "host": self.host,
+                           "release": self.release, "previous": self.previous, "started": self.started},
+                          sort_keys=True)
+
+    @classmethod
+    def parse(cls, text: str) -> Journal | None:
+        """A journal from its first line; None if it is not one."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not data.get("rollout") or not data.get("release"):
+            return None
+        pid = data.get("pid", 0)
+        previous = data.get("previous")
+        return cls(str(data["rollout"]), str(data.get("who", "unknown")), pid if isinstance(pid, int) else 0,
+                   str(data.get("host", "")), str(data["release"]), str(previous) if previous else None,
+                   str(data.get("started", "unknown")))
+
+    @classmethod
+    def begin(cls, owner: LockOwner, release: str, previous: str | None) -> Journal:
+        """The journal of ``owner``'s rollout of ``release`` on a host where ``previous`` is live."""
+        return cls(owner.token, owner.who, owner.pid, owner.host, release, previous, owner.started)
+
+
+def acquire_lock(target: Target, settings: Settings, owner: LockOwner, *, journal: Journal | None = None,
+                 takeover: str = "") -> None:
     """Take the deploy lock on ``target`` (one round trip); taking one's own lock again is fine.
 
+    :param journal: written with the lock, before anything else changes on the host.
+    :param takeover: the token of a dead rollout's lock to replace (its journal is being undone).
     :raises LockHeld: someone else holds it; the message names them and how to unlock.
     :raises RemoteCommandFailed: the lock could not be written (permissions, disk full).
     """
-    _result, marks = run_script(target, settings, script_for_acquire_lock(settings, owner), "lock")
+    script = script_for_acquire_lock(settings, owner, journal, takeover)
+    _result, marks = run_script(target, settings, script, "lock")
     if "locked" in marks:
         return
     holder = LockInfo.parse(marks.get("held", [""])[0])
@@ -344,6 +414,7 @@ def script_for_release_lock(settings: Settings, owner: LockOwner) -> str:
     """Shell text that removes the lock only if it holds ``owner``'s token."""
     token = _check_token(owner.token)
     return prelude(settings) + f"""\
+if grep -q '"rollout": *"{token}"' "$S/journal" 2>/dev/null; then rm -f -- "$S/journal"; fi
 if [ ! -f "$S/lock" ]; then printf '@@dt lockgone\\n'
 elif {_holds(token)}; then
   rm -f -- "$S/lock" && printf '@@dt released\\n'
@@ -358,6 +429,21 @@ def release_lock(target: Target, settings: Settings, owner: LockOwner) -> bool:
     """
     _result, marks = run_script(target, settings, script_for_release_lock(settings, owner), "unlock")
     return "released" in marks
+
+
+#: Shell function that notes a completed step in this host's journal (best effort: it never fails a step).
+STEP_FN = r"""dt_step() {
+  [ -f "$S/journal" ] && printf '{"step": "%s"}\n' "$1" >> "$S/journal" 2>/dev/null
+  return 0
+}
+"""
+
+
+def script_for_clear_journal(settings: Settings, rollout: str) -> str:
+    """Shell text that removes the journal of ``rollout`` (once it is undone or finished)."""
+    return prelude(settings) + f"""\
+if grep -q '"rollout": *"{_check_token(rollout)}"' "$S/journal" 2>/dev/null; then rm -f -- "$S/journal"; fi
+"""
 
 
 def script_for_heartbeat(settings: Settings, owner: LockOwner) -> str:

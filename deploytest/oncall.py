@@ -10,23 +10,22 @@ from typing import Optional, Sequence
 
 from . import release
 from .checks import VerifyReport, run_checks
-from .config import Settings, with_suite
+from .config import Settings
 from .console import Console
 from .errors import (
     OK,
     ChecksFailed,
-    ConfigError,
+    HostKeyError,
     NeedsHuman,
     Refused,
     RemoteCommandFailed,
     UsageError,
     fab_command,
 )
-from .flow import Heartbeat, Rollout, preflight, take_locks
+from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import prelude, run_script, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
-from .verifiers import checks_verifier
 
 
 def _fab(task: str, targets: Sequence[Target]) -> str:
@@ -88,107 +87,6 @@ def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyRep
     in_parallel(targets, log, limit=settings.rollout.parallel)
 
 
-def rollback(run: Rollout, to: Optional[str]) -> int:
-    """Re-activate the previous good release (or ``to``) on every host, restart, and verify it with the
-    suite recorded with that release (today's checks when it has none, and the output says so).
-
-    ``run`` records what happened (``after``: the verification, ``outcome``) for the reports."""
-    preflight(run, lock=False)
-    picked = {name: release.rollback_target(state, to) for name, state in run.states.items()}  # or refuse
-    take_locks(run)
-    with Heartbeat(run):
-        return _roll_back_to(run, picked)
-
-
-def _roll_back_to(run: Rollout, picked: dict[str, str]) -> int:
-    settings, console = run.settings, run.console
-    console.stage("rollback")
-    left: dict[str, Optional[str]] = {}
-    suites: dict[str, Optional[str]] = {}
-
-    def back(target: Target) -> None:
-        try:
-            switched = release.switch_and_restart(target, settings, picked[target.name])
-        except release.RestartFailed as error:
-            left[target.name] = error.previous
-            raise
-        left[target.name], suites[target.name] = switched.previous, switched.suite
-
-    run.each(run.names, "rollback", back)
-    for name in left:
-        console.host(name, "rollback", f"live on {picked[name]} (was {left[name] or 'nothing'})", "yellow")
-    reports: list[VerifyReport] = []
-    ok_hosts = [n for n in run.names if n not in run.failed]
-    if run.verifies and ok_hosts:
-        for suite, names in _by_suite(ok_hosts, suites).items():
-            reports.append(_verify_with(run, names, suite, picked))
-    report = VerifyReport([h for r in reports for h in r.hosts]) if reports else None
-    run.after = report
-    run.release_id = ", ".join(sorted(set(picked.values())))
-    if report is not None:
-        console.line(render(report, color=console.colour))
-    red = {h.host for h in report.hosts if not h.ok} if report else set()
-
-    def finish(target: Target) -> release.FinishResult:
-        name = target.name
-        previous = left.get(name)
-        first = [release.script_for_mark_bad(settings, previous)] if previous and previous != picked[name] \
-            and name not in red else []
-        if report is not None and name not in red and name not in run.failed and suites.get(name) is None:
-            first.append(release.script_for_record_suite(settings, picked[name], settings.suite))
-        outcome = "failed" if name in run.failed or name in red else "rolled back"
-        event = {"event": "rollback", "release": picked[name], "from": previous, "outcome": outcome,
-                 "who": run.owner.who}
-        return release.finish(target, settings, run.owner, event, cleanup=False, first=first)
-
-    unfinished = []
-    for target, result in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel):
-        if isinstance(result, BaseException) or not result.unlocked:
-            unfinished.append(target.name)
-        elif result.warnings:
-            console.host(target.name, "finish", result.describe(), "yellow")
-    if run.failed or unfinished:
-        hosts = sorted(set(run.failed) | set(unfinished))
-        run.outcome = "needs a human"
-        raise NeedsHuman("rollback did not complete on " + ", ".join(hosts), hosts=hosts,
-                         next_step=run.fab("status", hosts))
-    if red:
-        run.outcome = "rolled back, red"
-        console.error(f"deploytest: rolled back, but checks are red on {', '.join(sorted(red))}")
-        return ChecksFailed.exit_code
-    run.outcome = "rolled back"
-    where = ", ".join(sorted(set(picked.values())))
-    console.line(console.paint(f"deploytest: rolled back: {len(picked)} host(s) live on {where}"
-                               f"{', verified' if report is not None else ', not verified (no checks)'}",
-                               "green"))
-    return OK
-
-
-def _by_suite(names: Sequence[str], suites: dict[str, Optional[str]]) -> dict[Optional[str], list[str]]:
-    groups: dict[Optional[str], list[str]] = {}
-    for name in names:
-        groups.setdefault(suites.get(name), []).append(name)
-    return groups
-
-
-def _verify_with(run: Rollout, names: list[str], suite: Optional[str], picked: dict[str, str]) -> VerifyReport:
-    """Verify ``names`` with the suite recorded with the release they went back to, else today's checks."""
-    releases_ = ", ".join(sorted({picked[n] for n in names}))
-    if suite is not None:
-        try:
-            checks = with_suite(run.settings, suite).checks
-        except ConfigError as error:
-            run.console.stage(f"verify {', '.join(names)}: the suite recorded with {releases_} no longer"
-                              f" validates ({error.message}); with today's checks instead")
-        else:
-            run.console.stage(f"verify {', '.join(names)} with the suite recorded with {releases_}")
-            verifier = checks_verifier(list(checks), parallel=run.settings.rollout.parallel)
-            return verifier(run.pick(names), run.settings.verify, [])
-    else:
-        run.console.stage(f"verify {', '.join(names)}: {releases_} has no recorded suite; with today's checks")
-    return run.verify(names, run.settings.verify)
-
-
 def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
     """Per host: live release, previous good release, lock holder, last event.
 
@@ -198,9 +96,36 @@ def status(targets: Sequence[Target], settings: Settings, console: Console) -> i
     for name, state in states.items():
         lock = f"{state.lock.describe()} ({state.lock.liveness()})" if state.lock else "free"
         last = describe_event(state.last_event) if state.last_event else "none"
-        console.line(f"{name}: live {state.live or '-'}  previous {state.previous or '-'}  "
+        info = state.release(state.live) if state.live else None
+        unverified = " (unverified)" if info is not None and not info.verified else ""
+        console.line(f"{name}: live {state.live or '-'}{unverified}  previous {state.previous or '-'}  "
                      f"lock {lock}  last event: {last}")
+        if state.journal is not None:
+            how = "INTERRUPTED" if state.interrupted else "in progress"
+            console.line(f"{name}: {how}: {state.journal.describe()}, from {state.journal.previous or 'nothing'};"
+                         f" steps done here: {', '.join(state.journal.steps) or 'none'}")
+    _interrupted(targets, states)
     return _unknown(lost)
+
+
+def _interrupted(targets: Sequence[Target], states: dict[str, release.HostState]) -> None:
+    """Exit 3 naming an interrupted rollout, where it left each host, and the ONE command that undoes it."""
+    hit = {n: s for n, s in states.items() if s.interrupted and s.journal is not None}
+    if not hit:
+        return
+    journal = next(iter(hit.values())).journal
+    assert journal is not None
+    on_new = sorted(n for n, s in hit.items() if s.live == journal.release)
+    elsewhere = sorted(n for n in hit if n not in on_new)
+    parts = []
+    if on_new:
+        parts.append(f"{', '.join(on_new)} live on {journal.release} (unverified)")
+    if elsewhere:
+        parts.append(", ".join(f"{n} on {hit[n].live or 'nothing'}" for n in elsewhere))
+    hosts = sorted(hit)
+    raise NeedsHuman(f"an interrupted {journal.describe()} left: {'; '.join(parts)}", hosts=hosts,
+                     next_step=f"{_fab('rollback', [t for t in targets if t.name in hosts])}   (undoes it: each"
+                     f" host back on {journal.previous or 'nothing'}, verified with that release's own suite)")
 
 
 def releases(targets: Sequence[Target], settings: Settings, console: Console) -> int:
@@ -213,27 +138,34 @@ def releases(targets: Sequence[Target], settings: Settings, console: Console) ->
 
 
 def _read_states(targets: Sequence[Target], settings: Settings,
-                 console: Console) -> tuple[dict[str, release.HostState], dict[str, str]]:
+                 console: Console) -> tuple[dict[str, release.HostState], dict[str, BaseException]]:
     """Each host's deploy state, and why the others could not be read (on-call wants what it can get)."""
     console.set_hosts([t.name for t in targets])
     states: dict[str, release.HostState] = {}
-    lost: dict[str, str] = {}
+    lost: dict[str, BaseException] = {}
     for target, result in in_parallel(targets, lambda t: release.inspect(t, settings),
                                       limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
-            lost[target.name] = _message(result)
+            lost[target.name] = result
         else:
             states[target.name] = result
-    for name, why in lost.items():
-        console.line(f"{name}: state unknown: {why}")
+    for name, error in lost.items():
+        console.line(f"{name}: state unknown: {_message(error)}")
     return states, lost
 
 
-def _unknown(lost: dict[str, str]) -> int:
-    if lost:
-        raise NeedsHuman(f"could not read the state of {', '.join(lost)}", hosts=list(lost),
-                         next_step="check that the host is up and reachable over SSH, then run this again")
-    return OK
+def _unknown(lost: dict[str, BaseException]) -> int:
+    if not lost:
+        return OK
+    keys = {n: e for n, e in lost.items() if isinstance(e, HostKeyError)}
+    if keys:
+        others = [n for n in lost if n not in keys]
+        steps = "; ".join(f"{n}: {e.next_step}" for n, e in keys.items() if e.next_step)
+        raise NeedsHuman(f"host key refused for {', '.join(keys)}"
+                         + (f"; could not read the state of {', '.join(others)}" if others else ""),
+                         hosts=list(lost), next_step=steps)
+    raise NeedsHuman(f"could not read the state of {', '.join(lost)}", hosts=list(lost),
+                     next_step="check that the host is up and reachable over SSH, then run this again")
 
 
 def unlock(targets: Sequence[Target], settings: Settings, console: Console, force: bool = False) -> int:
@@ -420,8 +352,7 @@ def release_table(state: release.HostState) -> str:
             marks.append("live")
         if info.id == state.previous:
             marks.append("rollback target")
-        if info.state != release.COMPLETE:
-            marks.append(info.state)
+        marks.append("unverified" if info.state == release.COMPLETE else info.state)
         rows.append((info.id, info.when or "-", info.who or "-", info.label or "-", ", ".join(marks) or "-"))
     if not rows:
         return f"  no releases in {state.deploy_to}"

@@ -32,6 +32,8 @@ from .config import Settings, clean_relative_path
 from .errors import RemoteCommandFailed, UsageError, fab_command
 from .hosts import RunResult, Target
 from .lock import (
+    STEP_FN,
+    Journal,
     LockInfo,
     LockOwner,
     acquire_lock,
@@ -54,10 +56,12 @@ __all__ = [
     "cleanup_plan", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
     "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release", "restart",
     "rollback_target", "script_for_discard", "script_for_mark_bad", "switch", "switch_and_restart",
-    "switch_back", "Switched", "recorded_suite", "script_for_record_suite",
+    "switch_back", "Switched", "recorded_suite", "script_for_record_suite", "VERIFIED", "Journal",
+    "script_for_mark_verified",
 ]
 
 COMPLETE = "complete"
+VERIFIED = "verified"
 BAD = "bad"
 PREPARING = "preparing"
 UNKNOWN = "unknown"
@@ -124,8 +128,13 @@ class ReleaseInfo:
 
     @property
     def good(self) -> bool:
-        """Complete and not bad: may go live, counts toward ``keep_releases``."""
-        return self.state == COMPLETE
+        """Built and not bad (complete or verified): may go live, counts toward ``keep_releases``."""
+        return self.state in (COMPLETE, VERIFIED)
+
+    @property
+    def verified(self) -> bool:
+        """Was live and passed its verification: a rollback target."""
+        return self.state == VERIFIED
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,8 @@ class HostState:
     last_event: Optional[dict[str, Any]] = field(default=None, hash=False, compare=False)
     local: bool = False  # the local machine: on-call hints then carry no -H
     suites: frozenset[str] = frozenset()  # ids of the releases that have a recorded suite
+    journal: Optional[Journal] = None  # the rollout that is (or was, if interrupted) under way here
+    live_suite: Optional[str] = None  # the suite recorded with the live release
 
     def fab(self, task: str) -> str:
         """The command that runs ``task`` on this host, as an operator types it."""
@@ -161,11 +172,19 @@ class HostState:
 
     @property
     def previous(self) -> str | None:
-        """Where a rollback goes: the newest complete release older than the live one."""
+        """Where a rollback goes: the newest verified release older than the live one."""
         if self.live is None:
             return None
-        older = [r.id for r in self.releases if r.good and r.id < self.live]
+        older = [r.id for r in self.releases if r.verified and r.id < self.live]
         return older[-1] if older else None
+
+    @property
+    def interrupted(self) -> bool:
+        """A rollout's journal is here and its owner is gone (no lock of its own, or a stale one)."""
+        if self.journal is None:
+            return False
+        lock = self.lock
+        return lock is None or lock.token != self.journal.rollout or lock.staleness() is not None
 
 
 def script_for_inspect(settings: Settings) -> str:
@@ -179,10 +198,15 @@ if [ -L "$D/current" ]; then printf '@@dt current\\tlink\\t%s\\n' "$(readlink --
 elif [ -e "$D/current" ]; then printf '@@dt current\\tother\\n'
 else printf '@@dt current\\tnone\\n'; fi
 dt_list | while read -r id st; do
-  printf '@@dt release\\t%s\\t' "$id"
+  printf '@@dt release\\t%s\\t%s\\t' "$id" "$st"
   if [ "$st" != unknown ]; then head -n 1 -- "$S/releases/$id.json"; fi
   echo
 done
+if [ -f "$S/journal" ]; then printf '@@dt journal\\t'; head -n 1 -- "$S/journal"; echo
+  sed -n 's/^{"step": *"\\([a-z ]*\\)".*/@@dt step\\t\\1/p' -- "$S/journal"; fi
+lv=$(dt_live)
+if [ -n "$lv" ] && [ -f "$S/releases/$lv.suite.json" ]; then
+  printf '@@dt livesuite\\t'; head -n 1 -- "$S/releases/$lv.suite.json"; echo; fi
 if [ -f "$S/lock" ]; then
   printf '@@dt lock\\t'; head -n 1 -- "$S/lock"; echo
   m=$(stat -c %Y -- "$S/lock" 2>/dev/null || stat -f %m -- "$S/lock" 2>/dev/null)
@@ -215,6 +239,9 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
     last: dict[str, Any] | None = None
     releases: list[ReleaseInfo] = []
     suites: set[str] = set()
+    journal: Journal | None = None
+    steps: list[str] = []
+    live_suite: str | None = None
     for line in stdout.splitlines():
         if not line.startswith("@@dt "):
             continue
@@ -228,9 +255,16 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
         elif key == "current":
             kind, _, current = value.partition("\t")
         elif key == "release":
-            rid, _, meta = value.partition("\t")
+            rid, _, rest = value.partition("\t")
+            state, _, meta = rest.partition("\t")
             if RELEASE_ID.fullmatch(rid):
-                releases.append(_release_info(rid, meta))
+                releases.append(_release_info(rid, state, meta))
+        elif key == "journal":
+            journal = Journal.parse(value)
+        elif key == "step":
+            steps.append(value.strip())
+        elif key == "livesuite":
+            live_suite = value.strip() or None
         elif key == "lock":
             lock_text = value
         elif key == "lockage":
@@ -242,8 +276,10 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
     releases.sort(key=lambda r: r.id)
     live = live_id(current, settings) if kind == "link" else None
     lock = LockInfo.parse(lock_text, lock_age) if lock_text is not None else None
+    if journal is not None:
+        journal = dataclasses.replace(journal, steps=tuple(steps))
     return HostState(host, settings.deploy_to, exists, writable, free, tuple(releases), live, current, kind,
-                     lock, last, suites=frozenset(suites))
+                     lock, last, suites=frozenset(suites), journal=journal, live_suite=live_suite)
 
 
 def live_id(link: str, settings: Settings) -> str | None:
@@ -263,14 +299,15 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _release_info(rid: str, meta: str) -> ReleaseInfo:
+def _release_info(rid: str, state: str, meta: str) -> ReleaseInfo:
+    """A release from the host's word on its state (markers win over the metadata) and its metadata."""
     data = _json_object(meta.strip()) if meta.strip() else None
     if data is None:
         return ReleaseInfo(rid)
-    state = str(data.get("state", UNKNOWN))
+    state = state.strip() or str(data.get("state", UNKNOWN))
     return ReleaseInfo(
         rid,
-        state if state in (COMPLETE, BAD, PREPARING) else UNKNOWN,
+        state if state in (COMPLETE, VERIFIED, BAD, PREPARING) else UNKNOWN,
         str(data.get("label", "")),
         str(data.get("who", "")),
         str(data.get("when", "")),
@@ -278,8 +315,12 @@ def _release_info(rid: str, meta: str) -> ReleaseInfo:
     )
 
 
-def preflight_problem(state: HostState, need_mb: int) -> str | None:
-    """Why this host cannot take a deploy now (one line), or None (pure)."""
+def preflight_problem(state: HostState, need_mb: int, *, resolving: bool = False) -> str | None:
+    """Why this host cannot take a deploy now (one line), or None (pure).
+
+    :param resolving: for a rollback that undoes an interrupted rollout: its journal and its dead
+        lock are what it comes for, not a refusal.
+    """
     if not state.writable:
         where = state.deploy_to if state.exists else f"the parent of {state.deploy_to}"
         return f"cannot write {where} (set deploytest.sudo or fix permissions)"
@@ -287,6 +328,11 @@ def preflight_problem(state: HostState, need_mb: int) -> str | None:
         return f"only {state.free_mb} MB free at {state.deploy_to}, need {need_mb} MB"
     if state.current_kind == "other":
         return f"{state.deploy_to}/current exists and is not a symlink; move it away first"
+    if resolving and state.interrupted:
+        return None
+    if state.interrupted and state.journal is not None:
+        return (f"an interrupted {state.journal.describe()} is unresolved here (live: {state.live or 'nothing'});"
+                " undo it first with rollback (see: fab status)")
     if state.lock is not None:
         stale = state.lock.staleness()
         if stale:
@@ -296,18 +342,22 @@ def preflight_problem(state: HostState, need_mb: int) -> str | None:
     return None
 
 
-def rollback_target(state: HostState, to: str | None = None) -> str:
-    """The release a rollback on this host goes to: ``to``, or the previous good release (pure).
+def rollback_target(state: HostState, to: str | None = None, *, force: bool = False) -> str:
+    """The release a rollback on this host goes to: ``to``, or the previous verified release (pure).
 
-    :raises UsageError: ``to`` is not a plain release name, not on the host, not complete or
-        already live; or there is no previous good release (exit 2, nothing changed).
+    :param force: ``to`` may be a complete release that was never verified live.
+    :raises UsageError: ``to`` is not a plain release name, not on the host, bad, unverified without
+        ``force`` or already live; or there is no previous verified release (exit 2, nothing changed).
     """
     host = state.host
     if to is None:
         if state.previous is None:
             live = state.live or "nothing"
+            older = [r.id for r in state.releases if r.good and state.live and r.id < state.live]
+            hint = (f"; {older[-1]} is older but was never verified live: rollback --to {older[-1]} --force"
+                    if older else "")
             raise UsageError(
-                f"{host}: no previous good release to roll back to (live: {live}). Nothing was changed.",
+                f"{host}: no previous verified release to roll back to (live: {live}){hint}. Nothing was changed.",
                 hosts=[host],
                 next_step=state.fab("releases"),
             )
@@ -319,8 +369,11 @@ def rollback_target(state: HostState, to: str | None = None) -> str:
         raise UsageError(f"{host}: release {to} does not exist (latest: {known}). Nothing was changed.",
                          hosts=[host], next_step=state.fab("releases"))
     if not info.good:
-        raise UsageError(f"{host}: release {to} is {info.state}; only complete releases can go live."
-                         " Nothing was changed.", hosts=[host])
+        raise UsageError(f"{host}: release {to} is {info.state}; it cannot go live. Nothing was changed.",
+                         hosts=[host])
+    if not info.verified and not force:
+        raise UsageError(f"{host}: release {to} was never verified live (unverified); to go back to it anyway:"
+                         f" rollback --to {to} --force. Nothing was changed.", hosts=[host])
     if to == state.live:
         raise UsageError(f"{host}: release {to} is already live. Nothing was changed.", hosts=[host])
     return to
@@ -329,8 +382,9 @@ def rollback_target(state: HostState, to: str | None = None) -> str:
 def cleanup_plan(state: HostState, keep: int) -> list[str]:
     """Release ids a cleanup removes (pure; the remote script applies the same rule).
 
-    Kept: the ``keep`` newest complete releases, the live one and the rollback target; ``unknown``
-    directories are never touched. Removed: everything else (bad, preparing, older complete).
+    Kept: the ``keep`` newest good (complete or verified) releases, the live one and the rollback
+    target; ``unknown`` directories are never touched. Removed: everything else (bad, preparing,
+    older good ones).
     """
     kept = {r.id for r in [r for r in state.releases if r.good][-keep:]} if keep > 0 else set()
     kept |= {rid for rid in (state.live, state.previous) if rid is not None}
@@ -340,8 +394,11 @@ def cleanup_plan(state: HostState, keep: int) -> list[str]:
 # -- shell building blocks -------------------------------------------------------------------------
 
 _LIST_FN = r"""dt_state() {
-  if [ -f "$S/releases/$1.json" ]; then
-    s=$(sed -n 's/.*"state": "\([a-z]*\)".*/\1/p' -- "$S/releases/$1.json" | head -n 1)
+  m="$S/releases/$1"
+  if [ -e "$m.bad" ]; then echo bad
+  elif [ -e "$m.verified" ]; then echo verified
+  elif [ -f "$m.json" ]; then
+    s=$(sed -n 's/.*"state": *"\([a-z]*\)".*/\1/p' -- "$m.json" | head -n 1)
     printf '%s\n' "${s:-unknown}"
   else echo unknown; fi
 }
@@ -365,9 +422,16 @@ dt_live() {
 """
 
 _STATE_FN = r"""dt_set_state() {
+  case $2 in bad|verified)
+    # A marker beside the metadata: an empty file needs no free block, so even a full disk cannot keep
+    # a release from being marked bad (or verified).
+    { mkdir -p -- "$S/releases" && : > "$S/releases/$1.$2"; } 2>/dev/null || dt_fail "$3" "cannot mark $1 $2"
+    [ "$2" = verified ] || rm -f -- "$S/releases/$1.verified"
+    return 0;;
+  esac
   m="$S/releases/$1.json"
   if [ -f "$m" ]; then
-    sed 's/"state": "[a-z]*"/"state": "'"$2"'"/' -- "$m" > "$m.tmp" && mv -f -- "$m.tmp" "$m" \
+    sed 's/"state": *"[a-z]*"/"state": "'"$2"'"/' -- "$m" > "$m.tmp" && mv -f -- "$m.tmp" "$m" \
       || { rm -f -- "$m.tmp"; dt_fail "$3" "cannot write $m"; }
   else
     mkdir -p -- "$S/releases" && printf '{"id": "%s", "state": "%s"}\n' "$1" "$2" > "$m" \
@@ -382,7 +446,11 @@ _HOOK_FN = r"""dt_hook() {
   rc=$?
   cat -- "$log" >&2
   if [ "$rc" -ne 0 ]; then
-    t=$(tail -n 3 -- "$log")
+    t=$(tail -n 3 -- "$log" 2>/dev/null)
+    # on a full disk the hook's own words may not have reached its log: say what is known
+    case $(df -Pk -- "$D" 2>/dev/null | awk 'NR==2 {print $4}') in
+      0) case $t in *"No space left"*) ;; *) t="$t (No space left on device under $D)";; esac;;
+    esac
     dt_fail "$1 hook" "$3: exit $rc: $t"
   fi
 }
@@ -441,7 +509,8 @@ _REMOVE_FN = r"""dt_remove() {
   if [ "$1" = "$(dt_live)" ]; then printf '@@dt warn\tnot removing live release %s\n' "$1"; return 0; fi
   p="$D/releases/$1"
   chmod -R u+w -- "$p" 2>/dev/null
-  if out=$(rm -rf -- "$p" 2>&1) && rm -f -- "$S/releases/$1.json" "$S/releases/$1.suite.json"; then
+  if out=$(rm -rf -- "$p" 2>&1) && rm -f -- "$S/releases/$1".json "$S/releases/$1".suite.json \
+      "$S/releases/$1".bad "$S/releases/$1".verified; then
     printf '@@dt removed\t%s\n' "$1"
   else
     printf '@@dt warn\tcannot remove %s: %s\n' "$p" "$(dt_clean "$out")"; dt_bad=1
@@ -453,9 +522,9 @@ _REMOVE_FN = r"""dt_remove() {
 _CLEANUP_AWK = r"""{ id[NR] = $1; st[NR] = $2 }
 END {
   prev = ""
-  if (live != "") for (i = 1; i <= NR; i++) if (st[i] == "complete" && (id[i] "") < (live "")) prev = id[i]
+  if (live != "") for (i = 1; i <= NR; i++) if (st[i] == "verified" && (id[i] "") < (live "")) prev = id[i]
   n = 0
-  for (i = NR; i >= 1; i--) if (st[i] == "complete") { n++; if (n <= keep) k[id[i]] = 1 }
+  for (i = NR; i >= 1; i--) if (st[i] == "complete" || st[i] == "verified") { n++; if (n <= keep) k[id[i]] = 1 }
   for (i = 1; i <= NR; i++) {
     if ((id[i] "") == (live "") || (id[i] "") == (prev "") || (id[i] in k) || st[i] == "unknown") continue
     print id[i]
@@ -500,7 +569,7 @@ def script_for_prepare(settings: Settings, release_id: str, package: Package, wh
     }
     if git:
         meta["revision"] = "@@rev@@"
-    lines = [prelude(settings), _STATE_FN, _HOOK_FN, _SHARE_FN, _ids(rid)]
+    lines = [prelude(settings), _STATE_FN, _HOOK_FN, _SHARE_FN, STEP_FN, _ids(rid)]
     lines.append(f"""\
 out=$(mkdir -p -- "$D/releases" "$D/shared" "$S/releases" 2>&1) \\
   || {{ cat >/dev/null; dt_fail prepare "$out"; }}
@@ -553,7 +622,7 @@ out=$(tar -x -z -o -f - -C "$R" 2>&1) \\
         # Still connected? If the deploy that asked vanished (killed, network gone), this write raises
         # SIGPIPE and the release is undone instead of being marked complete behind its back.
         lines.append("trap 'exit 98' PIPE\nprintf '@@dt built\\n' || exit 98\n")
-        lines.append(f"dt_set_state \"$id\" {COMPLETE} prepare\n")
+        lines.append(f"dt_set_state \"$id\" {COMPLETE} prepare\ndt_step prepared\n")
     lines.append("dt_ok=1\nprintf '@@dt label\\t%s\\n' \"$label\"\n")
     return "".join(lines)
 
@@ -596,9 +665,15 @@ def _build_body(settings: Settings) -> str:
 
 
 def script_for_mark_bad(settings: Settings, release_id: str) -> str:
-    """Shell text of :func:`mark_bad`."""
+    """Shell text of :func:`mark_bad` (needs no free space)."""
     return (prelude(settings) + _STATE_FN + _ids(release_id)
             + f'[ -d "$R" ] || exit 0\ndt_set_state "$id" {BAD} "mark bad"\n')
+
+
+def script_for_mark_verified(settings: Settings, release_id: str) -> str:
+    """Shell text that marks a release verified: it was live and passed its verification."""
+    return (prelude(settings) + _STATE_FN + _ids(release_id)
+            + f'[ -d "$R" ] || exit 0\ndt_set_state "$id" {VERIFIED} "mark verified"\n')
 
 
 def mark_bad(target: Target, settings: Settings, release_id: str) -> None:
@@ -620,11 +695,12 @@ def chain(*scripts: str) -> str:
 
 def script_for_switch(settings: Settings, release_id: str) -> str:
     """Shell text of :func:`switch`."""
-    return prelude(settings) + _LIST_FN + _LINK_FN + _RECORDED_FN + _ids(release_id) + """\
+    return prelude(settings) + _LIST_FN + _LINK_FN + _RECORDED_FN + STEP_FN + _ids(release_id) + """\
 [ -d "$R" ] && [ ! -L "$R" ] || dt_refuse "release $id does not exist"
 st=$(dt_state "$id")
-[ "$st" = complete ] || dt_refuse "release $id is $st, not complete; it cannot go live"
+case $st in complete|verified) ;; *) dt_refuse "release $id is $st; it cannot go live";; esac
 dt_link "$R"
+dt_step switched
 dt_recorded "$id"
 """
 
@@ -676,7 +752,7 @@ def switch(target: Target, settings: Settings, release_id: str) -> str | None:
 
 def script_for_restart(settings: Settings) -> str:
     """Shell text of :func:`restart`."""
-    return prelude(settings) + _HOOK_FN + _restart_body(settings)
+    return prelude(settings) + _HOOK_FN + STEP_FN + _restart_body(settings)
 
 
 def _restart_body(settings: Settings) -> str:
@@ -687,7 +763,7 @@ dt_env "${rel##*/}" "$rel"
 mkdir -p -- "$S" 2>/dev/null
 """]
     lines += [f'dt_hook restart "$rel" {_q(hook)}\n' for hook in settings.restart_hooks]
-    lines.append("printf '@@dt restarted\\t%s\\n' \"${rel##*/}\"\n")
+    lines.append("dt_step restarted 2>/dev/null\nprintf '@@dt restarted\\t%s\\n' \"${rel##*/}\"\n")
     return "".join(lines)
 
 

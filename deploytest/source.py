@@ -122,6 +122,7 @@ def pack_directory(path: str) -> tuple[bytes, str, int]:
                     handle.seek(0)
                     tar.addfile(info, handle)
             elif info.issym():
+                _refuse_escaping_link(relative, info.linkname, "source symlink")
                 digest.update(b"L\0" + relative.encode() + b"\0" + info.linkname.encode() + b"\0")
                 tar.addfile(info)
             elif info.isdir():
@@ -178,11 +179,27 @@ def check_tarball(data: bytes) -> int:
                     raise ConfigError(
                         f"archive member {name!r} goes through a symlink in the archive. Nothing was changed."
                     )
+            if member.issym():
+                _refuse_escaping_link(name, member.linkname, "archive symlink")
+            if member.islnk():  # a hard link's target is a path from the archive's root
+                _refuse_escaping_link(name, member.linkname, "archive hard link", from_root=True)
             if member.issym() or member.islnk():
                 links.add("/".join(parts))
             if member.isfile():
                 files += 1
     return files
+
+
+def _refuse_escaping_link(name: str, target: str, what: str, *, from_root: bool = False) -> None:
+    """Refuse a link whose target is absolute or climbs out of the release with ``..``.
+
+    :raises ConfigError: naming the path and its target (exit 2, nothing uploaded).
+    """
+    base = "" if from_root else posixpath.dirname(name.strip("/"))
+    resolved = posixpath.normpath(posixpath.join(base, target)) if target else ""
+    if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        raise ConfigError(f"{what} {name!r} points outside the release (-> {target!r}); a release must be"
+                          " self-contained. Nothing was changed.")
 
 
 def redact_url(url: str) -> str:

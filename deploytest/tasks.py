@@ -30,6 +30,7 @@ from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, Target, targets_for
 from .report import RunReport, refused_run, write_document, write_run_junit
+from .rollback import rollback as rollback_task
 
 
 def targets_of(c: Context, settings: Settings, task_name: str = "this task") -> List[Target]:
@@ -240,14 +241,15 @@ def verify(targets: List[Target], settings: Settings, console: Console, json: Op
         raise
 
 
-@task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous good release)",
-                                    **_REPORTS})
+@task(klass=CoordinatedTask, help={"to": "the release id to go back to (default: the previous verified release)",
+                                    "force": "let --to name a release that was never verified live", **_REPORTS})
 @on_hosts()
 def rollback(targets: List[Target], settings: Settings, console: Console, to: Optional[str] = None,
-             json: Optional[str] = None, junit: Optional[str] = None) -> int:
-    """Re-activate the previous good release (or --to RELEASE), restart, verify it with its own suite."""
+             force: bool = False, json: Optional[str] = None, junit: Optional[str] = None) -> int:
+    """Go back to the previous verified release (or --to RELEASE) on every host, restart, verify it with
+    its own recorded suite; after an interrupted rollout, undo it on every host it touched."""
     run = Rollout(settings, targets, console)
-    return reported(run, "rollback", json, junit, lambda: oncall.rollback(run, to))
+    return reported(run, "rollback", json, junit, lambda: rollback_task(run, to, force=force))
 
 
 @task(klass=CoordinatedTask)

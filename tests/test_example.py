@@ -117,8 +117,8 @@ def test_readme_example_deploys_green_then_rolls_back_the_broken_release(
     assert not (deploy_to / ".deploytest" / "lock").exists()
     others = [p.name for p in (deploy_to / "releases").iterdir() if p.name != good]
     assert len(others) == 1, others
-    meta = json.loads((deploy_to / ".deploytest" / "releases" / f"{others[0]}.json").read_text())
-    assert meta["state"] == "bad"
+    assert (deploy_to / ".deploytest" / "releases" / f"{others[0]}.bad").exists()  # marked bad
+    assert (deploy_to / ".deploytest" / "releases" / f"{good}.verified").exists()
     last = json.loads((deploy_to / ".deploytest" / "log.jsonl").read_text().splitlines()[-1])
     assert last["event"] == "deploy" and last["outcome"] == "rolled back" and last["release"] == others[0]
 

@@ -19,7 +19,8 @@ from deploytest.config import GitSource, Settings
 from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
 from deploytest.hosts import LocalTarget, RunResult
 from deploytest.lock import LockOwner
-from deploytest.release import BAD, COMPLETE, PREPARING
+from deploytest.release import BAD, COMPLETE, PREPARING, VERIFIED
+from deploytest.source import check_tarball
 
 
 class CountingTarget(LocalTarget):
@@ -65,7 +66,8 @@ def deploy(target: LocalTarget, settings: Settings, owner: LockOwner, rid: str |
     release.acquire_lock(target, settings, owner)
     release.prepare(target, settings, rid, package, owner.who, build=True)
     release.switch_and_restart(target, settings, rid)
-    release.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "deployed"})
+    release.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "verified"},
+                   first=[release.script_for_mark_verified(settings, rid)])  # as a green rollout does
     return rid
 
 
@@ -89,7 +91,7 @@ def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None
 
     state = release.inspect(target, settings)
     assert state.live == second and state.previous == first and state.lock is None
-    assert [r.state for r in state.releases] == [COMPLETE, COMPLETE]
+    assert [r.state for r in state.releases] == [VERIFIED, VERIFIED]
     assert state.releases[1].who == owner.who and len(state.releases[1].label) == 12
     assert state.releases[0].label != state.releases[1].label
     assert state.last_event is not None and state.last_event["release"] == second
@@ -513,10 +515,34 @@ def test_shared_path_through_a_symlink_out_of_the_release_is_refused(tmp_path: P
     (src / "config").rmdir()
     (src / "config").symlink_to(outside)
     settings = settings_for(tmp_path, shared=("config/app.env",))
-    with pytest.raises(RemoteCommandFailed, match="leads out of the release"):
-        release.prepare(target, settings, "1", release.pack_source(settings), "me")
+    with pytest.raises(ConfigError, match="source symlink 'config' points outside the release"):
+        release.pack_source(settings)  # refused before anything is uploaded
     assert (outside / "app.env").read_text() == "precious"
-    assert os.listdir(settings.releases_dir) == []
+
+
+def test_source_links_that_leave_the_release_are_refused(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    src = make_source(tmp_path)
+    (src / "ok").symlink_to("config/app.env")  # inside: fine
+    (src / "config" / "up").symlink_to("../VERSION")  # climbs, but stays inside: fine
+    settings = settings_for(tmp_path)
+    release.pack_source(settings)
+    for bad in ("../../etc/passwd", "/etc/passwd"):
+        (src / "evil").unlink(missing_ok=True)
+        (src / "evil").symlink_to(bad)
+        with pytest.raises(ConfigError, match=f"source symlink 'evil' points outside the release .-> '{bad}'"):
+            release.pack_source(settings)
+    for name, target_path, kind in (("h", "/etc/shadow", tarfile.LNKTYPE), ("h", "../x", tarfile.LNKTYPE),
+                                    ("s", "../../x", tarfile.SYMTYPE)):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname = kind, target_path
+            tar.addfile(member)
+        with pytest.raises(ConfigError, match="points outside the release"):
+            check_tarball(buffer.getvalue())
 
 
 def test_relative_current_link_from_another_tool_is_understood(tmp_path: Path,

@@ -13,7 +13,7 @@ from deploytest import release
 from deploytest.config import GitSource, Settings
 from deploytest.errors import UsageError
 from deploytest.lock import LockInfo, LockOwner, log_line, parse_marks
-from deploytest.release import BAD, COMPLETE, PREPARING, UNKNOWN, HostState, ReleaseInfo
+from deploytest.release import BAD, COMPLETE, PREPARING, UNKNOWN, VERIFIED, HostState, ReleaseInfo
 from deploytest.source import GIT, Package, redact_url
 
 NOW = datetime(2026, 11, 25, 10, 0, 1, tzinfo=timezone.utc)
@@ -57,20 +57,23 @@ def test_hostile_release_names_are_refused(name: str) -> None:
 # -- rollback target ---------------------------------------------------------------------------
 
 
-def test_rollback_goes_to_newest_complete_release_older_than_live() -> None:
-    s = state(("1", COMPLETE), ("2", COMPLETE), ("3", BAD), ("4", PREPARING), ("5", COMPLETE), live="5")
-    assert s.previous == "2"
+def test_rollback_goes_to_newest_verified_release_older_than_live() -> None:
+    s = state(("1", VERIFIED), ("2", VERIFIED), ("3", BAD), ("4", PREPARING), ("6", COMPLETE), ("7", COMPLETE),
+              live="7")
+    assert s.previous == "2"  # 6 was built but never verified live: not a rollback target
     assert release.rollback_target(s) == "2"
 
 
-def test_rollback_skips_preparing_and_unknown() -> None:
-    s = state(("1", COMPLETE), ("2", UNKNOWN), ("3", PREPARING), ("4", COMPLETE), live="4")
+def test_rollback_skips_preparing_unknown_and_unverified() -> None:
+    s = state(("1", VERIFIED), ("2", UNKNOWN), ("3", PREPARING), ("4", COMPLETE), ("5", VERIFIED), live="5")
     assert release.rollback_target(s) == "1"
 
 
-def test_rollback_without_previous_is_refused() -> None:
-    with pytest.raises(UsageError, match="no previous good release"):
-        release.rollback_target(state(("1", COMPLETE), live="1"))
+def test_rollback_without_previous_is_refused_and_names_an_unverified_one() -> None:
+    with pytest.raises(UsageError, match="no previous verified release"):
+        release.rollback_target(state(("1", VERIFIED), live="1"))
+    with pytest.raises(UsageError, match="1 is older but was never verified live: rollback --to 1 --force"):
+        release.rollback_target(state(("1", COMPLETE), ("2", VERIFIED), live="2"))
 
 
 @pytest.mark.parametrize("to", ["../../etc", "x;rm -rf /", "$(id)", "1/../2"])
@@ -80,11 +83,15 @@ def test_rollback_to_hostile_name_is_refused(to: str) -> None:
 
 
 def test_rollback_to_checks_the_release() -> None:
-    s = state(("1", COMPLETE), ("2", BAD), ("3", PREPARING), ("4", COMPLETE), live="4")
+    s = state(("0", COMPLETE), ("1", VERIFIED), ("2", BAD), ("3", PREPARING), ("4", VERIFIED), live="4")
     assert release.rollback_target(s, "1") == "1"
-    for to, words in (("2", "is bad"), ("3", "is preparing"), ("9", "does not exist"), ("4", "already live")):
+    for to, words in (("2", "is bad"), ("3", "is preparing"), ("9", "does not exist"), ("4", "already live"),
+                      ("0", "never verified live")):
         with pytest.raises(UsageError, match=words):
             release.rollback_target(s, to)
+    assert release.rollback_target(s, "0", force=True) == "0"  # an unverified target with --force
+    with pytest.raises(UsageError, match="is bad"):
+        release.rollback_target(s, "2", force=True)
 
 
 # -- cleanup selection -------------------------------------------------------------------------
@@ -102,7 +109,7 @@ def test_cleanup_failed_releases_do_not_count() -> None:
 
 
 def test_cleanup_keeps_live_and_rollback_target_when_old() -> None:
-    s = state(("10", COMPLETE), ("11", COMPLETE), ("12", COMPLETE), ("13", COMPLETE), live="11")
+    s = state(("10", VERIFIED), ("11", COMPLETE), ("12", COMPLETE), ("13", COMPLETE), live="11")
     assert release.cleanup_plan(s, 1) == ["12"]
 
 
@@ -118,6 +125,8 @@ def test_cleanup_awk_rule_matches_python_rule() -> None:
         (state(("10", UNKNOWN), ("11", COMPLETE), ("12", BAD), live="11"), 1),
         (state(("9", COMPLETE), ("10", COMPLETE), ("11", COMPLETE)), 2),
         (state(("a", COMPLETE), ("b", COMPLETE), ("c", COMPLETE), ("d", BAD), live="c"), 1),
+        (state(("10", VERIFIED), ("11", COMPLETE), ("12", VERIFIED), ("13", COMPLETE), live="13"), 1),
+        (state(("10", VERIFIED), ("11", VERIFIED), ("12", BAD), ("13", VERIFIED), live="11"), 1),
     ]
     for s, keep in cases:
         lines = "".join(f"{r.id} {r.state}\n" for r in s.releases)
@@ -136,13 +145,16 @@ def test_parse_state_reads_every_line() -> None:
     lock = LockOwner.new().to_json()
     out = "\n".join([
         "noise", "@@dt exists\t1", "@@dt writable\t0", "@@dt free\t42",
-        "@@dt current\tlink\t/srv/app/releases/2", "@@dt release\t1\t", "",
-        '@@dt release\t2\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
-        "@@dt release\t../x\t", f"@@dt lock\t{lock}", '@@dt last\t{"event": "deploy"}',
+        "@@dt current\tlink\t/srv/app/releases/2", "@@dt release\t1\tunknown\t", "",
+        '@@dt release\t2\tverified\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
+        '@@dt release\t3\t\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
+        "@@dt release\t../x\t\t", f"@@dt lock\t{lock}", '@@dt last\t{"event": "deploy"}',
     ])
     s = release.parse_state("h", settings, out)
     assert (s.exists, s.writable, s.free_mb, s.live) == (True, False, 42, "2")
-    assert s.release_ids == ["1", "2"] and s.releases[0].state == UNKNOWN and s.releases[1].label == "abc"
+    assert s.release_ids == ["1", "2", "3"] and s.releases[0].state == UNKNOWN and s.releases[1].label == "abc"
+    assert s.releases[1].state == VERIFIED  # the host's marker wins over the metadata's word
+    assert s.releases[2].state == COMPLETE
     assert s.lock is not None and s.lock.pid > 0 and s.last_event == {"event": "deploy"}
     assert "cannot write" in (release.preflight_problem(s, 1) or "")
 

@@ -93,9 +93,13 @@ def test_a_release_without_a_record_is_verified_with_todays_checks_and_says_so(t
     green(project, hosts, "2.0")
     project.config["checks"] = [c for c in project.config["checks"] if "file" not in c]
     project.write(project.config)
-    proc = project.fab("rollback", hosts=hosts)
+    refused = project.fab("rollback", hosts=hosts)  # a plain deploy was never verified: no target
+    assert refused.returncode == 2 and f"rollback --to {r1} --force" in refused.stderr, output(refused)
+    proc = project.fab("rollback", "--to", r1, "--force", hosts=hosts)
     assert proc.returncode == 0, output(proc)
     assert f"{r1} has no recorded suite; with today's checks" in proc.stdout
+    assert all(state_of(h, r1) == "verified" for h in bed.hosts)  # verified now, and its suite recorded
+    assert all(h.sh(f"test -f {DEPLOY_TO}/.deploytest/releases/{r1}.suite.json").returncode == 0 for h in bed.hosts)
 
 
 def test_the_flows_own_rollback_uses_the_recorded_suite(three: Dict[str, Any]) -> None:

@@ -41,6 +41,13 @@ def deploy(project: Project, hosts: List[str], version: str = "1.0") -> None:
     assert proc.returncode == 0, output(proc)
 
 
+def verified(project: Project, hosts: List[str], version: str) -> None:
+    """A release that went live and passed its checks: what a rollback goes back to."""
+    project.set_version(version)
+    proc = project.fab("deploy-and-verify", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+
+
 def health_only(project: Project) -> None:
     """Checks that hold for every good release (no version pinned): what a rollback verifies."""
     project.config["checks"] = [c for c in project.config["checks"] if "file" not in c]
@@ -96,7 +103,7 @@ def test_rollback_goes_back_marks_bad_and_skips_it_next_time(three: Dict[str, An
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     ids = []
     for version in ("1.0", "2.0", "3.0"):
-        deploy(project, hosts, version)
+        verified(project, hosts, version)
         ids.append(live(bed.hosts[0]))
     r1, r2, r3 = ids
     health_only(project)
@@ -123,7 +130,7 @@ def test_rollback_goes_back_marks_bad_and_skips_it_next_time(three: Dict[str, An
     assert all(live(h) == r2 and not locked(h) for h in bed.hosts)
 
     # a new good release, then a rollback: back to r2, skipping the bad r3
-    deploy(project, hosts, "4.0")
+    verified(project, hosts, "4.0")
     health_only(project)
     r4 = live(bed.hosts[0])
     proc = project.fab("rollback", hosts=hosts)
@@ -375,12 +382,12 @@ def test_two_deploys_started_together_leave_the_hosts_consistent(three: Dict[str
 
 def test_rollback_with_nothing_to_go_back_to_is_refused(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
-    deploy(project, hosts, "1.0")
+    verified(project, hosts, "1.0")
     health_only(project)
     before = snapshot(bed)
     proc = project.fab("rollback", hosts=hosts)
     assert proc.returncode == 2, output(proc)
-    assert "no previous good release" in proc.stderr, proc.stderr
+    assert "no previous verified release" in proc.stderr, proc.stderr
     assert_clean(bed, before)
     live_now = live(bed.hosts[0])
     proc = project.fab("rollback", "--to", live_now, hosts=hosts)
@@ -391,12 +398,12 @@ def test_rollback_with_nothing_to_go_back_to_is_refused(three: Dict[str, Any]) -
 
 def test_rollback_to_a_release_one_host_lacks_changes_no_host(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
-    deploy(project, hosts, "1.0")
+    verified(project, hosts, "1.0")
     r1 = live(bed.hosts[0])
-    deploy(project, hosts, "2.0")
+    verified(project, hosts, "2.0")
     health_only(project)
     gone = bed.hosts[2]
-    gone.sh(f"rm -rf {DEPLOY_TO}/releases/{r1} {DEPLOY_TO}/.deploytest/releases/{r1}.json")
+    gone.sh(f"rm -rf {DEPLOY_TO}/releases/{r1} {DEPLOY_TO}/.deploytest/releases/{r1}.*")
     before = snapshot(bed)
     proc = project.fab("rollback", "--to", r1, hosts=hosts)
     assert proc.returncode == 2, output(proc)

@@ -67,11 +67,14 @@ def test_status_shows_live_previous_lock_and_last_event(three: Dict[str, Any]) -
 
     pid = killed_deploy(project, bed, hosts)
     proc = project.fab("status", hosts=hosts)
-    assert proc.returncode == 0, output(proc)
+    assert proc.returncode == 3, output(proc)  # an interrupted rollout needs a human
     for name in hosts:
-        (line,) = [line for line in proc.stdout.splitlines() if line.startswith(f"{name}:")]
+        (line, interrupted) = [line for line in proc.stdout.splitlines() if line.startswith(f"{name}:")]
         assert f"live {r2}" in line, line  # the killed deploy never switched
         assert f"lock root@{socket.gethostname()} (pid {pid}) since " in line, line
+        assert "(stale: its process is no longer running)" in line, line
+        assert interrupted.startswith(f"{name}: INTERRUPTED: rollout of ") and f"(pid {pid})" in interrupted
+    assert f"next: fab -H {','.join(hosts)} rollback" in proc.stderr, proc.stderr
 
 
 def test_status_shows_every_reachable_host_when_one_is_down(three: Dict[str, Any]) -> None:
@@ -136,8 +139,9 @@ def test_unlock_removes_the_lock_of_a_killed_deploy(three: Dict[str, Any]) -> No
 
     refused = project.fab("deploy", hosts=hosts)
     assert refused.returncode == 2, output(refused)
-    assert f"locked by root@{socket.gethostname()} (pid {pid})" in refused.stderr, refused.stderr
-    assert "unlock" in refused.stderr  # says what to do next
+    assert "an interrupted rollout of " in refused.stderr, refused.stderr
+    assert f"by root@{socket.gethostname()} (pid {pid})" in refused.stderr, refused.stderr
+    assert f"next: fab -H {','.join(hosts)} rollback" in refused.stderr  # says what to do next
 
     proc = project.fab("unlock", hosts=hosts)
     assert proc.returncode == 0, output(proc)
@@ -155,7 +159,11 @@ def test_unlock_removes_the_lock_of_a_killed_deploy(three: Dict[str, Any]) -> No
     assert again.returncode == 0, output(again)
     assert (again.stdout + again.stderr).count("no lock was held") == len(hosts)
 
-    time.sleep(3)  # the killed deploy's build step ends on the hosts
+    # its journal outlives the lock: the interrupted rollout is undone by rollback, then deploys go on
+    status = project.fab("status", hosts=hosts)
+    assert status.returncode == 3 and "INTERRUPTED" in status.stdout, output(status)
+    undone = project.fab("rollback", hosts=hosts)
+    assert undone.returncode == 0, output(undone)
     deploy(project, hosts, "2.0")
     for host in bed.hosts:
         assert live(host) != r1 and not locked(host)
@@ -165,9 +173,15 @@ def test_a_lock_whose_deploy_died_is_called_stale(three: Dict[str, Any]) -> None
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
     killed_deploy(project, bed, hosts)
+    status = project.fab("status", hosts=hosts)
+    assert "stale: its process is no longer running" in status.stdout, output(status)
     refused = project.fab("deploy", hosts=hosts)
     assert refused.returncode == 2, output(refused)
-    assert "no longer running" in refused.stderr, refused.stderr
+    assert "interrupted rollout" in refused.stderr and "rollback" in refused.stderr, refused.stderr
+    fixed = project.fab("rollback", hosts=hosts)  # the one command: undoes it, dead lock and all
+    assert fixed.returncode == 0, output(fixed)
+    assert all(not locked(h) for h in bed.hosts)
+    assert project.fab("deploy", hosts=hosts).returncode == 0
 
 
 # -- verify ---------------------------------------------------------------------------------------------
