@@ -162,15 +162,14 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     console.set_hosts(run.names)
     console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
     need_mb = settings.min_free_mb + _package_mb(run.package)
-    interrupted: list[str] = []
+    refused: list[release.HostState] = []
 
     def check(target: Target) -> release.HostState:
         target.open()
         state = release.inspect(target, settings)
-        if state.interrupted:
-            interrupted.append(target.name)
         problem = release.preflight_problem(state, need_mb, resolving=resolving)
         if problem:
+            refused.append(state)
             raise Refused(f"{target.name}: {problem}")
         return state
 
@@ -178,8 +177,7 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
         run.states = run.each(run.names, "preflight", check)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
-    hint = f"{run.fab('rollback', sorted(interrupted))}   (undoes the interrupted rollout)" if interrupted else ""
-    _refuse_if_failed(run, hint)
+    _refuse_if_failed(run, release.preflight_hint(sorted(refused, key=lambda s: s.host)))
     run.release_id = release.new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
     )

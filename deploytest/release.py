@@ -332,14 +332,31 @@ def preflight_problem(state: HostState, need_mb: int, *, resolving: bool = False
         return None
     if state.interrupted and state.journal is not None:
         return (f"an interrupted {state.journal.describe()} is unresolved here (live: {state.live or 'nothing'});"
-                " undo it first with rollback (see: fab status)")
+                " undo it first with rollback")
     if state.lock is not None:
         stale = state.lock.staleness()
         if stale:
-            return f"locked by {state.lock.describe()}, stale ({stale}); check, then: {state.fab('unlock')}"
+            return f"locked by {state.lock.describe()}, stale ({stale}); unlock it once checked"
         return (f"locked by {state.lock.describe()} ({state.lock.liveness()}): another deploy is running;"
-                f" wait for it, or if it is really dead: {state.fab('unlock --force')}")
+                " wait for it (unlock --force only if it is really dead)")
     return None
+
+
+def preflight_hint(states: Sequence[HostState]) -> str:
+    """ONE next command for the hosts a preflight refused, in the order that works: undo an interrupted
+    rollout (rollback replaces its dead locks itself), else unlock stale locks; '' if neither applies."""
+    interrupted = [s for s in states if s.interrupted]
+    if interrupted:
+        return fab_command("rollback", [s.host for s in interrupted], local=interrupted[0].local) \
+            + "   (undoes the interrupted rollout)"
+    stale = [s for s in states if s.lock is not None and s.lock.staleness()]
+    if stale:
+        return fab_command("unlock", [s.host for s in stale], local=stale[0].local)
+    busy = [s for s in states if s.lock is not None]
+    if busy:
+        return (f"wait for the running deploy; only if it is really dead: "
+                f"{fab_command('unlock --force', [s.host for s in busy], local=busy[0].local)}")
+    return ""
 
 
 def rollback_target(state: HostState, to: str | None = None, *, force: bool = False) -> str:

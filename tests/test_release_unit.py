@@ -226,8 +226,11 @@ def test_a_lock_is_live_while_it_beats_and_stale_after() -> None:
 def test_preflight_hints_carry_no_host_on_the_local_machine() -> None:
     lock = LockInfo(user="alice", host="elsewhere.example", pid=42, started="2026-11-25T10:00:01Z", age=500)
     state = release.HostState("local", "/srv/app", exists=True, writable=True, lock=lock, local=True)
-    problem = release.preflight_problem(state, 1) or ""
-    assert problem.endswith("check, then: fab unlock") and "-H" not in problem
+    assert "stale (no heartbeat for 8m)" in (release.preflight_problem(state, 1) or "")
+    assert release.preflight_hint([state]) == "fab unlock"  # no -H local
     remote = dataclasses.replace(state, host="web1", local=False, lock=dataclasses.replace(lock, age=2))
+    other = dataclasses.replace(remote, host="web3")
     assert "another deploy is running" in (release.preflight_problem(remote, 1) or "")
-    assert (release.preflight_problem(remote, 1) or "").endswith("fab -H web1 unlock --force")
+    assert release.preflight_hint([remote, other]).endswith("fab -H web1,web3 unlock --force")  # one command
+    stale = [dataclasses.replace(h, lock=lock) for h in (remote, other)]
+    assert release.preflight_hint(stale) == "fab -H web1,web3 unlock"
