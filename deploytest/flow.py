@@ -24,6 +24,7 @@ from .errors import (
     ChecksFailed,
     ConfigError,
     DeploytestError,
+    HostKeyError,
     HostUnreachable,
     NeedsHuman,
     Refused,
@@ -163,9 +164,14 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
     need_mb = settings.min_free_mb + _package_mb(run.package)
     refused: list[release.HostState] = []
+    key_steps: list[str] = []
 
     def check(target: Target) -> release.HostState:
-        target.open()
+        try:
+            target.open()
+        except HostKeyError as error:
+            key_steps.append(f"{target.name}: {error.next_step}")
+            raise
         state = release.inspect(target, settings)
         problem = release.preflight_problem(state, need_mb, resolving=resolving)
         if problem:
@@ -177,7 +183,8 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
         run.states = run.each(run.names, "preflight", check)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
-    _refuse_if_failed(run, release.preflight_hint(sorted(refused, key=lambda s: s.host)))
+    hints = [release.preflight_hint(sorted(refused, key=lambda s: s.host)), *key_steps]
+    _refuse_if_failed(run, "; ".join(h for h in hints if h))
     run.release_id = release.new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
     )

@@ -39,8 +39,9 @@ def _connect_all(targets: Sequence[Target], settings: Settings, console: Console
                 if isinstance(r, BaseException)]
     if problems:
         lines = [f"  {t.name}: {_message(r)}" for t, r in problems]
+        keys = [f"{t.name}: {r.next_step}" for t, r in problems if isinstance(r, HostKeyError) and r.next_step]
         raise Refused("cannot reach every host; nothing was checked or changed:\n" + "\n".join(lines),
-                      hosts=[t.name for t, _ in problems])
+                      hosts=[t.name for t, _ in problems], next_step="; ".join(keys))
 
 
 def _message(error: BaseException) -> str:

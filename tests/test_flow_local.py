@@ -253,3 +253,22 @@ def test_a_lock_that_cannot_be_released_is_exit_3_naming_the_host(tmp_path: Path
     assert info.value.exit_code == NEEDS_HUMAN and info.value.hosts == ["local"]
     assert "could not finish on local: its lock there is kept" in info.value.message
     assert "fab unlock" in info.value.next_step and "-H" not in info.value.next_step
+
+
+def test_what_a_host_prints_cannot_drive_the_terminal(tmp_path: Path) -> None:
+    from deploytest.console import neutral
+
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(out, err)
+    console.host("web1", "build", "\x1b[2J\x1b[31mboom\r\x07 done")
+    console.error("deploytest: web1: build hook failed: \x1b]0;owned\x07 exit 1")
+    assert "\x1b" not in out.getvalue() + err.getvalue() and "\x07" not in err.getvalue()
+    assert "^[[2J^[[31mboom^M^G done" in out.getvalue()
+    assert neutral("tab\tand\nnewline stay") == "tab\tand\nnewline stay"
+    # a failing hook's own words reach the operator neutralised, through the flow's error
+    settings = settings_for(tmp_path, hooks={"build": ["printf '\\033[2Jwiped\\n'; exit 1"]})
+    with pytest.raises(RolledBack) as info:
+        run(settings)
+    shown = io.StringIO()
+    Console(shown, shown).error(info.value.render())
+    assert "^[[2Jwiped" in shown.getvalue() and "\x1b" not in shown.getvalue()

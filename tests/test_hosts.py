@@ -7,6 +7,8 @@ from typing import Any, Callable
 
 import fabric
 import pytest
+import testbed
+from project import hello_bed
 
 from deploytest.errors import HostKeyError
 from deploytest.hosts import connect
@@ -76,3 +78,69 @@ def test_an_unknown_host_key_is_refused_and_a_known_one_accepted(make_hosts: Cal
         assert bed.known_hosts.read_text() == ""  # never written behind the user's back
     finally:
         bed.known_hosts.write_text(lines)
+
+
+def _ssh_config(tmp_path: Path, bed: Any, host: Any, known: Path, *extra: str) -> Any:
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Host {host.name}\n    HostName {host.address}\n    Port {host.port}\n    User root\n"
+                    f"    IdentityFile {bed.client_key}\n    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n"
+                    + "".join(f"    {line}\n" for line in extra))
+    return fabric.Config(runtime_ssh_path=str(path))
+
+
+def test_accept_new_records_the_key_so_a_later_change_is_refused(make_hosts: Callable[..., Any],
+                                                                 tmp_path: Path) -> None:
+    bed = make_hosts(1)
+    host = bed.hosts[0]
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    config = _ssh_config(tmp_path, bed, host, known, "StrictHostKeyChecking accept-new")
+    first = connect(host.name, config)
+    assert first.run("hostname").stdout.strip() == host.name
+    first.close()
+    (line,) = known.read_text().splitlines()
+    assert line == testbed.known_hosts_line(host.address, host.port, host.public_key)  # recorded
+    # the host's key changes: accept-new refuses a key that differs from the recorded one
+    other = testbed._write_key(tmp_path / "other_key", "someone else")
+    known.write_text(testbed.known_hosts_line(host.address, host.port, other) + "\n")
+    changed = connect(host.name, _ssh_config(tmp_path, bed, host, known, "StrictHostKeyChecking accept-new"))
+    with pytest.raises(HostKeyError, match="does not match known_hosts") as info:
+        changed.run("true")
+    changed.close()
+    assert "ssh-keygen -R" in info.value.next_step
+
+
+def test_host_key_alias_is_where_the_key_is_looked_up(make_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    bed = make_hosts(1)
+    host = bed.hosts[0]
+    known = tmp_path / "known_hosts"
+    keytype, blob = host.public_key.split()[:2]
+    known.write_text(f"web-alias {keytype} {blob}\n")  # recorded under the alias only
+    aliased = connect(host.name, _ssh_config(tmp_path, bed, host, known, "HostKeyAlias web-alias",
+                                             "StrictHostKeyChecking yes"))
+    assert aliased.run("hostname").stdout.strip() == host.name
+    aliased.close()
+    plain = connect(host.name, _ssh_config(tmp_path, bed, host, known, "StrictHostKeyChecking yes"))
+    with pytest.raises(HostKeyError, match="not in known_hosts"):
+        plain.run("true")
+    plain.close()
+
+
+def test_a_changed_key_is_named_as_such_by_status_verify_and_deploy(make_hosts: Callable[..., Any],
+                                                                    tmp_path: Path) -> None:
+    setup = hello_bed(make_hosts, tmp_path, 2)
+    bed, project, hosts = setup["bed"], setup["project"], setup["hosts"]
+    web1 = bed.hosts[0]
+    other = testbed._write_key(tmp_path / "other_key", "a man in the middle")
+    lines = bed.known_hosts.read_text().splitlines()
+    lines[0] = testbed.known_hosts_line(web1.address, web1.port, other)
+    bed.known_hosts.write_text("\n".join(lines) + "\n")
+    for task in ("status", "verify", "deploy"):
+        proc = project.fab(task, hosts=hosts)
+        text = proc.stdout + proc.stderr
+        assert "Traceback" not in text, text
+        assert "ssh-keygen -R" in text and web1.address in text, (task, text)
+        assert "reachable" not in text, (task, text)
+        assert proc.returncode in ((3,) if task == "status" else (2,)), (task, text)
+    status = project.fab("status", hosts=hosts)
+    assert "host key refused for web1" in status.stderr, status.stderr
