@@ -3,7 +3,7 @@
 The script starts the probes side by side, each writing to its own files in a private temporary
 directory (never to the session), waits for them, then prints frames::
 
-    DT<nonce> <index> <exit> <timed-out> <encoding>   one per probe
+    DT<nonce> <index> <exit> <timed-out> <encoding> <stopped>   one per probe
     DT<nonce> <index> o                               then its stdout, base64 (or hex) lines
     DT<nonce> <index> e                               then its stderr, likewise
     DT<nonce> sizes                                   then ``wc -c`` of every output file
@@ -12,7 +12,8 @@ directory (never to the session), waits for them, then prints frames::
 Encoded lines hold no spaces, so no probe output, however hostile, can forge or break a frame.
 A probe runs with the session's own umask and no limit of deploytest's: only its capture is bounded.
 Its stdout and stderr go through pipes to writers limited (``ulimit -f``) to just over its cap, so "cut"
-is known exactly; a probe that writes past that is stopped (SIGPIPE) and judged so.
+is known exactly; what comes after is read and dropped, so the probe's exit status stays its own, up to
+:data:`DRAIN_BYTES`, past which its output is closed and it is judged "stopped".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .base import ProbeOutput, q
+from .base import DRAIN_BYTES, ProbeOutput, q
 
 #: Exit status of the script when the host has no usable temporary directory.
 NO_TMPDIR = 97
@@ -47,7 +48,10 @@ _dt_run() {
   _dt_t=0
   if [ -e "$_dt_d/$1.t" ]; then _dt_t=1
   elif [ -n "$_dt_to" ] && { [ "$_dt_rc" -eq 124 ] || [ "$_dt_rc" -eq 137 ]; }; then _dt_t=1; fi
-  echo "$_dt_rc $_dt_t" >"$_dt_d/$1.x"
+  _dt_s=0  # "stopped": a stream ran past the drain bound
+  for _dt_f in "$_dt_d/$1.o.n" "$_dt_d/$1.e.n"; do
+    if [ -s "$_dt_f" ] && [ "$(cat "$_dt_f")" -ge __DRAIN__ ]; then _dt_s=1; fi; done
+  echo "$_dt_rc $_dt_t $_dt_s" >"$_dt_d/$1.x"
 }
 _dt_body() {
   if [ -s "$1" ]; then
@@ -55,23 +59,25 @@ _dt_body() {
   fi
 }
 _dt_emit() {
-  _dt_x=-1; _dt_t=0
-  if [ -s "$_dt_d/$1.x" ]; then read -r _dt_x _dt_t <"$_dt_d/$1.x"; fi
-  echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_enc"
+  _dt_x=-1; _dt_t=0; _dt_s=0
+  if [ -s "$_dt_d/$1.x" ]; then read -r _dt_x _dt_t _dt_s <"$_dt_d/$1.x"; fi
+  echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_enc $_dt_s"
   echo "DT$_dt_n $1 o"; _dt_body "$_dt_d/$1.o" "$2"
   echo "DT$_dt_n $1 e"; _dt_body "$_dt_d/$1.e" "$2"
 }
-"""
+""".replace("__DRAIN__", str(DRAIN_BYTES))
 
 # One probe with its capture: $1 the output files' prefix, $2 the 512-byte blocks to keep, $3 the probe
 # text, $4 the user's umask, $5 the nonce (for the probe's $0), $6 the time limit, $7 "1" when
 # timeout(1) works. Stdout and stderr each go through a pipe to a cat(1) that may write $2 blocks
-# (cat writes what it reads at once, so stopping it loses nothing); past that the probe's writes fail
-# (SIGPIPE). The probe's exit status goes to $1.r. What the probe leaves running may hold its output
-# open: a second after the probe itself ended, a cat still reading is stopped (found through its
-# shell's pid in $1.o.k / $1.e.k, which the shell removes when its cat is done).
+# (cat writes what it reads at once, so stopping it loses nothing); what comes after is read and
+# counted, not kept ($1.o.n), so the probe is neither blocked nor stopped and its exit status is its
+# own; past the drain bound the pipe closes (SIGPIPE). The probe's exit status goes to $1.r. What the
+# probe leaves running may hold its output open: a second after the probe itself ended, a reader still
+# reading is stopped (found through its shell's pid in $1.o.k / $1.e.k, removed when it is done).
 _CAPTURE = r"""
-_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; ulimit -f "$2" 2>/dev/null; cat >"$1"; rm -f "$1.k"' dt-keep "$@"; }
+_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; (ulimit -f "$2" 2>/dev/null; exec cat >"$1")
+  head -c __DRAIN__ | wc -c >"$1.n"; rm -f "$1.k"' dt-keep "$@"; }
 _dt_probe() {
   _dt_k=
   if [ -n "$7" ]; then (umask "$4"; exec timeout -k 2 "$6" /bin/sh -c "$3" "dt-$5") & _dt_p=$!
@@ -84,10 +90,11 @@ _dt_probe() {
   if [ -n "$_dt_k" ]; then kill "$_dt_k"; fi
   # Run, not forked: a forked shell would hold this shell's saved copies of the output pipes.
   /bin/sh -c 'sleep 1; for f in "$1.o.k" "$1.e.k"; do
-    read -r c <"$f" && { pkill -P "$c" -x cat || kill "$c"; }; done' dt-stop "$1" >/dev/null 2>&1 3>&- &
+    read -r c <"$f" && kill -STOP "$c" && { pkill -P "$c"; kill -KILL "$c"; }; done' dt-stop "$1" \
+    >/dev/null 2>&1 3>&- &
 }
 { { _dt_probe "$@" 2>&1 1>&3 3>&-; } | _dt_keep "$1.e" "$2" 3>&-; } 3>&1 | _dt_keep "$1.o" "$2"
-"""
+""".replace("__DRAIN__", str(DRAIN_BYTES))
 
 
 @dataclass(frozen=True)
@@ -149,7 +156,7 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
     """Probe outputs by index from the script's standard output; a missing frame is left out."""
     by_index = {job.index: job for job in jobs}
     marker = f"DT{nonce}"
-    heads: dict[int, tuple[int, bool, str]] = {}
+    heads: dict[int, tuple[int, bool, str, bool]] = {}
     bodies: dict[tuple[int, str], list[str]] = {}
     sizes: dict[tuple[int, str], int] = {}
     section: tuple[int, str] | None = None
@@ -160,8 +167,8 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
             section, in_sizes = None, False
             if fields[1:] == ["sizes"]:
                 in_sizes = True
-            elif len(fields) == 5 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
-                heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4]))
+            elif len(fields) == 6 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
+                heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4], fields[5] == "1"))
             elif len(fields) == 3 and fields[1].isdigit() and fields[2] in ("o", "e"):
                 section = (int(fields[1]), fields[2])
                 if section in bodies:
@@ -175,7 +182,7 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
         elif section is not None:
             bodies[section].append(line)
     out: dict[int, ProbeOutput] = {}
-    for index, (exit_code, timed_out, encoding) in heads.items():
+    for index, (exit_code, timed_out, encoding, stopped) in heads.items():
         job = by_index.get(index)
         if job is None:
             continue
@@ -188,7 +195,7 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
             stderr=stderr_bytes,
             timed_out=timed_out,
             truncated=truncated,
-            stopped=truncated and exit_code == 128 + 13,  # SIGPIPE: it wrote past what is kept
+            stopped=stopped,
             seconds_limit=float(max(1, math.ceil(job.seconds))),
         )
     return out
