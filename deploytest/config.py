@@ -47,6 +47,28 @@ class RolloutSettings:
 
 
 @dataclass(frozen=True)
+class DeploymentTests:
+    """The pytest deployment tests of the suite: ``deploytest.tests`` and ``deploytest.pytest_args``.
+
+    :ivar paths: files, directories or node ids, relative to the fabfile's directory.
+    :ivar args: extra pytest arguments.
+    :ivar archive: the test files as recorded with a release (base64 of a tar.gz, see
+        :mod:`deploytest.pytest_suite`); None: today's files, read from the fabfile's directory.
+    """
+
+    paths: tuple[str, ...]
+    args: tuple[str, ...] = ()
+    archive: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form kept in a recorded suite."""
+        data: dict[str, Any] = {"paths": list(self.paths), "pytest_args": list(self.args)}
+        if self.archive is not None:
+            data["archive"] = self.archive
+        return data
+
+
+@dataclass(frozen=True)
 class Settings:
     """The validated ``deploytest`` configuration."""
 
@@ -59,7 +81,10 @@ class Settings:
     restart_hooks: tuple[str, ...] = ()
     stop_hooks: tuple[str, ...] = ()
     checks: tuple[Any, ...] = ()
-    suite: str = "[]"  # the checks as the user wrote them (JSON): recorded with each verified release
+    tests: DeploymentTests | None = None  # pytest deployment tests, run with the checks
+    # The suite recorded with each verified release (JSON): {"checks": [as the user wrote them],
+    # "tests": {paths, pytest_args, archive}}; a suite recorded before tests existed is a list of checks.
+    suite: str = '{"checks":[]}'
     verify: VerifySettings = field(default_factory=VerifySettings)
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     sudo: bool = False
@@ -104,6 +129,8 @@ _TOP_KEYS = {
     "connect_timeout",
     "min_free_mb",
     "step_timeout",
+    "tests",
+    "pytest_args",
 }
 
 
@@ -281,6 +308,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     sudo = data.get("sudo", False)
     if not isinstance(sudo, bool):
         raise _fail("sudo", "true or false", sudo)
+    tests = _tests(data)
 
     return Settings(
         deploy_to=_deploy_to(deploy_to),
@@ -292,7 +320,8 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         restart_hooks=_string_list(hooks, "restart", "hooks."),
         stop_hooks=_string_list(hooks, "stop", "hooks."),
         checks=tuple(parse_checks(data.get("checks"))),
-        suite=_suite_json(data.get("checks")),
+        tests=tests,
+        suite=_suite_json(data.get("checks"), tests),
         verify=verify,
         rollout=rollout,
         sudo=sudo,
@@ -304,9 +333,27 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     )
 
 
-def _suite_json(raw: object) -> str:
-    """The checks as written, as one JSON text (YAML gives plain data; anything else is kept as text)."""
-    return json.dumps(_plain(raw or []), sort_keys=True, separators=(",", ":"))
+def _tests(data: Mapping[str, Any]) -> DeploymentTests | None:
+    """``tests`` (files, directories or node ids relative to the fabfile's directory) and ``pytest_args``."""
+    paths = _string_list(data, "tests", "")
+    args = _string_list(data, "pytest_args", "")
+    for path in paths:
+        file_part = path.split("::", 1)[0]
+        if not file_part.strip() or posixpath.isabs(file_part) or ".." in file_part.split("/") \
+                or "\x00" in path or "\n" in path:
+            raise _fail("tests", "files, directories or node ids inside the fabfile's directory"
+                        " (relative, no '..')", path)
+    if any("\x00" in arg for arg in args):
+        raise _fail("pytest_args", "a list of strings", list(args))
+    return DeploymentTests(paths, args) if paths else None
+
+
+def _suite_json(raw: object, tests: DeploymentTests | None = None) -> str:
+    """The suite as written, as one JSON text (YAML gives plain data; anything else is kept as text)."""
+    suite: dict[str, Any] = {"checks": _plain(raw or [])}
+    if tests is not None:
+        suite["tests"] = tests.to_dict()
+    return json.dumps(suite, sort_keys=True, separators=(",", ":"))
 
 
 def _plain(value: object) -> Any:
@@ -320,7 +367,8 @@ def _plain(value: object) -> Any:
 
 
 def with_suite(settings: Settings, suite: str) -> Settings:
-    """``settings`` whose checks are a recorded suite (JSON, as :attr:`Settings.suite` holds it).
+    """``settings`` whose checks and tests are a recorded suite (JSON, as :attr:`Settings.suite` holds it:
+    ``{"checks": [...], "tests": {...}}``, or a list of checks as recorded before tests existed).
 
     :raises ConfigError: the recorded suite does not validate with today's check catalog.
     """
@@ -330,7 +378,22 @@ def with_suite(settings: Settings, suite: str) -> Settings:
         raw = json.loads(suite)
     except ValueError as error:
         raise ConfigError(f"recorded suite: not JSON ({error})") from None
-    return dataclasses.replace(settings, checks=tuple(parse_checks(raw)), suite=_suite_json(raw))
+    tests: DeploymentTests | None = None
+    if isinstance(raw, dict):
+        _check_keys(raw, {"checks", "tests"}, "(recorded suite).")
+        recorded = raw.get("tests")
+        if recorded is not None:
+            if not isinstance(recorded, dict):
+                raise ConfigError("recorded suite: tests: expected a mapping")
+            _check_keys(recorded, {"paths", "pytest_args", "archive"}, "(recorded suite).tests.")
+            tests = _tests({"tests": recorded.get("paths"), "pytest_args": recorded.get("pytest_args")})
+            archive = recorded.get("archive")
+            if tests is None or not isinstance(archive, str) or not archive:
+                raise ConfigError("recorded suite: tests without their recorded files")
+            tests = dataclasses.replace(tests, archive=archive)
+        raw = raw.get("checks")
+    return dataclasses.replace(settings, checks=tuple(parse_checks(raw)), tests=tests,
+                               suite=_suite_json(raw, tests))
 
 
 def plan_batches(hosts: Sequence[str], batches: Sequence[Union[int, str]]) -> list[list[str]]:

@@ -35,7 +35,7 @@ from .errors import (
 from .hosts import Target, in_parallel
 from .lock import HEARTBEAT_SECONDS, heartbeat
 from .report import explain, result_line
-from .verifiers import Verifier, checks_verifier
+from .verifiers import Verifier, suite_verifier
 
 T = TypeVar("T")
 
@@ -74,13 +74,12 @@ class Rollout:
 
     @property
     def verifies(self) -> bool:
-        """True when there is something to verify (configured checks or a verifier of one's own)."""
-        return self.verifier is not None or bool(self.settings.checks)
+        """True when there is something to verify (configured checks or tests, or a verifier of one's own)."""
+        return self.verifier is not None or bool(self.settings.checks) or self.settings.tests is not None
 
     def verify(self, names: Sequence[str], settings: VerifySettings, only: Sequence[str] = ()) -> VerifyReport:
-        """Verify the named hosts now (checks limited to ``only`` when given)."""
-        verifier = self.verifier or checks_verifier(list(self.settings.checks),
-                                                    parallel=self.settings.rollout.parallel)
+        """Verify the named hosts now (checks and tests limited to ``only`` when given)."""
+        verifier = self.verifier or suite_verifier(self.settings, parallel=self.settings.rollout.parallel)
         return verifier(self.pick(names), settings, list(only))
 
     @property
@@ -136,6 +135,8 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     """
     run.verifying = verify
     run.package = release.pack_source(run.settings)
+    if verify:
+        collect_tests(run)
     preflight(run)
     with Heartbeat(run):
         try:
@@ -194,6 +195,19 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     for name, state in run.states.items():
         live = state.live or "nothing live yet"
         console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
+
+
+def collect_tests(run: Rollout) -> None:
+    """The configured pytest tests collect on this machine (else exit 2, nothing changed), and their
+    files go with the suite recorded with the release."""
+    if run.settings.tests is None or run.verifier is not None:
+        return
+    from .pytest_suite import collect, snapshot
+
+    ids = collect(run.settings)
+    run.settings = snapshot(run.settings)
+    run.console.stage(f"tests: {len(ids)} collected from {', '.join(run.settings.tests.paths)}"
+                      if run.settings.tests else "tests")
 
 
 def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[str]] = None,
@@ -481,13 +495,13 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
         return None  # a plain deploy checks nothing, going forward or back
     if not restored:
         return True
-    groups: dict[tuple[Optional[str], tuple[str, ...]], list[str]] = {}
+    groups: dict[tuple[Optional[str], tuple[str, ...], frozenset[str]], list[str]] = {}
     for name in restored:
         before = run.baseline.host(name) if run.baseline else None
         suite = run.suites.get(name) if run.verifier is None else None
         if suite is not None:
             try:
-                checks = with_suite(run.settings, suite).checks
+                recorded = with_suite(run.settings, suite)
             except ConfigError as error:
                 run.console.host(name, "rollback verify", f"its recorded suite no longer validates ({error.message});"
                                  " verified with today's checks", "yellow")
@@ -495,17 +509,17 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
             else:
                 red_before = {_same(r.check) for r in (before.results if before and not before.error else [])
                               if not r.ok}
-                only = tuple(c.name for c in checks if _same(c) not in red_before)
-                if only:
-                    groups.setdefault((suite, only), []).append(name)
+                only = tuple(c.name for c in recorded.checks if _same(c) not in red_before)
+                if only or recorded.tests is not None:
+                    groups.setdefault((suite, only, frozenset(red_before)), []).append(name)
                 continue
         green = () if before is None or before.error else tuple(r.name for r in before.results if r.ok)
         if before is not None and not before.error and not green:
             continue  # nothing was green before: nothing to hold the rollback to
-        groups.setdefault((None, green), []).append(name)
+        groups.setdefault((None, green, frozenset()), []).append(name)
     hosts: list[HostReport] = []
     recorded_with: dict[str, str] = {}
-    for (suite, only), names in groups.items():
+    for (suite, only, red_tests), names in groups.items():
         if suite is None:
             run.console.stage(f"rollback verify: {', '.join(names)} with today's checks"
                               " (their release has no recorded suite)" if run.verifier is None else
@@ -514,10 +528,12 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
         else:
             run.console.stage(f"rollback verify: {', '.join(names)} with the suite recorded with"
                               f" {run.switched[names[0]]}")
-            recorded = checks_verifier(list(with_suite(run.settings, suite).checks),
-                                       parallel=run.settings.rollout.parallel)
+            recorded = with_suite(run.settings, suite)
+            kept = dataclasses.replace(recorded, checks=tuple(c for c in recorded.checks if c.name in only))
+            verifier = suite_verifier(kept, parallel=run.settings.rollout.parallel,
+                                      skip_tests=_red_in(red_tests))
             recorded_with.update({n: str(run.switched[n]) for n in names})
-            hosts += recorded(run.pick(names), run.settings.verify, list(only)).hosts
+            hosts += verifier(run.pick(names), run.settings.verify, []).hosts
     run.rollback_report = VerifyReport(hosts)
     for host in hosts:
         if host.error:
@@ -530,6 +546,11 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
         colour = "red" if host.host in stuck else "green"
         run.console.host(host.host, "rollback verify", stuck.get(host.host, summary(host)), colour)
     return len(hosts) == len(restored)
+
+
+def _red_in(red: frozenset[str]) -> Callable[[Any], bool]:
+    """Whether a test was red, word for word (same id, same file), in the baseline."""
+    return lambda test: _same(test) in red
 
 
 def _same(check: Any) -> str:

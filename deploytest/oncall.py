@@ -9,7 +9,7 @@ import time
 from typing import Optional, Sequence
 
 from . import release
-from .checks import VerifyReport, run_checks
+from .checks import VerifyReport
 from .config import Settings
 from .console import Console
 from .errors import (
@@ -26,6 +26,7 @@ from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import prelude, run_script, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
+from .verifiers import suite_verifier
 
 
 def _fab(task: str, targets: Sequence[Target]) -> str:
@@ -53,12 +54,15 @@ def _message(error: BaseException) -> str:
 
 def verify(targets: Sequence[Target], settings: Settings, console: Console, json_path: Optional[str],
            junit_path: Optional[str]) -> int:
-    """Run the checks on every host now (with "eventually" retries); 0 all green, 1 any red."""
-    if not settings.checks:
-        raise UsageError("config deploytest.checks: no checks configured; nothing to verify.")
+    """Run the checks and tests on every host now (with "eventually" retries); 0 all green, 1 any red."""
+    if not settings.checks and settings.tests is None:
+        raise UsageError("config deploytest.checks: no checks or tests configured; nothing to verify.")
+    if settings.tests is not None:
+        from .pytest_suite import collect
+
+        collect(settings)  # a test file that does not collect: refused, nothing run
     _connect_all(targets, settings, console)
-    report = run_checks(list(targets), list(settings.checks), settings.verify,
-                        parallel=settings.rollout.parallel)
+    report = suite_verifier(settings, parallel=settings.rollout.parallel)(list(targets), settings.verify, [])
     console.line(render(report, color=console.colour))
     if json_path:
         write_json(json_path, report, extra={"task": "verify"})
@@ -211,6 +215,11 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     the complete shell script of every step.
     """
     package = release.pack_source(settings)
+    tests: list[str] = []
+    if verify and settings.tests is not None:
+        from .pytest_suite import collect
+
+        tests = collect(settings)
     states, lost = _read_states(targets, settings, console)
     if lost:
         raise Refused(f"cannot read the deploy state of {', '.join(lost)}; nothing was changed.",
@@ -233,9 +242,11 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
         steps += [f"build     (in {base}) {hook}" for hook in settings.build_hooks]
         steps.append(f"switch    {settings.current} -> {base}")
         steps += [f"restart   (in {settings.current}) {hook}" for hook in settings.restart_hooks]
-        if verify and settings.checks:
-            steps.append(f"verify    {len(settings.checks)} checks, one command per attempt, up to"
-                         f" {settings.verify.timeout:g}s; on red: switch back to {state.live or 'nothing'}")
+        if verify and (settings.checks or settings.tests):
+            what = [f"{len(settings.checks)} checks, one command per attempt"] if settings.checks else []
+            what += [f"{len(tests)} pytest tests on the open connection"] if tests else []
+            steps.append(f"verify    {' and '.join(what)}, up to {settings.verify.timeout:g}s;"
+                         f" on red: switch back to {state.live or 'nothing'}")
         removed = release.cleanup_plan(state, settings.keep_releases)
         steps.append(f"finish    keep {settings.keep_releases} good releases"
                      f"{' (remove ' + ', '.join(removed) + ')' if removed else ''}, log, unlock")

@@ -22,7 +22,7 @@ from .flow import Heartbeat, Rollout, preflight, take_locks
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
 from .report import render
-from .verifiers import checks_verifier
+from .verifiers import suite_verifier
 
 
 def rollback(run: Rollout, to: Optional[str], *, force: bool = False) -> int:
@@ -33,6 +33,7 @@ def rollback(run: Rollout, to: Optional[str], *, force: bool = False) -> int:
         while an interrupted rollout is unresolved (exit 2, nothing changed).
     :raises NeedsHuman: a host could not be put back, or stays red on the release it went back to.
     """
+    _record_todays_tests(run)
     preflight(run, lock=False, resolving=True)
     interrupted = {n: s.journal for n, s in run.states.items() if s.interrupted and s.journal is not None}
     if interrupted:
@@ -46,6 +47,19 @@ def rollback(run: Rollout, to: Optional[str], *, force: bool = False) -> int:
     take_locks(run)
     with Heartbeat(run):
         return _go_back(run, picked, {n: s.live for n, s in run.states.items()})
+
+
+def _record_todays_tests(run: Rollout) -> None:
+    """Today's test files go with the suite recorded for a release that had none; unreadable ones are
+    no reason to refuse a rollback (it is then recorded without them)."""
+    if run.settings.tests is None:
+        return
+    from .pytest_suite import snapshot
+
+    try:
+        run.settings = snapshot(run.settings)
+    except ConfigError as error:
+        run.console.line(f"deploytest: {error.message}")
 
 
 def _one_release(run: Rollout, picked: dict[str, str]) -> None:
@@ -201,13 +215,13 @@ def _verify_with(run: Rollout, names: list[str], suite: Optional[str], picked: d
     releases_ = ", ".join(sorted({picked[n] for n in names}))
     if suite is not None:
         try:
-            checks = with_suite(run.settings, suite).checks
+            recorded = with_suite(run.settings, suite)
         except ConfigError as error:
             run.console.stage(f"verify {', '.join(names)}: the suite recorded with {releases_} no longer"
                               f" validates ({error.message}); with today's checks instead")
         else:
             run.console.stage(f"verify {', '.join(names)} with the suite recorded with {releases_}")
-            verifier = checks_verifier(list(checks), parallel=run.settings.rollout.parallel)
+            verifier = suite_verifier(recorded, parallel=run.settings.rollout.parallel)
             return verifier(run.pick(names), run.settings.verify, [])
     else:
         run.console.stage(f"verify {', '.join(names)}: {releases_} has no recorded suite; with today's checks")

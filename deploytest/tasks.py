@@ -183,9 +183,9 @@ _DRY_RUN = {"dry-run": "print what would be done on each host, and change nothin
 
 
 def _nothing_to_verify() -> UsageError:
-    return UsageError("config deploytest.checks: nothing to verify (no checks configured), so a green"
-                      " deploy-and-verify would mean nothing. Add checks, or use fab deploy for an unverified"
-                      " deploy. Nothing was changed.")
+    return UsageError("config deploytest.checks: nothing to verify (no checks or tests configured), so a green"
+                      " deploy-and-verify would mean nothing. Add checks or tests, or use fab deploy for an"
+                      " unverified deploy. Nothing was changed.")
 
 
 @task(klass=CoordinatedTask, name="deploy-and-verify", help={**_DRY_RUN, **_REPORTS, **_SOURCE})
@@ -233,7 +233,7 @@ def deploy(targets: List[Target], settings: Settings, console: Console, dry_run:
 @on_hosts()
 def verify(targets: List[Target], settings: Settings, console: Console, json: Optional[str] = None,
            junit: Optional[str] = None) -> int:
-    """Run the configured checks now; report red/green per host and check (exit 1 if any red)."""
+    """Run the configured checks and tests now; report red/green per host and check (exit 1 if any red)."""
     try:
         return oncall.verify(targets, settings, console, json, junit)
     except Refused as error:  # refused before any check ran: the reports say what and where

@@ -18,11 +18,11 @@ verifier with the same "eventually" semantics and the same reports::
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport, run_checks
 from .checks.runner import unverified
-from .config import VerifySettings
+from .config import Settings, VerifySettings
 from .errors import HostUnreachable
 from .hosts import Cancelled, Target, in_parallel
 
@@ -40,6 +40,50 @@ def checks_verifier(checks: Sequence[Check], *, parallel: int = 10) -> Verifier:
         return run_checks(list(targets), picked, settings, parallel=parallel)
 
     return verify
+
+
+def suite_verifier(settings: Settings, *, parallel: int = 10,
+                   skip_tests: Optional[Callable[[Check], bool]] = None) -> Verifier:
+    """The configured suite: ``settings.checks`` and ``settings.tests`` (pytest, see
+    :mod:`deploytest.pytest_suite`), side by side; one report per host with the checks' results, then
+    the tests'. ``only`` names checks and test ids.
+
+    :param skip_tests: tests left out (a rollback's: red in the baseline, word for word).
+    """
+    checks = checks_verifier(list(settings.checks), parallel=parallel)
+    if settings.tests is None:
+        return checks
+    from .pytest_suite import tests_verifier
+
+    tests = tests_verifier(settings, parallel=parallel, skip=skip_tests)
+    if not settings.checks:
+        return tests
+
+    def verify(targets: Sequence[Target], verify_settings: VerifySettings, only: Sequence[str]) -> VerifyReport:
+        started = time.monotonic()
+        parts = [checks, tests]
+        done = in_parallel(parts, lambda part: part(targets, verify_settings, only), limit=2)
+        reports = [r for _part, r in done if isinstance(r, VerifyReport)]
+        for _part, result in done:
+            if isinstance(result, BaseException):
+                raise result
+        return merge(reports, started)
+
+    return verify
+
+
+def merge(reports: Sequence[VerifyReport], started: float) -> VerifyReport:
+    """One report from several of the same hosts: each host's results in order, its first error."""
+    hosts: dict[str, HostReport] = {}
+    for report in reports:
+        for host in report.hosts:
+            into = hosts.setdefault(host.host, HostReport(host.host))
+            into.results += host.results
+            into.error = into.error or host.error
+            into.seconds = max(into.seconds, host.seconds)
+            into.sessions += host.sessions
+    first = next((r.started for r in reports if r.started), "")
+    return VerifyReport(list(hosts.values()), started=first, seconds=time.monotonic() - started)
 
 
 class FunctionCheck(Check):

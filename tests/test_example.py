@@ -78,6 +78,9 @@ def example(tmp_path: Path) -> Iterator[Tuple[Path, Path, int, Dict[str, str]]]:
     text = config.read_text()
     assert "/tmp/deploytest-hello" in text and "8765" in text  # what the README's command deploys to
     config.write_text(text.replace("/tmp/deploytest-hello", str(deploy_to)).replace("8765", str(port)))
+    for test_file in (project / "tests" / "deployment").glob("*.py"):  # the example's deployment tests
+        code = test_file.read_text()
+        test_file.write_text(code.replace("/tmp/deploytest-hello", str(deploy_to)).replace("8765", str(port)))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FABRIC_", "INVOKE_"))}
     env.update(HOME=str(tmp_path / "home"), NO_COLOR="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

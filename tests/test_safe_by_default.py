@@ -74,7 +74,7 @@ def test_manual_rollback_is_verified_with_the_suite_of_the_release_it_goes_back_
     green(project, hosts, "2.0")  # today's config pins 2.0 (the contract's own example)
     for host in bed.hosts:
         suite = json.loads(host.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{r1}.suite.json").stdout)
-        assert {"file": {"path": f"{DEPLOY_TO}/current/VERSION", "contains": "1.0"}} in suite
+        assert {"file": {"path": f"{DEPLOY_TO}/current/VERSION", "contains": "1.0"}} in suite["checks"]
     proc = project.fab("rollback", hosts=hosts)
     assert proc.returncode == 0, output(proc)
     assert f"with the suite recorded with {r1}" in proc.stdout
