@@ -191,8 +191,9 @@ def main() -> int:
                 continue
             check = corpus._fill(case["check"], facts.values)
             (kind, params), = check.items()
-            theirs = testinfra_verdict(host, kind, params)
-            if theirs is None:
+            # testinfra keeps a command's whole output in memory: an endless writer never answers.
+            theirs = None if case.get("endless") else testinfra_verdict(host, kind, params)
+            if theirs is None and not case.get("endless"):
                 counts["no equivalent"] += 1
                 continue
             counts["cases"] += 1
@@ -205,8 +206,9 @@ def main() -> int:
             if ours["ok"] != theirs:
                 counts["disagree"] += 1
                 right = "deploytest" if ours["ok"] == truth else "testinfra"
+                shown = "no answer" if theirs is None else "green" if theirs else "red"
                 rows.append([param.id, "green" if truth else "red", "green" if ours["ok"] else "red",
-                             "green" if theirs else "red", right, ours["observed"][:48]])
+                             shown, right, ours["observed"][:48]])
             print(f"  {param.id}: truth={truth} deploytest={ours['ok']} testinfra={theirs}", file=sys.stderr)
     finally:
         facts.close()
