@@ -93,7 +93,7 @@ class TestCheck(Check):
 # -- the files: today's, or recorded with a release ----------------------------------------------
 
 
-def test_files(tests: DeploymentTests, base_dir: str) -> list[str]:
+def files_of(tests: DeploymentTests, base_dir: str) -> list[str]:
     """The files the tests need, relative to ``base_dir``: everything under the named directories and
     the named files, with the ``conftest.py`` and ``__init__.py`` files above them (sorted)."""
     found: set[str] = set()
@@ -126,7 +126,7 @@ def pack(tests: DeploymentTests, base_dir: str) -> str:
     """The test files as base64 of a reproducible tar.gz (same files, same text)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in test_files(tests, base_dir):
+        for rel in files_of(tests, base_dir):
             with open(os.path.join(base_dir, rel), "rb") as handle:
                 data = handle.read()
             info = tarfile.TarInfo(rel)
@@ -354,7 +354,7 @@ def collect(settings: Settings) -> list[str]:
     problem = collector.problem
     if not problem and code not in (0, 5):
         lines = [line.strip() for line in "".join(kept).splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith(("ERROR", "E "))]
+        errors = [line for line in lines if line.startswith(("ERROR", "E ")) or "error: " in line]
         problem = (errors or lines or [f"pytest exited {int(code)}"])[-1]
     if not problem and not collector.ids:
         problem = f"no tests collected from {', '.join(tests.paths)}"
@@ -546,7 +546,7 @@ def live_release(settings: Settings) -> Callable[[Target], Optional[str]]:
     return read
 
 
-def tests_verifier(settings: Settings, *, parallel: int = 10, skip: Optional[Skip] = None) -> Callable[
+def deployment_tests_verifier(settings: Settings, *, parallel: int = 10, skip: Optional[Skip] = None) -> Callable[
         [Sequence[Target], VerifySettings, Sequence[str]], VerifyReport]:
     """A verifier running ``settings.tests`` (today's files, or a release's recorded ones) on each host.
 

@@ -53,9 +53,9 @@ def suite_verifier(settings: Settings, *, parallel: int = 10,
     checks = checks_verifier(list(settings.checks), parallel=parallel)
     if settings.tests is None:
         return checks
-    from .pytest_suite import tests_verifier
+    from .pytest_suite import deployment_tests_verifier
 
-    tests = tests_verifier(settings, parallel=parallel, skip=skip_tests)
+    tests = deployment_tests_verifier(settings, parallel=parallel, skip=skip_tests)
     if not settings.checks:
         return tests
 
