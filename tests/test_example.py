@@ -127,3 +127,9 @@ def test_readme_example_deploys_green_then_rolls_back_the_broken_release(
 
     again = fab(project, env, "verify")
     assert again.returncode == 0, again.stdout + again.stderr
+
+    # The example's deployment tests, by hand, as any pytest test (the same files the flow ran).
+    by_hand = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/deployment",
+                              f"--deploytest-release={good}"], cwd=project, env=env, text=True,
+                             capture_output=True, timeout=120)
+    assert by_hand.returncode == 0 and "3 passed" in by_hand.stdout, by_hand.stdout + by_hand.stderr
