@@ -52,7 +52,8 @@ from .hosts import Cancelled, Target, in_parallel
 #: travels to each host inside one remote command, which the kernel bounds at 128 KiB.
 MAX_ARCHIVE = 48 * 1024
 #: Plugins these sessions never load: process-wide state that parallel sessions would fight over.
-_OFF = ("deploytest", "cacheprovider", "warnings", "faulthandler", "pastebin", "junitxml", "doctest", "stepwise")
+_OFF = ("deploytest", "cacheprovider", "warnings", "faulthandler", "unraisableexception", "threadexception",
+        "debugging", "pastebin", "junitxml", "doctest", "stepwise", "setuponly", "setupplan")
 _EXPECTED = "pass"
 
 
