@@ -12,7 +12,7 @@ connections opened once (as a rollout has them):
   its checks, then with the same checks and 20 tests (the target: no more than 50 MB above the first).
 
 Run: ``PYTHONPATH=. python benchmarks/bench_tests.py [--rounds N] [--hosts 10] [--memory-hosts 50]``
-(``--memory-hosts 0`` skips the memory rows); prints reStructuredText simple tables.
+(``--hosts 0`` skips the speed rows, ``--memory-hosts 0`` the memory rows); prints reStructuredText simple tables.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def speed(bed: testbed.TestBed, rounds: int, tmp: Path) -> str:
     direct, tests = median["direct calls (20 sessions per host)"], median["pytest tests (20 sessions per host)"]
     overhead = (tests[1] - direct[1]) / n * 1000
     wall_overhead = (tests[0] - direct[0]) / n * 1000
-    table = simple_table(("20 assertions x %d hosts, one attempt" % len(targets), "wall (s)", "fab CPU (s)",
+    table = simple_table((f"20 assertions x {len(targets)} hosts, one attempt", "wall (s)", "fab CPU (s)",
                           "green"), rows)
     return (table + f"\n\npytest's control-side overhead: {overhead:.2f} ms CPU per test per host"
             f" ({wall_overhead:+.2f} ms wall), median of {rounds} rounds\n")
@@ -173,11 +173,12 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--memory-hosts", type=int, default=50)
     args = parser.parse_args(argv or None)
     with tempfile.TemporaryDirectory(prefix="bench-tests-") as tmp:
-        bed = testbed.start_hosts(args.hosts)
-        try:
-            print(speed(bed, args.rounds, Path(tmp)))
-        finally:
-            bed.close()
+        if args.hosts:
+            bed = testbed.start_hosts(args.hosts)
+            try:
+                print(speed(bed, args.rounds, Path(tmp)))
+            finally:
+                bed.close()
         if args.memory_hosts:
             print(memory(args.memory_hosts, Path(tmp)))
     return 0
