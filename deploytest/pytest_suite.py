@@ -182,21 +182,27 @@ def snapshot(settings: Settings) -> Settings:
 
 @dataclass
 class Workspace:
-    """Where a session runs: its rootdir and the paths to hand pytest."""
+    """Where a session runs: its rootdir, the paths to hand pytest, and the directories whose modules
+    are the tests' own (imported anew by each verification)."""
 
     rootdir: str
     paths: list[str]
+    own: list[str]
 
 
 @contextlib.contextmanager
 def workspace(tests: DeploymentTests, base_dir: str) -> Iterator[Workspace]:
     """Today's files in ``base_dir``, or the recorded ones unpacked into a temporary directory."""
     if tests.archive is None:
-        yield Workspace(base_dir, [_arg(base_dir, p) for p in tests.paths])
+        own = []
+        for path in tests.paths:
+            full = os.path.join(base_dir, path.split("::", 1)[0])
+            own.append(full if os.path.isdir(full) else os.path.dirname(full))
+        yield Workspace(base_dir, [_arg(base_dir, p) for p in tests.paths], own)
         return
     with tempfile.TemporaryDirectory(prefix="deploytest-tests-") as tmp:
         unpack(tests.archive, tmp)
-        yield Workspace(tmp, [_arg(tmp, p) for p in tests.paths])
+        yield Workspace(tmp, [_arg(tmp, p) for p in tests.paths], [tmp])
 
 
 def _arg(root: str, path: str) -> str:
@@ -292,17 +298,19 @@ def _keep() -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def _imports_undone(rootdir: str) -> Iterator[None]:
-    """Modules imported from ``rootdir`` and ``sys.path`` entries added while sessions ran are dropped
-    afterwards: the next verification (maybe with a release's recorded files) imports its own."""
+def _imports_undone(space: Workspace) -> Iterator[None]:
+    """The test modules (and conftest.py files) imported and the ``sys.path`` entries added while
+    sessions ran are dropped afterwards: the next verification, maybe with a release's recorded files,
+    imports its own. Other modules the tests imported stay."""
     modules, path = set(sys.modules), list(sys.path)
-    root = os.path.realpath(rootdir) + os.sep
+    own = tuple(os.path.realpath(d) + os.sep for d in space.own)
+    root = os.path.realpath(space.rootdir) + os.sep
     try:
         yield
     finally:
         for name in [n for n in list(sys.modules) if n not in modules]:
-            where = getattr(sys.modules.get(name), "__file__", None) or ""
-            if where and os.path.realpath(where).startswith(root):
+            where = os.path.realpath(getattr(sys.modules.get(name), "__file__", None) or "/")
+            if where.startswith(own) or (where.startswith(root) and os.path.basename(where) == "conftest.py"):
                 sys.modules.pop(name, None)
         sys.path[:] = [p for p in sys.path if p in path] + [p for p in path if p not in sys.path]
 
@@ -349,7 +357,7 @@ def collect(settings: Settings) -> list[str]:
     if tests is None:
         return []
     collector = _Collector()
-    with workspace(tests, settings.base_dir) as space, _sessions_quiet(), _imports_undone(space.rootdir), \
+    with workspace(tests, settings.base_dir) as space, _sessions_quiet(), _imports_undone(space), \
             _keep() as kept:
         code = pytest.main(_args(tests, space, "--collect-only"), plugins=[pytest_plugin, collector])
     problem = collector.problem
@@ -560,7 +568,7 @@ def deployment_tests_verifier(settings: Settings, *, parallel: int = 10, skip: O
     def verify(targets: Sequence[Target], verify_settings: VerifySettings, only: Sequence[str]) -> VerifyReport:
         started, started_at = time.monotonic(), datetime.now(timezone.utc).isoformat(timespec="seconds")
         hosts: list[HostReport] = []
-        with workspace(tests, settings.base_dir) as space, _sessions_quiet(), _imports_undone(space.rootdir):
+        with workspace(tests, settings.base_dir) as space, _sessions_quiet(), _imports_undone(space):
             args = _args(tests, space)
 
             def one(target: Target) -> HostReport:
