@@ -70,13 +70,13 @@ _dt_emit() {
 # One probe with its capture: $1 the output files' prefix, $2 the 512-byte blocks to keep, $3 the probe
 # text, $4 the user's umask, $5 the nonce (for the probe's $0), $6 the time limit, $7 "1" when
 # timeout(1) works. Stdout and stderr each go through a pipe to a cat(1) that may write $2 blocks
-# (cat writes what it reads at once, so stopping it loses nothing); what comes after is read and
-# counted, not kept ($1.o.n), so the probe is neither blocked nor stopped and its exit status is its
-# own; past the drain bound the pipe closes (SIGPIPE). The probe's exit status goes to $1.r. What the
+# (cat writes what it reads at once, so stopping it loses nothing); when cat stops there, what comes
+# after is read and counted, not kept ($1.o.n), so the probe is neither blocked nor stopped and its
+# exit status is its own; past the drain bound the pipe closes (SIGPIPE). The probe's exit status goes to $1.r. What the
 # probe leaves running may hold its output open: a second after the probe itself ended, a reader still
 # reading is stopped (found through its shell's pid in $1.o.k / $1.e.k, removed when it is done).
 _CAPTURE = r"""
-_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; (ulimit -f "$2" 2>/dev/null; exec cat >"$1")
+_dt_keep() { exec /bin/sh -c 'echo "$$" >"$1.k"; (ulimit -f "$2" 2>/dev/null; exec cat >"$1") ||
   head -c __DRAIN__ | wc -c >"$1.n"; rm -f "$1.k"' dt-keep "$@"; }
 _dt_probe() {
   _dt_k=

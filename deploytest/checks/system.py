@@ -440,7 +440,7 @@ _SSHD_CONNECTION = re.compile(r"^sshd(-session)?: \S+( \[priv\]| \[net\]|@)")
 def _own_processes(root: str, parents: dict[str, str], args: dict[str, str]) -> set[str]:
     """The check's own processes: its script and probes (descendants of ``root``), and the chain that
     runs the script: over SSH, the shell and the connection's own sshd processes (not the sshd that
-    listens); run locally, the callers up to, not including, the first process under init.
+    listens); run locally, every caller up to, not including, init.
     """
     ours = {root}
     for pid in parents:
@@ -455,10 +455,7 @@ def _own_processes(root: str, parents: dict[str, str], args: dict[str, str]) -> 
         ancestors.append(pid)
         pid = parents[pid]
     connection = [i for i, pid in enumerate(ancestors) if _SSHD_CONNECTION.match(args.get(pid, ""))]
-    if connection:
-        ours.update(ancestors[: connection[-1] + 1])
-    else:
-        ours.update(pid for pid in ancestors if parents.get(pid) not in ("0", "1"))
+    ours.update(ancestors[: connection[-1] + 1] if connection else ancestors)
     return ours
 
 
