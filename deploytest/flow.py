@@ -409,7 +409,12 @@ def roll_back(run: Rollout, error: BaseException) -> None:
                                  + (", but no hooks.stop: what it started may still run"
                                     if settings.restart_hooks else ""), "red" if settings.restart_hooks else "yellow")
         restored = [n for n in switched if n not in stuck and run.switched[n]]
-        unreached = set(stuck)  # not put back: leave their locks, they need a look first
+        # Not put back, or not answering: their locks and journals stay, for the one command that
+        # settles them once they answer (status names it).
+        for name in run.lost - set(stuck) - set(run.switched):
+            if name in run.locked:
+                stuck[name] = "unreachable; its lock and journal stay until it answers"
+        unreached = set(stuck)
         verified = _verify_rollback(run, restored, stuck)
 
         event = _event(run, "deploy", "rolled back", error=cause)
@@ -444,7 +449,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
             f"deploy of {run.release_id} failed ({cause}) and these hosts could not be put back safely:\n"
             + "\n".join(lines),
             hosts=hosts,
-            next_step=f"{run.fab('status', hosts)}   (then rollback or unlock as it shows)",
+            next_step=f"{run.fab('status', hosts)}   (it names the one command that settles them)",
         ) from (error if isinstance(error, Exception) else None)
     if run.unstopped:
         run.outcome = "needs a human"
@@ -478,9 +483,18 @@ def _what_rollback_did(run: Rollout, verified: Optional[bool]) -> str:
     if quiet:
         parts.append(f"first deploy failed: nothing to roll back to; {run.release_id} removed on"
                      f" {', '.join(sorted(quiet))} (no restart hook had started it)")
+    untouched = [n for n in run.names if n not in run.switched and n not in run.tolerated]
     if not run.switched:
         parts.append("nothing went live; the unfinished release was removed")
+    elif untouched:
+        parts.append(f"{run.release_id} never went live on {_few(untouched)}: removed there")
     return "; ".join(parts) + "; locks released."
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    """``web1, web2`` or ``web1, ..., web5 and 95 more``."""
+    names = sorted(names)
+    return ", ".join(names) if len(names) <= shown else f"{', '.join(names[:shown])} and {len(names) - shown} more"
 
 
 def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -> Optional[bool]:

@@ -128,7 +128,11 @@ def _undo(run: Rollout, interrupted: dict[str, Journal]) -> int:
 
         run.each(hosts, "undo", back)
         for name in hosts:
-            if name not in run.failed:
+            if name in run.failed:
+                continue
+            if live[name] == picked[name]:
+                console.host(name, "undo", f"never switched to {first.release}: stays on {live[name]}")
+            else:
                 console.host(name, "undo", f"live on {picked[name] or 'nothing (first deploy: stopped)'}"
                              f" (was {live[name] or 'nothing'})", "yellow")
 
