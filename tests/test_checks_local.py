@@ -410,6 +410,23 @@ def test_postgres_checks_and_secrets(postgres: Postgres) -> None:
     assert '"leaked ***"' in rpt.render(report)
 
 
+def test_a_secret_reaches_only_the_probe_that_uses_it(tmp_path: Path) -> None:
+    secret = "s3cret-" + os.urandom(4).hex()
+    db = tmp_path / "app.db"
+    sqlite3.connect(db).close()
+    report, _ = verify([
+        {"database": {"engine": "sqlite", "path": str(db), "query": "select 1", "equals": "1",
+                      "env": {"APP_TOKEN": secret}}, "name": "db"},
+        # the database probe sees its variable; every other probe sees neither it nor its carrier
+        {"command": {"run": "env | grep -c -e \"$(printf %s s3cret-)\" -e '^DTS_' || true",
+                     "stdout_equals": "0"}, "name": "others see nothing"},
+    ])
+    results = by_name(report)
+    assert results["db"].ok, results["db"].verdict
+    assert results["others see nothing"].ok and results["others see nothing"].verdict.observed, \
+        results["others see nothing"].verdict
+
+
 def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None:
     checks = parse_checks(
         [

@@ -212,7 +212,8 @@ def run_attempt(target: Target, checks: Sequence[Check], limits: Sequence[float]
     :param limits: per-check time limits on the host, in seconds.
     :raises HostUnreachable: the host could not be reached.
     """
-    jobs = [ProbeJob(i, c.probe(), limit, c.capture_bytes()) for i, (c, limit) in enumerate(zip(checks, limits))]
+    jobs = [ProbeJob(i, c.probe(), limit, c.capture_bytes(), tuple(c.secret_env()))  # probe() names them
+            for i, (c, limit) in enumerate(zip(checks, limits))]
     secret_env: dict[str, str] = {}
     for check in checks:
         secret_env.update(check.secret_env())

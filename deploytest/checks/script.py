@@ -99,12 +99,14 @@ _dt_probe() {
 
 @dataclass(frozen=True)
 class ProbeJob:
-    """One probe to run: its index in the script, time limit (seconds) and output cap (bytes)."""
+    """One probe to run: its index in the script, time limit (seconds), output cap (bytes) and the
+    secret variables only it may see."""
 
     index: int
     text: str
     seconds: float
     cap: int
+    secrets: tuple[str, ...] = ()
 
 
 def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce: str) -> str:
@@ -114,13 +116,16 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     :param nonce: random text that marks this script's frames.
     """
     lines = [f"_dt_n={q(nonce)}"]
-    for name in secret_env:
-        lines.append(f"IFS= read -r {name} || true; export {name}")
+    for name in secret_env:  # read, not exported: each is exported to the one probe that uses it
+        lines.append(f"IFS= read -r {name} || true")
     lines.append(f"_dt_cap={q(_CAPTURE)}")
     lines.append(_PRELUDE)
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        lines.append(f"_dt_run {job.index} {seconds} {q(job.text)} {job.cap // 512 + 1} &")
+        run = f"_dt_run {job.index} {seconds} {q(job.text)} {job.cap // 512 + 1}"
+        if job.secrets:
+            run = f"(export {' '.join(job.secrets)}; {run})"
+        lines.append(f"{run} &")
     lines.append("wait")
     for job in jobs:
         lines.append(f"_dt_emit {job.index} {job.cap}")
