@@ -439,7 +439,8 @@ def roll_back(run: Rollout, error: BaseException) -> None:
             if outcome.unlocked:
                 run.locked.remove(target.name)
         for name in run.locked:
-            stuck[name] = stuck.get(name, "") + ("; " if name in stuck else "") + "lock kept"
+            if "lock" not in stuck.get(name, ""):
+                stuck[name] = stuck.get(name, "") + ("; " if name in stuck else "") + "lock kept"
 
     if stuck:
         run.outcome = "needs a human"

@@ -379,6 +379,8 @@ def _describe(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication failed ({exc})"
+    if isinstance(exc, EOFError) and not str(exc):
+        return "connection closed"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
 
