@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -18,9 +18,11 @@ from reports_check import _deploytest_reports_are_valid  # noqa: E402,F401 - eve
 # SSH test bed fixtures (tests/testbed.py): real OpenSSH servers to deploy to.
 #
 #   ssh_host                      a TestBed with one Host: sshd on 127.0.0.1:<free port> (function scope)
-#   make_hosts(n, prefix="web")   a TestBed with n namespaced hosts <prefix>1..<prefix>n, each with its own
-#                                 198.18.x.y address on port 22, hostname and /srv (function scope; all beds
-#                                 made in a test are torn down after it)
+#   make_hosts(n, prefix="web", rtt_ms=None, jitter_ms=0)
+#                                 a TestBed with n namespaced hosts <prefix>1..<prefix>n, each with its own
+#                                 198.18.x.y address on port 22, processes, hostname and /srv, optionally a
+#                                 round-trip time on the path to each sshd (function scope; all beds made
+#                                 in a test are torn down after it)
 #
 # They FAIL (never skip) with one line naming what is missing when the machine cannot run them.
 # ==================================================================================================
@@ -61,11 +63,12 @@ def ssh_host() -> Iterator[testbed.TestBed]:
 
 @pytest.fixture
 def make_hosts() -> Iterator[Callable[..., testbed.TestBed]]:
-    """Factory: ``make_hosts(n, prefix="web")`` -> TestBed with hosts <prefix>1..<prefix>n."""
+    """Factory: ``make_hosts(n, prefix="web", rtt_ms=None, jitter_ms=0)`` -> TestBed with hosts
+    <prefix>1..<prefix>n (see ``testbed.start_hosts``)."""
     beds: List[testbed.TestBed] = []
 
-    def make(n: int, prefix: str = "web") -> testbed.TestBed:
-        bed = _start(lambda: testbed.start_hosts(n, prefix=prefix))
+    def make(n: int, prefix: str = "web", **options: Any) -> testbed.TestBed:
+        bed = _start(lambda: testbed.start_hosts(n, prefix=prefix, **options))
         beds.append(bed)
         return bed
 

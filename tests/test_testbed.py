@@ -147,8 +147,56 @@ def test_each_host_has_its_own_loopback(make_hosts: MakeHosts) -> None:
         assert web1.sh(probe).returncode == 0
         assert web2.sh(probe).returncode != 0
     finally:
-        server.kill()
+        web1.sh("pkill -f http.server")  # nsenter forked: the server is its child inside web1
         server.wait()
+
+
+def test_a_process_on_one_host_is_invisible_from_another(make_hosts: MakeHosts) -> None:
+    """Each host has its own PID namespace: ps, pgrep and deploytest's process check on web2 never
+    see what runs on web1."""
+    from deploytest.assertions import assert_process
+
+    bed = make_hosts(2)
+    web1, web2 = bed.hosts
+    run_over_ssh(bed, "web1", "nohup sleep 3001 >/dev/null 2>&1 &")
+    assert "sleep 3001" in run_over_ssh(bed, "web1", "ps -eo args").stdout
+    assert run_over_ssh(bed, "web2", "pgrep -f 'sleep 300[1]'", warn=True).exited == 1
+    assert web2.sh("pgrep -f 'sleep 300[1]'").returncode == 1
+    assert web1.sh("pgrep -f 'sleep 300[1]'").returncode == 0
+    # PID 1 of each host is its own init; sshd is its child, as on a server.
+    assert run_over_ssh(bed, "web2", "ps -o args= -p 1").stdout.startswith("bash -c trap")
+    assert f"/{web2.name}/sshd_config" in run_over_ssh(bed, "web2", "ps -o args= --ppid 1").stdout
+    for name, green in (("web1", True), ("web2", False)):
+        conn = bed.strict_connection(name, connect_timeout=5)
+        try:
+            if green:
+                assert_process(conn, "sleep 3001")
+            else:
+                with pytest.raises(AssertionError, match="sleep 3001"):
+                    assert_process(conn, "sleep 3001")
+        finally:
+            conn.close()
+
+
+def test_orphans_are_reaped_at_once(make_hosts: MakeHosts) -> None:
+    """A daemon that exits is reaped by the host's init, not left a zombie (``kill -0`` would still
+    succeed on one, and restart scripts wait on that)."""
+    bed = make_hosts(1)
+    out = run_over_ssh(bed, "web1", "sh -c 'sleep 0.2 & echo $!' ; sleep 1; "
+                                    "ps -eo stat= | grep -c '^Z' || true").stdout.split()
+    daemon, zombies = out
+    assert zombies == "0"
+    assert run_over_ssh(bed, "web1", f"kill -0 {daemon}", warn=True).exited != 0
+
+
+def test_host_cpu_counts_the_work_done_on_that_host(make_hosts: MakeHosts) -> None:
+    bed = make_hosts(2)
+    web1, web2 = bed.hosts
+    before = [h.cpu_seconds() for h in bed.hosts]
+    run_over_ssh(bed, "web1", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done")
+    time.sleep(0.2)  # sshd reaps the session
+    used = [h.cpu_seconds() - b for h, b in zip(bed.hosts, before)]
+    assert used[0] >= 0.1 and used[1] < used[0] / 4, used
 
 
 def test_two_beds_in_one_test_do_not_collide(make_hosts: MakeHosts) -> None:
@@ -164,6 +212,57 @@ def test_two_beds_in_one_test_do_not_collide(make_hosts: MakeHosts) -> None:
     _assert_gone(gone)
     assert run_over_ssh(b, "db1", "hostname").stdout.strip() == "db1"
     assert all(h.sh("true").returncode == 0 for h in b.hosts)
+
+
+# --------------------------------------------------------------------------------------------------
+# latency
+
+
+def _median_round_trip(bed: TestBed, name: str, rounds: int = 5) -> float:
+    conn = bed.strict_connection(name, connect_timeout=10)
+    try:
+        conn.open()
+        times = []
+        for _ in range(rounds):
+            started = time.monotonic()
+            conn.run("true", hide=True, in_stream=False)
+            times.append(time.monotonic() - started)
+    finally:
+        conn.close()
+    return sorted(times)[len(times) // 2]
+
+
+def test_rtt_puts_a_round_trip_time_on_the_path_to_sshd(make_hosts: MakeHosts) -> None:
+    """A command over an open connection takes two round trips (open the channel, exec): with
+    rtt_ms=50 it takes well over 50 ms more than without.  A lower bound only: a busy machine may
+    slow either bed."""
+    near = make_hosts(1, prefix="near")
+    far = make_hosts(2, prefix="far", rtt_ms=50, jitter_ms=10)
+    near_s, far_s = _median_round_trip(near, "near1"), _median_round_trip(far, "far1")
+    assert far_s - near_s >= 0.05, (near_s, far_s)
+    # Behind the relay everything else holds: sessions counted, own hostname, a cut host times out.
+    far1, far2 = far.hosts
+    assert far1.wait_sessions(5) == 5
+    assert run_over_ssh(far, "far2", "hostname").stdout.strip() == "far2"
+    far2.cut()
+    conn = far.strict_connection("far2", connect_timeout=1)
+    started = time.monotonic()
+    with pytest.raises((TimeoutError, OSError, paramiko.SSHException)):
+        conn.open()
+    assert time.monotonic() - started >= 0.9
+    conn.close()
+
+
+def test_jitter_never_reorders_a_stream() -> None:
+    draws = iter([0.01, -0.01, 0.0, -0.01])
+    arrivals = []
+    last = 0.0
+    for sent in (0.0, 0.001, 0.002, 0.1):
+        last = testbed.arrival(sent, last, one_way=0.025, jitter=0.02, draw=lambda lo, hi: next(draws))
+        arrivals.append(round(last, 3))
+    assert arrivals == [0.035, 0.035, 0.035, 0.115]
+    with pytest.raises(ValueError, match="jitter_ms"):
+        testbed.start_hosts(1, rtt_ms=10, jitter_ms=20)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,7 +421,8 @@ def test_bring_up_many_hosts(make_hosts: MakeHosts, n: int, limit: float) -> Non
 
 def _bed_resources(bed: TestBed) -> dict[str, Any]:
     return {
-        "pids": [p for h in bed.hosts for p in (h.pid, h.holder.pid if h.holder else None) if p],
+        "pids": [p for h in bed.hosts for p in (h.pid, h.init_pid, h.holder.pid if h.holder else None) if p]
+        + ([bed.relay.pid] if bed.relay else []),
         "netns": [h.netns for h in bed.hosts if h.netns],
         "links": [h.link for h in bed.hosts if h.link],
         "dir": bed.dir,
@@ -337,11 +437,14 @@ def _assert_gone(res: dict[str, Any]) -> None:
 
 
 def test_close_removes_everything() -> None:
-    bed = testbed.start_hosts(3)
+    bed = testbed.start_hosts(3, rtt_ms=10)
     local = testbed.start_local()
     # Something a deploy might leave running inside a host.
     bed.hosts[0].sh("nohup sleep 300 >/dev/null 2>&1 &")
+    left = [int(p) for p in bed.hosts[0].sh("pgrep -f 'sleep 300'").stdout.split()]
+    assert left and bed.relay is not None
     res = [_bed_resources(bed), _bed_resources(local)]
+    res[0]["pids"] += [p for p in bed.hosts[0].processes() if p not in res[0]["pids"]]
     bed.close()
     local.close()
     bed.close()  # idempotent
@@ -359,12 +462,12 @@ def test_leftovers_of_a_dead_run_are_swept(tmp_path: Path, how: str) -> None:
         import json, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import testbed
-        bed = testbed.start_hosts(2)
+        bed = testbed.start_hosts(2, rtt_ms=10)
         local = testbed.start_local()
-        res = {{"pids": [], "netns": [], "links": [], "dirs": []}}
+        res = {{"pids": [bed.relay.pid], "netns": [], "links": [], "dirs": []}}
         for b in (bed, local):
             for h in b.hosts:
-                res["pids"] += [h.pid, h.holder.pid]
+                res["pids"] += [h.pid, h.holder.pid] + h.processes()
                 res["netns"] += [h.netns] if h.netns else []
                 res["links"] += [h.link] if h.link else []
             res["dirs"].append(str(b.dir))
@@ -438,6 +541,6 @@ def test_install_line_names_the_packages_of_the_missing_tools(monkeypatch: pytes
     problem = testbed.check_requirements(netns=True)
     assert problem is not None and "\n" not in problem
     assert "ip (iproute2)" in problem and "nsenter (util-linux)" in problem
-    assert problem.endswith(": apt-get install -y util-linux mount coreutils iproute2"), problem
+    assert problem.endswith(": apt-get install -y util-linux mount coreutils bash iproute2"), problem
     local = testbed.check_requirements(netns=False)
-    assert local is not None and local.endswith(": apt-get install -y util-linux mount coreutils"), local
+    assert local is not None and local.endswith(": apt-get install -y util-linux mount coreutils bash"), local

@@ -3,28 +3,43 @@
 Two shapes, one interface (:class:`TestBed` holding :class:`Host` objects):
 
 * :func:`start_local` -- one ``sshd`` on 127.0.0.1 on a free port.
-* :func:`start_hosts` -- N hosts, each in its own network, mount and UTS namespaces: its own
+* :func:`start_hosts` -- N hosts, each in its own network, PID, mount and UTS namespaces: its own
   address in the benchmark range 198.18.0.0/15 (a /30 point-to-point veth link per host), its own
-  hostname (= its ssh alias) and its own ``/srv`` (a per-host directory bind-mounted at /srv).
+  processes (``ps`` on one host never shows another's), its own hostname (= its ssh alias) and its
+  own ``/srv`` (a per-host directory bind-mounted at /srv).  ``start_hosts(n, rtt_ms=50,
+  jitter_ms=5)`` puts a round-trip time on the path to each host's sshd (see *Latency*).
 
-Every host runs ``/usr/sbin/sshd -D -e`` at ``LogLevel VERBOSE`` logging to ``Host.log``, with its own
+Every host runs ``/usr/sbin/sshd`` at ``LogLevel VERBOSE`` logging to ``Host.log``, with its own
 ed25519 host key.  All hosts of a bed share one client key, one ssh_config (``Host <alias>`` blocks with
 HostName/Port/User root/IdentityFile/IdentitiesOnly/UserKnownHostsFile/StrictHostKeyChecking yes) and
 one known_hosts file, so both Fabric (``fab -S <ssh_config>``) and OpenSSH's ``ssh -F`` can use them.
 
-Namespaces: per host a small *holder* process (``sleep infinity``) owns the mount and UTS namespaces
-(and sits in the host's network namespace); sshd is started into the holder's namespaces with
-``nsenter``.  So stopping/starting sshd keeps /srv, the hostname and a :meth:`Host.tiny_disk` mount,
-and :meth:`Host.sh` works while sshd is stopped.
+Namespaces: per host a *holder* (``unshare --pid --fork --kill-child --mount-proc``) makes the
+namespaces; its child is the host's PID 1, a bash loop that reaps orphans at once as an init does (so
+a daemon that exits never lingers as a zombie), with /proc mounted for that PID namespace.  sshd is
+started into the init's namespaces with ``nsenter`` and daemonizes there, a child of that init, as on
+a real server.  So stopping/starting sshd keeps /srv, the hostname and a :meth:`Host.tiny_disk`
+mount, and :meth:`Host.sh` works while sshd is stopped.  Killing the holder ends its init and with it
+every process of the host.
 
-Cleanup: :meth:`TestBed.close` kills every process of the bed (by pid: holders, sshds, and whatever
-ran in the hosts' namespaces), deletes the network namespaces and veths and removes the temp
-directory.  Beds still open at interpreter exit are closed by an ``atexit`` hook, and
-:func:`sweep_stale` removes leftovers of earlier runs whose process is gone (names and process
+Latency: with ``rtt_ms`` one relay process per bed (asyncio, :func:`relay_main`) listens on each
+host's address, port 22, inside the host's network namespace, and forwards to sshd on the host's
+127.0.0.1:22, holding every chunk for ``rtt_ms / 2`` (plus up to +-``jitter_ms / 2``, never out of
+order) each way; a new connection costs one round trip and a half more before sshd sees it, as a TCP
+handshake does.  (``tc netem`` needs a kernel module this machine may not have.)  A cut host
+(:meth:`Host.cut`) still drops packets before they reach the relay.
+
+Cleanup: :meth:`TestBed.close` kills every process of the bed (by pid: holders, inits, sshds, the
+relay, and whatever ran in the hosts' namespaces), deletes the network namespaces and veths and
+removes the temp directory.  Beds still open at interpreter exit are closed by an ``atexit`` hook,
+and :func:`sweep_stale` removes leftovers of earlier runs whose process is gone (names and process
 environments carry the run token ``<pid>-<random>``).
 
-Requires root, /usr/sbin/sshd, ``ip`` (iproute2), ``unshare``/``nsenter`` (util-linux) and
-``mount``; :func:`check_requirements` names what is missing.
+Scale: up to :data:`MAX_HOSTS` hosts per bed; every host costs four small processes (holder, init,
+its ``sleep``, sshd) and a network namespace.  Bring-up starts them all concurrently.
+
+Requires root, /usr/sbin/sshd, ``ip`` (iproute2), ``unshare``/``nsenter`` (util-linux), ``bash``
+and ``mount``; :func:`check_requirements` names what is missing.
 """
 
 from __future__ import annotations
@@ -32,11 +47,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -57,6 +74,10 @@ NETWORK = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmark range
 BASE_DIR = Path(tempfile.gettempdir()) / "deploytest-testbed"
 LOCK_FILE = BASE_DIR / ".lock"
 SESSION_LINE = "Starting session: command"
+MAX_HOSTS = 2000  # link names dt<6 hex><number> stay within IFNAMSIZ; a MAC byte pair per number
+CLONE_NEWNET = 0x40000000
+# The host's PID 1: reap every child (orphans included) at once, as an init does.
+INIT_LOOP = "trap 'exit 0' TERM; while :; do sleep infinity & wait $!; done"
 
 RUN_TOKEN = f"{os.getpid()}-{secrets.token_hex(3)}"
 _OPEN_BEDS: List[TestBed] = []
@@ -128,9 +149,63 @@ def _ns_inode(pid: int, kind: str) -> Optional[str]:
         return None
 
 
-def _pids_in_ns(kind: str, ident: str) -> List[int]:
-    """Pids whose /proc/PID/ns/<kind> is ``ident`` (e.g. ``mnt:[4026532]``)."""
-    return [p for p in _proc_pids() if p != os.getpid() and _ns_inode(p, kind) == ident]
+def _pids_by_ns(kinds: Sequence[str]) -> Dict[str, List[int]]:
+    """``{"mnt:[4026532]": [pids], "pid:[...]": [...], ...}`` for the namespace kinds asked, in one
+    pass over /proc."""
+    out: Dict[str, List[int]] = {}
+    for pid in _proc_pids():
+        for kind in kinds:
+            ident = _ns_inode(pid, kind)
+            if ident is not None:
+                out.setdefault(ident, []).append(pid)
+    return out
+
+
+def _netns_inode(name: Optional[str]) -> Optional[str]:
+    """``net:[<inode>]`` of a named network namespace (as /proc/PID/ns/net reads), None if gone."""
+    if name is None:
+        return None
+    try:
+        return f"net:[{os.stat(f'/run/netns/{name}').st_ino}]"
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return [int(p) for p in fh.read().split()]
+    except OSError:
+        return []
+
+
+def _nspid(pid: int) -> Optional[int]:
+    """The pid of a process inside its own (innermost) PID namespace."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime + cutime + cstime of a process, in seconds (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _pids_with_mark(pred: Any) -> List[int]:
@@ -209,7 +284,7 @@ def check_requirements(netns: bool = True) -> Optional[str]:
         return ("the SSH test bed needs root (namespaces, sshd on port 22, mounts): "
                 "run the tests as root, e.g. in a container or with sudo")
     tools = {SSHD: "openssh-server", "nsenter": "util-linux", "unshare": "util-linux",
-             "mount": "mount", "sleep": "coreutils"}
+             "mount": "mount", "sleep": "coreutils", "bash": "bash"}
     if netns:
         tools["ip"] = "iproute2"
     missing = {tool: package for tool, package in tools.items() if shutil.which(tool) is None}
@@ -247,6 +322,9 @@ UsePAM no
 UseDNS no
 PrintMotd no
 PrintLastLog no
+# As on a fleet's hosts that one control machine (or several) drives at once: no unauthenticated
+# connection is dropped early (the default 10:30:100 starts refusing at 10), many sessions per
+# connection (deploytest and Ansible multiplex), and no DNS lookups.
 MaxStartups 200
 MaxSessions 100
 AcceptEnv LANG LC_*
@@ -256,9 +334,10 @@ AcceptEnv LANG LC_*
 class Host:
     """One SSH host of a :class:`TestBed`.
 
-    Attributes: ``name`` (ssh alias = hostname inside), ``address``, ``port``, ``srv`` (directory on
-    the root filesystem seen as /srv inside the host), ``log`` (sshd's log), ``dir`` (its config dir),
-    ``netns`` (network namespace name, None for the local host), ``public_key`` (its host key line).
+    Attributes: ``name`` (ssh alias = hostname inside), ``address``, ``port`` (where clients connect),
+    ``srv`` (directory on the root filesystem seen as /srv inside the host), ``log`` (sshd's log),
+    ``dir`` (its config dir), ``netns`` (network namespace name, None for the local host),
+    ``public_key`` (its host key line), ``init_pid`` (the host's PID 1, as this machine numbers it).
     """
 
     __test__ = False  # not a pytest test class
@@ -278,13 +357,26 @@ class Host:
         self.host_key = directory / "ssh_host_ed25519_key"
         self.pid_file = directory / "sshd.pid"
         self.public_key = ""
-        self.holder: Optional[subprocess.Popen[str]] = None
-        self.sshd: Optional[subprocess.Popen[bytes]] = None
+        self.holder: Optional[subprocess.Popen[str]] = None  # unshare, parent of the host's PID 1
+        self.init_pid: Optional[int] = None
+        self._sshd_pid: Optional[int] = None
+        self._starting: Optional[subprocess.Popen[bytes]] = None  # sshd until it daemonizes
         self._log_start = 0  # size of the log when the current sshd was started
         self._mnt_ns: Optional[str] = None
+        self._pid_ns: Optional[str] = None
 
     def __repr__(self) -> str:
         return f"<Host {self.name} {self.address}:{self.port}>"
+
+    @property
+    def relayed(self) -> bool:
+        """True when a latency relay sits in front of sshd (``start_hosts(..., rtt_ms=...)``)."""
+        return self.bed.rtt_ms is not None and self.netns is not None
+
+    @property
+    def sshd_address(self) -> str:
+        """Where sshd itself listens inside the host: behind a relay, the host's loopback."""
+        return "127.0.0.1" if self.relayed else self.address
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -293,7 +385,7 @@ class Host:
         self.srv.mkdir()
         self.public_key = _write_key(self.host_key, f"root@{self.name}")
         self.sshd_config.write_text(SSHD_CONFIG.format(
-            port=self.port, address=self.address, host_key=self.host_key, pid_file=self.pid_file,
+            port=self.port, address=self.sshd_address, host_key=self.host_key, pid_file=self.pid_file,
             authorized_keys=self.bed.authorized_keys))
 
     def _holder_script(self) -> str:
@@ -303,74 +395,101 @@ class Host:
         steps += [f"mount --bind {self.srv} /srv", f"hostname {self.name}"]
         # The hosts share this machine's /root. A developer's ~/.bashrc (pyenv, conda...) would run
         # for every SSH command, unlike on a server; give each host an empty one in its own namespace.
-        steps += ['{ [ ! -f /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; }',
-                  "echo ready", "exec sleep infinity"]
+        steps += ['{ [ ! -f /root/.bashrc ] || mount --bind /dev/null /root/.bashrc; }']
+        # The copies of the other hosts' /run/netns mounts are of no use inside a host: with a
+        # thousand hosts they would cost a thousand mounts each.
+        steps += ["{ ! mountpoint -q /run/netns || umount -l /run/netns; }"]
+        steps += ["echo ready", f"exec bash -c {shlex.quote(INIT_LOOP)} >/dev/null 2>&1 </dev/null"]
         return " && ".join(steps)
 
     def _spawn_holder(self) -> None:
         prefix = [] if self.netns is None else ["nsenter", f"--net=/run/netns/{self.netns}"]
-        args = prefix + ["unshare", "--mount", "--uts", "--propagation", "private",
-                         "sh", "-c", self._holder_script()]
-        self.holder = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.PIPE, text=True, env=self.bed.process_env(),
-                                       start_new_session=True)
+        args = prefix + ["unshare", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--mount-proc",
+                         "--propagation", "private", "sh", "-c", self._holder_script()]
+        with open(self.dir / "holder.stderr", "wb") as err:
+            self.holder = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=err, text=True, env=self.bed.process_env(),
+                                           start_new_session=True)
         self.bed._pids.add(self.holder.pid)
 
     def _await_holder(self, timeout: float = 30) -> None:
         assert self.holder is not None and self.holder.stdout is not None
         line = self.holder.stdout.readline()  # "ready", or "" when the script failed
-        if line.strip() != "ready":
-            try:
-                _, err = self.holder.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                err = "(no output)"
-            raise TestBedError(f"{self.name}: namespace setup failed: {err.strip()}")
         self.holder.stdout.close()
-        self._mnt_ns = _ns_inode(self.holder.pid, "mnt")
+        if line.strip() != "ready":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.holder.wait(timeout)
+            err = (self.dir / "holder.stderr").read_text(errors="replace").strip() or "(no output)"
+            raise TestBedError(f"{self.name}: namespace setup failed: {err}")
+        children = _children(self.holder.pid)
+        if len(children) != 1:
+            raise TestBedError(f"{self.name}: namespace setup failed: no init under {self.holder.pid}")
+        self.init_pid = children[0]
+        self.bed._pids.add(self.init_pid)
+        self._mnt_ns = _ns_inode(self.init_pid, "mnt")
+        self._pid_ns = _ns_inode(self.init_pid, "pid")
 
     # -- sshd --------------------------------------------------------------------------------------
 
     @property
     def pid(self) -> Optional[int]:
-        """Pid of the listening sshd (None when stopped)."""
-        if self.sshd is None or self.sshd.poll() is not None:
+        """Pid of the listening sshd, as this machine numbers it (None when stopped)."""
+        if self._sshd_pid is None or not _pid_alive(self._sshd_pid):
             return None
-        return self.sshd.pid
+        return self._sshd_pid
 
     def _nsenter(self) -> List[str]:
-        assert self.holder is not None
-        return ["nsenter", "-t", str(self.holder.pid), "-n", "-m", "-u"]
+        """``nsenter`` into the host's namespaces (net, mount, uts, pid).  It forks: the command is
+        its child, inside the host; killing nsenter does not kill the command."""
+        assert self.init_pid is not None
+        return ["nsenter", "-t", str(self.init_pid), "-n", "-m", "-u", "-p"]
 
     def _spawn_sshd(self) -> None:
         if self.pid is not None:
             raise TestBedError(f"{self.name}: sshd already running (pid {self.pid})")
         self._log_start = len(self.log_text())
-        err = open(self.dir / "sshd.stderr", "ab")
-        try:
-            # nsenter without a pid namespace execs sshd in place: the Popen pid IS sshd's pid.
-            self.sshd = subprocess.Popen(
-                self._nsenter() + [SSHD, "-D", "-e", "-f", str(self.sshd_config), "-E", str(self.log)],
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
+        with open(self.dir / "sshd.stderr", "ab") as err:
+            # sshd daemonizes inside the host: its listener's parent is the host's init.
+            self._starting = subprocess.Popen(
+                self._nsenter() + [SSHD, "-f", str(self.sshd_config), "-E", str(self.log)],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=self.bed.process_env(),
                 start_new_session=True)
-        finally:
-            err.close()
-        self.bed._pids.add(self.sshd.pid)
 
-    def _await_port(self, timeout: float = 20) -> None:
-        """Wait until this sshd logs that it listens.  Its own log line, not a probe connection:
-        on the shared loopback another program may hold the port while our sshd fails to bind."""
-        ready = f"Server listening on {self.address} port {self.port}."
+    def _await_sshd(self, timeout: float = 20) -> None:
+        """Wait until this sshd logs that it listens and has written its pid file.  Its own log
+        line, not a probe connection: on the shared loopback another program may hold the port
+        while our sshd fails to bind."""
+        ready = f"Server listening on {self.sshd_address} port {self.port}."
         deadline = time.monotonic() + timeout
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            try:
+                code = starting.wait(timeout)
+            except subprocess.TimeoutExpired:
+                starting.kill()
+                code = starting.wait()
+            if code != 0:
+                raise TestBedError(f"{self.name}: sshd exited with {code}: {self._tail()}")
         while True:
-            if self.sshd is not None and self.sshd.poll() is not None:
-                raise TestBedError(f"{self.name}: sshd exited with {self.sshd.returncode}: "
-                                   f"{self._tail()}")
-            if ready in self.log_text()[self._log_start:]:
-                return
+            log = self.log_text()[self._log_start:]
+            if ready in log:
+                nspid = _read_int(self.pid_file)
+                if nspid is not None:
+                    break
+            elif "fatal: " in log:
+                raise TestBedError(f"{self.name}: sshd failed: {self._tail()}")
             if time.monotonic() > deadline:
-                raise TestBedError(f"{self.name}: sshd not listening on {self.address}:{self.port} "
+                raise TestBedError(f"{self.name}: sshd not listening on {self.sshd_address}:{self.port} "
                                    f"after {timeout}s: {self._tail()}")
             time.sleep(0.02)
+        assert self.init_pid is not None
+        found = [c for c in _children(self.init_pid) if _nspid(c) == nspid]
+        if not found:
+            raise TestBedError(f"{self.name}: sshd (pid {nspid} inside) is not running: {self._tail()}")
+        self._sshd_pid = found[0]
+        self.bed._pids.add(found[0])
 
     def _tail(self) -> str:
         text = ""
@@ -382,22 +501,22 @@ class Host:
     def stop_sshd(self) -> None:
         """Kill the listening sshd (by pid); new connections are refused.  Sessions already open
         keep running, as with a real ``systemctl stop ssh``."""
-        if self.sshd is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.sshd.send_signal(signal.SIGTERM)
-        try:
-            self.sshd.wait(5)
-        except subprocess.TimeoutExpired:
-            self.sshd.kill()
-            self.sshd.wait(5)
-        self.bed._pids.discard(self.sshd.pid)
-        self.sshd = None
+        pid = self.pid
+        if pid is not None:
+            _kill([pid], signal.SIGTERM)
+            _wait_gone([pid], 5)
+            if _pid_alive(pid):
+                _kill([pid])
+                _wait_gone([pid], 5)
+            self.bed._pids.discard(pid)
+        self._sshd_pid = None
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
 
     def start_sshd(self, timeout: float = 20) -> None:
         """Start sshd again in the same namespaces (same address, /srv, hostname, tiny_disk)."""
         self._spawn_sshd()
-        self._await_port(timeout)
+        self._await_sshd(timeout)
 
     def restart_sshd(self) -> None:
         self.stop_sshd()
@@ -428,12 +547,12 @@ class Host:
         _run(self._nsenter_mnt() + ["umount", "/srv"])
 
     def _nsenter_mnt(self) -> List[str]:
-        assert self.holder is not None
-        return ["nsenter", "-t", str(self.holder.pid), "-m"]
+        assert self.init_pid is not None
+        return ["nsenter", "-t", str(self.init_pid), "-m"]
 
     def sh(self, cmd: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``sh -c cmd`` inside the host's namespaces (net, mount, uts), not over SSH: for test
-        setup and assertions.  Does not count as an SSH session."""
+        """Run ``sh -c cmd`` inside the host's namespaces (net, mount, uts, pid), not over SSH: for
+        test setup and assertions.  Does not count as an SSH session."""
         return subprocess.run(self._nsenter() + ["sh", "-c", cmd], capture_output=True, text=True,
                               check=check, timeout=timeout)
 
@@ -464,22 +583,29 @@ class Host:
         """Successful SSH authentications (connections) this host received."""
         return self.log_text().count("Accepted publickey")
 
+    def processes(self) -> List[int]:
+        """Pids (as this machine numbers them) of every process in the host's PID namespace."""
+        if self._pid_ns is None:
+            return []
+        return [p for p in _proc_pids() if _ns_inode(p, "pid") == self._pid_ns]
+
+    def cpu_seconds(self) -> float:
+        """CPU time the host has used so far: every live process of its PID namespace with what it
+        reaped (sshd its sessions, the init the orphans and stopped sshds)."""
+        return sum(_cpu_seconds(p) for p in self.processes())
+
     # -- teardown ----------------------------------------------------------------------------------
 
-    def _all_pids(self, by_mnt_ns: Optional[Dict[str, List[int]]] = None) -> List[int]:
-        """Every process of this host: holder, sshd, sessions and what they started."""
+    def _all_pids(self, by_ns: Optional[Dict[str, List[int]]] = None) -> List[int]:
+        """Every process of this host: holder, init, sshd, sessions and what they started."""
+        if by_ns is None:
+            by_ns = _pids_by_ns(("mnt", "pid", "net"))
         pids = set()
-        if self._mnt_ns is not None:
-            if by_mnt_ns is None:
-                pids.update(_pids_in_ns("mnt", self._mnt_ns))
-            else:
-                pids.update(by_mnt_ns.get(self._mnt_ns, []))
-        if self.netns is not None:
-            out = _run(["ip", "netns", "pids", self.netns], check=False).stdout
-            pids.update(int(p) for p in out.split() if p.isdigit())
-        for proc in (self.holder, self.sshd):
-            if proc is not None:
-                pids.add(proc.pid)
+        for ident in (self._mnt_ns, self._pid_ns, _netns_inode(self.netns)):
+            if ident is not None:
+                pids.update(by_ns.get(ident, []))
+        pids.update(p for p in (self.holder.pid if self.holder else None, self.init_pid, self._sshd_pid)
+                    if p is not None)
         pids.discard(os.getpid())
         return sorted(pids)
 
@@ -503,6 +629,9 @@ class TestBed:
         self._links: List[str] = []
         self._netns: List[str] = []
         self._closed = False
+        self.rtt_ms: Optional[float] = None  # round-trip time the relay adds (None: no relay)
+        self.jitter_ms = 0.0
+        self.relay: Optional[subprocess.Popen[str]] = None
 
     def __repr__(self) -> str:
         return f"<TestBed {self.token} {self.names}>"
@@ -604,21 +733,16 @@ class TestBed:
             return
         self._closed = True
         pids = set(self._pids)
-        by_mnt_ns: Dict[str, List[int]] = {}
-        for pid in _proc_pids():
-            ident = _ns_inode(pid, "mnt")
-            if ident is not None:
-                by_mnt_ns.setdefault(ident, []).append(pid)
+        by_ns = _pids_by_ns(("mnt", "pid", "net"))
         for h in self.hosts:
-            pids.update(h._all_pids(by_mnt_ns))
+            pids.update(h._all_pids(by_ns))
         pids.update(_pids_with_mark(lambda t: t == self.mark))
         pids.discard(os.getpid())
         _kill(sorted(pids))
-        for h in self.hosts:
-            for proc in (h.holder, h.sshd):
-                if proc is not None:
-                    with contextlib.suppress(Exception):
-                        proc.wait(5)
+        for proc in [h.holder for h in self.hosts] + [h._starting for h in self.hosts] + [self.relay]:
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.wait(5)
         _wait_gone(sorted(pids))
         lines = [f"link del {link}" for link in self._links if Path(f"/sys/class/net/{link}").exists()]
         lines += [f"netns del {ns}" for ns in self._netns if Path(f"/run/netns/{ns}").exists()]
@@ -666,7 +790,7 @@ def _build(netns: bool, add_hosts: Callable[[TestBed], None]) -> TestBed:
 
 
 def _bring_up(bed: TestBed) -> None:
-    """Start holders, then sshds, of all hosts concurrently; wait for every port."""
+    """Start holders, then sshds, of all hosts concurrently; wait for every sshd to listen."""
     for h in bed.hosts:
         h._spawn_holder()
     for h in bed.hosts:
@@ -674,12 +798,13 @@ def _bring_up(bed: TestBed) -> None:
     for h in bed.hosts:
         h._spawn_sshd()
     for h in bed.hosts:
-        h._await_port(30)
+        h._await_sshd(60)
 
 
 def start_local(name: str = "local") -> TestBed:
-    """One sshd on 127.0.0.1 on a free port, in private mount+UTS namespaces (own /srv, hostname
-    ``name``), sharing the machine's network.  ``cut``/``heal`` raise NotImplementedError."""
+    """One sshd on 127.0.0.1 on a free port, in private PID, mount and UTS namespaces (own
+    processes, /srv and hostname ``name``), sharing the machine's network.  ``cut``/``heal`` raise
+    NotImplementedError."""
 
     def add_host(bed: TestBed) -> None:
         for attempt in range(5):
@@ -718,11 +843,19 @@ def _existing_links() -> set[str]:
         return set()
 
 
-def start_hosts(n: int, prefix: str = "web") -> TestBed:
-    """N hosts ``<prefix>1..<prefix>N``, each in its own network/mount/UTS namespaces with its own
-    198.18.0.0/15 address (port 22), hostname and /srv."""
-    if not 1 <= n <= 250:
-        raise ValueError("start_hosts: n must be between 1 and 250")
+def start_hosts(n: int, prefix: str = "web", rtt_ms: Optional[float] = None,
+                jitter_ms: float = 0.0) -> TestBed:
+    """N hosts ``<prefix>1..<prefix>N``, each in its own network/PID/mount/UTS namespaces with its
+    own 198.18.0.0/15 address (port 22), processes, hostname and /srv.
+
+    :param rtt_ms: a round-trip time on the path to every host's sshd (a relay, see the module's
+        docstring); None for none.  The hosts' own traffic (their loopback, the veth) is not delayed.
+    :param jitter_ms: with ``rtt_ms``, each one-way delay varies by up to +- half of this.
+    """
+    if not 1 <= n <= MAX_HOSTS:
+        raise ValueError(f"start_hosts: n must be between 1 and {MAX_HOSTS}")
+    if rtt_ms is not None and (rtt_ms < 0 or jitter_ms < 0 or jitter_ms > rtt_ms):
+        raise ValueError("start_hosts: rtt_ms must be >= 0 and 0 <= jitter_ms <= rtt_ms")
 
     def add_hosts(bed: TestBed) -> None:
         # Allocation of link names and addresses is serialised across runs with a file lock, so two
@@ -770,11 +903,146 @@ def start_hosts(n: int, prefix: str = "web") -> TestBed:
                     f"neigh replace {base + 2} lladdr {mac_in} dev {link} nud permanent",
                 ]
             _ip_batch(root_cmds)
+        bed.rtt_ms, bed.jitter_ms = rtt_ms, (jitter_ms if rtt_ms is not None else 0.0)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda h: h._prepare(), bed.hosts))
         _bring_up(bed)
+        if rtt_ms is not None:
+            _start_relay(bed)
 
     return _build(True, add_hosts)
+
+
+# --------------------------------------------------------------------------------------------------
+# latency
+
+
+def _start_relay(bed: TestBed) -> None:
+    """One relay process for the bed: listens on each host's address:port inside the host's network
+    namespace and forwards to its sshd on 127.0.0.1 there, delayed (:func:`relay_main`)."""
+    spec = {"rtt_ms": bed.rtt_ms, "jitter_ms": bed.jitter_ms,
+            "hosts": [[f"/run/netns/{h.netns}", h.address, h.port, h.sshd_address, h.port]
+                      for h in bed.hosts]}
+    with open(bed.dir / "relay.stderr", "wb") as err:
+        bed.relay = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "relay"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                     env=bed.process_env(), start_new_session=True)
+    bed._pids.add(bed.relay.pid)
+    assert bed.relay.stdin is not None and bed.relay.stdout is not None
+    bed.relay.stdin.write(json.dumps(spec) + "\n")
+    bed.relay.stdin.close()
+    line = bed.relay.stdout.readline()
+    bed.relay.stdout.close()
+    if line.strip() != "ready":
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            bed.relay.wait(5)
+        err_text = (bed.dir / "relay.stderr").read_text(errors="replace").strip().splitlines()
+        raise TestBedError(f"latency relay failed: {err_text[-1] if err_text else '(no output)'}")
+
+
+def arrival(sent: float, previous: float, one_way: float, jitter: float,
+            draw: Callable[[float, float], float]) -> float:
+    """When a chunk sent at ``sent`` arrives: after ``one_way`` +- ``jitter / 2`` (``draw(lo, hi)``
+    picks the offset), never before the chunk ahead of it, which arrived at ``previous`` (a TCP
+    stream stays in order)."""
+    return max(previous, sent + max(0.0, one_way + draw(-jitter / 2, jitter / 2)))
+
+
+def relay_main() -> None:
+    """The latency relay (``python testbed.py relay``, spec as one JSON line on stdin): prints
+    ``ready`` once it listens for every host, then forwards until killed."""
+    import asyncio
+    import ctypes
+    import random
+
+    spec = json.loads(sys.stdin.readline())
+    one_way = float(spec["rtt_ms"]) / 2000
+    jitter = float(spec["jitter_ms"]) / 1000
+    libc = ctypes.CDLL(None, use_errno=True)
+    own_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+
+    def in_netns(ns_fd: int, make: Callable[[], socket.socket]) -> socket.socket:
+        # A socket belongs to the network namespace it was made in, whatever this thread does next.
+        if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        try:
+            return make()
+        finally:
+            libc.setns(own_netns, CLONE_NEWNET)
+
+    async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                at, data = await queue.get()
+                wait = at - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if not data:
+                    if dst.can_write_eof():
+                        dst.write_eof()
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.ensure_future(deliver())
+        last = 0.0
+        try:
+            while True:
+                try:
+                    data = await src.read(262144)
+                except OSError:
+                    data = b""
+                last = arrival(loop.time(), last, one_way, jitter, random.uniform)
+                queue.put_nowait((last, data))
+                if not data:
+                    break
+            await sender
+        finally:
+            sender.cancel()
+
+    async def connection(ns_fd: int, target: tuple[str, int], reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        upstream: Optional[asyncio.StreamWriter] = None
+        try:
+            await asyncio.sleep(3 * one_way)  # SYN, SYN-ACK, ACK: what a TCP handshake costs
+            sock = in_netns(ns_fd, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, target)
+            except OSError:
+                sock.close()
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            up_reader, upstream = await asyncio.open_connection(sock=sock)
+            client = writer.get_extra_info("socket")
+            if client is not None:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await asyncio.gather(pump(reader, upstream), pump(up_reader, writer), return_exceptions=True)
+        finally:
+            for w in (writer, upstream):
+                if w is not None:
+                    w.close()
+
+    async def serve() -> None:
+        servers = []
+        for netns, address, port, target_address, target_port in spec["hosts"]:
+            ns_fd = os.open(netns, os.O_RDONLY)
+            listener = in_netns(ns_fd, functools.partial(socket.create_server, (address, port), backlog=1024))
+
+            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             ns_fd: int = ns_fd, target: tuple[str, int] = (target_address, target_port)
+                             ) -> None:
+                await connection(ns_fd, target, reader, writer)
+
+            servers.append(await asyncio.start_server(handle, sock=listener))
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -872,3 +1140,7 @@ def _install_exit_handlers() -> None:
             with contextlib.suppress(ValueError, OSError):
                 if signal.getsignal(sig) in (signal.SIG_DFL, None):
                     signal.signal(sig, _on_signal)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["relay"]:
+    relay_main()
