@@ -31,6 +31,18 @@ def green(project: Project, hosts: List[str], version: str) -> str:
     return proc.stdout
 
 
+def slow_deploy(project: Project, bed: Any, hosts: List[str], task: str = "deploy-and-verify") -> Any:
+    """Start a deploy whose build takes a few seconds; return it once it holds every host's lock."""
+    project.config["hooks"]["build"] = ["sleep 4"]
+    project.set_version("1.1")
+    proc = project.start(task, hosts=hosts)
+    deadline = time.monotonic() + 30
+    while not all(locked(h) for h in bed.hosts):
+        assert time.monotonic() < deadline and proc.poll() is None, "the deploy never held every lock"
+        time.sleep(0.05)
+    return proc
+
+
 def test_fabric_yaml_holds_only_the_deploytest_key(three: Dict[str, Any]) -> None:
     data = yaml.safe_load((three["project"].root / "fabric.yaml").read_text())
     assert list(data) == ["deploytest"]
@@ -146,12 +158,7 @@ def test_failed_first_deploy_without_a_stop_hook_needs_a_human(three: Dict[str, 
 def test_unlock_refuses_a_live_lock_and_removes_a_stale_one(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     green(project, hosts, "1.0")
-    project.config["hooks"]["build"] = ["sleep 4"]
-    project.set_version("1.1")
-    proc = project.start("deploy-and-verify", hosts=hosts)
-    deadline = time.monotonic() + 30
-    while not all(locked(h) for h in bed.hosts) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = slow_deploy(project, bed, hosts)
     refused = project.fab("unlock", hosts=hosts)
     assert refused.returncode == 2, output(refused)
     assert "a running deploy holds these locks; nothing was removed" in refused.stderr
@@ -164,10 +171,7 @@ def test_unlock_refuses_a_live_lock_and_removes_a_stale_one(three: Dict[str, Any
     assert all(not locked(h) for h in bed.hosts)
 
     # kill -9 mid-build: the holder's process is gone, so its lock is stale
-    proc = project.start("deploy", hosts=hosts)
-    deadline = time.monotonic() + 30
-    while not all(locked(h) for h in bed.hosts) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = slow_deploy(project, bed, hosts, "deploy")
     proc.kill()
     proc.communicate(timeout=30)
     status = project.fab("status", hosts=hosts)
@@ -182,12 +186,7 @@ def test_unlock_refuses_a_live_lock_and_removes_a_stale_one(three: Dict[str, Any
 def test_unlock_force_removes_a_live_lock_and_the_deploy_says_so(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     green(project, hosts, "1.0")
-    project.config["hooks"]["build"] = ["sleep 4"]
-    project.set_version("1.1")
-    proc = project.start("deploy-and-verify", hosts=hosts)
-    deadline = time.monotonic() + 30
-    while not all(locked(h) for h in bed.hosts) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    proc = slow_deploy(project, bed, hosts)
     forced = project.fab("unlock", "--force", hosts=hosts)
     assert forced.returncode == 0, output(forced)
     assert "removed with --force" in forced.stdout
