@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import gzip
 import hashlib
 import io
@@ -260,13 +261,20 @@ _SAVED: list[Any] = []
 
 @contextlib.contextmanager
 def _sessions_quiet() -> Iterator[None]:
-    """Route the sessions' threads' output away (see :class:`_Routed`) and keep pytest from setting
-    ``PYTEST_CURRENT_TEST`` from many threads at once (one environment for the whole process)."""
+    """Route the sessions' threads' output away (see :class:`_Routed`), keep pytest from setting
+    ``PYTEST_CURRENT_TEST`` from many threads at once (one environment for the whole process), and put
+    back afterwards the module globals where pytest keeps its current session (sessions side by side
+    would leave them pointing at one another: every session kept alive)."""
+    import _pytest.assertion.util as assertion_util
     import _pytest.runner as runner
+    from _pytest.mark import MARK_GEN
 
+    globals_ = ((MARK_GEN, "_config"), (assertion_util, "_reprcompare"), (assertion_util, "_assertion_pass"),
+                (assertion_util, "_config"))
     with _ROUTE_LOCK:
         if _ACTIVE[0] == 0:
-            _SAVED[:] = [sys.stdout, sys.stderr, runner._update_current_test_var]
+            _SAVED[:] = [sys.stdout, sys.stderr, runner._update_current_test_var,
+                         [(owner, name, getattr(owner, name, None)) for owner, name in globals_]]
             sys.stdout, sys.stderr = _Routed(sys.stdout), _Routed(sys.stderr)
             runner._update_current_test_var = _no_current_test_var
         _ACTIVE[0] += 1
@@ -276,7 +284,10 @@ def _sessions_quiet() -> Iterator[None]:
         with _ROUTE_LOCK:
             _ACTIVE[0] -= 1
             if _ACTIVE[0] == 0:
-                sys.stdout, sys.stderr, runner._update_current_test_var = _SAVED
+                sys.stdout, sys.stderr, runner._update_current_test_var, saved = _SAVED
+                for owner, name, value in saved:
+                    setattr(owner, name, value)
+                gc.collect()  # the sessions' cycles, at once: memory stays flat from one verification to the next
 
 
 def _no_current_test_var(item: Any, when: Any) -> None:
