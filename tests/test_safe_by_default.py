@@ -226,3 +226,44 @@ def test_namespaced_collection_deploys_all_hosts_in_one_rollout(three: Dict[str,
     assert proc.returncode == 0, output(proc)
     assert len({live(h) for h in bed.hosts}) == 1
     assert proc.stdout.count("== preflight (3 hosts)") == 1
+
+
+def test_secrets_in_a_check_name_reach_no_output_log_or_report(three: Dict[str, Any], tmp_path: Path) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    green(project, hosts, "1.0")
+    secret = "s3cret-" + tmp_path.name[-6:]
+    project.config["checks"].append({"database": {"engine": "sqlite", "path": "/nonexistent/app.db",
+                                                  "query": "select 1", "env": {"APP_TOKEN": secret}},
+                                     "name": f"db with {secret}"})
+    project.set_version("2.0", verify_timeout=4)  # also what the way back gets to turn green
+    report, junit = tmp_path / "r.json", tmp_path / "r.xml"
+    proc = project.fab("deploy-and-verify", "--json", str(report), "--junit", str(junit), hosts=hosts)
+    assert proc.returncode == 1, output(proc)
+    assert "db with ***" in output(proc)  # the red check is named, its secret is not
+    assert secret not in output(proc)
+    assert secret not in report.read_text() and secret not in junit.read_text()
+    for host in bed.hosts:
+        assert secret not in host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout
+    verify = project.fab("verify", hosts=hosts)
+    assert verify.returncode == 1 and secret not in output(verify)
+    for host in bed.hosts:
+        assert secret not in host.sh(f"cat {DEPLOY_TO}/.deploytest/log.jsonl").stdout
+
+
+def test_a_host_refused_within_max_fail_is_set_aside_not_switched_back(three: Dict[str, Any]) -> None:
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    green(project, hosts, "1.0")
+    before = live(bed.hosts[1])
+    project.set_version("2.0")
+    # on web2 alone the new release is marked bad as it is built: its switch is refused there
+    project.config["hooks"]["build"] = [
+        "python3 -m py_compile hello.py",
+        '[ "$(hostname)" != web2 ] || touch "$DEPLOYTEST_DEPLOY_TO/.deploytest/releases/$DEPLOYTEST_RELEASE.bad"']
+    project.config["rollout"] = {"batches": ["100%"], "max_fail": 1, "parallel": 10}
+    project.write(project.config)
+    proc = project.fab("deploy-and-verify", hosts=hosts)
+    assert proc.returncode == 0, output(proc)
+    assert "set aside: stays on" in proc.stdout and "switched back" not in output(proc)
+    web2 = bed.hosts[1]
+    assert live(web2) == before and served(web2) == "ok 1.0" and not locked(web2)
+    assert all(live(h) != before and served(h) == "ok 2.0" for h in (bed.hosts[0], bed.hosts[2]))
