@@ -335,6 +335,10 @@ class _Collector:
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.problem = ""
+        self.interrupted = False
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.interrupted = True
 
     def pytest_configure(self, config: pytest.Config) -> None:
         pytest_plugin.lend(config, Placeholder(), lambda target: None)  # node ids as in the real runs
@@ -371,6 +375,8 @@ def collect(settings: Settings) -> list[str]:
     with workspace(tests, settings.base_dir) as space, _sessions_quiet(), _imports_undone(space), \
             _keep() as kept:
         code = pytest.main(_args(tests, space, "--collect-only"), plugins=[pytest_plugin, collector])
+    if collector.interrupted:
+        raise KeyboardInterrupt
     problem = collector.problem
     if not problem and code not in (0, 5):
         lines = [line.strip() for line in "".join(kept).splitlines() if line.strip()]
