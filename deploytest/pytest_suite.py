@@ -337,8 +337,8 @@ class _Collector:
         self.problem = ""
         self.interrupted = False
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted = _ctrl_c(excinfo)
 
     def pytest_configure(self, config: pytest.Config) -> None:
         pytest_plugin.lend(config, Placeholder(), lambda target: None)  # node ids as in the real runs
@@ -353,6 +353,11 @@ class _Collector:
             if missing and not self.problem:
                 self.problem = f"{item.nodeid}: fixture '{missing[0]}' not found"
             self.ids.append(item.nodeid)
+
+
+def _ctrl_c(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
+    """Ctrl-C, not pytest's own stop (``Interrupted: 1 error during collection``, ``pytest.exit()``)."""
+    return excinfo.errisinstance(KeyboardInterrupt) and not excinfo.errisinstance(pytest.Session.Interrupted)
 
 
 def _missing_fixtures(item: pytest.Item) -> list[str]:
@@ -529,8 +534,8 @@ class _HostSession:
             outcome.observed = _skipped(report)
         return report
 
-    def pytest_keyboard_interrupt(self) -> None:
-        self.interrupted = True
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted = _ctrl_c(excinfo)
 
 
 def _observed(when: str, excinfo: Any, report: pytest.TestReport) -> str:
