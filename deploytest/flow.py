@@ -539,7 +539,7 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
             run.console.stage(f"rollback verify: {', '.join(names)} with today's checks"
                               " (their release has no recorded suite)" if run.verifier is None else
                               f"rollback verify: {', '.join(names)}")
-            hosts += run.verify(names, run.settings.verify, only).hosts
+            hosts += run.verify(names, way_back(run.settings.verify), only).hosts
         else:
             run.console.stage(f"rollback verify: {', '.join(names)} with the suite recorded with"
                               f" {run.switched[names[0]]}")
@@ -548,7 +548,7 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
             verifier = suite_verifier(kept, parallel=run.settings.rollout.parallel,
                                       skip_tests=_red_in(red_tests))
             recorded_with.update({n: str(run.switched[n]) for n in names})
-            hosts += verifier(run.pick(names), run.settings.verify, []).hosts
+            hosts += verifier(run.pick(names), way_back(run.settings.verify), []).hosts
     run.rollback_report = VerifyReport(hosts)
     for host in hosts:
         if host.error:
@@ -566,6 +566,17 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
 def _red_in(red: frozenset[str]) -> Callable[[Any], bool]:
     """Whether a test was red, word for word (same id, same file), in the baseline."""
     return lambda test: _same(test) in red
+
+
+#: The least time a release that was verified before gets to turn green again on the way back: a tight
+#: ``verify.timeout`` is for judging new releases, and a restart on a busy host should not turn a
+#: sound rollback into "needs a human".
+WAY_BACK_SECONDS = 10.0
+
+
+def way_back(settings: VerifySettings) -> VerifySettings:
+    """The verify settings of a rollback: ``settings`` with at least :data:`WAY_BACK_SECONDS`."""
+    return dataclasses.replace(settings, timeout=max(settings.timeout, WAY_BACK_SECONDS))
 
 
 def _same(check: Any) -> str:

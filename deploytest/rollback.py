@@ -18,7 +18,7 @@ from . import release
 from .checks import VerifyReport
 from .config import with_suite
 from .errors import ConfigError, NeedsHuman, UsageError
-from .flow import Heartbeat, Rollout, preflight, take_locks
+from .flow import Heartbeat, Rollout, preflight, take_locks, way_back
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
 from .report import render
@@ -226,7 +226,7 @@ def _verify_with(run: Rollout, names: list[str], suite: Optional[str], picked: d
         else:
             run.console.stage(f"verify {', '.join(names)} with the suite recorded with {releases_}")
             verifier = suite_verifier(recorded, parallel=run.settings.rollout.parallel)
-            return verifier(run.pick(names), run.settings.verify, [])
+            return verifier(run.pick(names), way_back(run.settings.verify), [])
     else:
         run.console.stage(f"verify {', '.join(names)}: {releases_} has no recorded suite; with today's checks")
-    return run.verify(names, run.settings.verify)
+    return run.verify(names, way_back(run.settings.verify))
