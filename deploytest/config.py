@@ -44,6 +44,7 @@ class RolloutSettings:
     batches: tuple[Union[int, str], ...] = (1, "100%")
     max_fail: int = 0
     parallel: int = 10
+    prepare: str = "all"  # or "per_batch": each batch is uploaded and built just before it goes live
 
 
 @dataclass(frozen=True)
@@ -298,11 +299,15 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     rollout_data = data.get("rollout") or {}
     if not isinstance(rollout_data, Mapping):
         raise _fail("rollout", "a mapping like {batches: [1, \"50%\"], max_fail: 0, parallel: 10}", rollout_data)
-    _check_keys(rollout_data, {"batches", "max_fail", "parallel"}, "rollout.")
+    _check_keys(rollout_data, {"batches", "max_fail", "parallel", "prepare"}, "rollout.")
+    prepare_mode = rollout_data.get("prepare", "all")
+    if prepare_mode not in ("all", "per_batch"):
+        raise _fail("rollout.prepare", '"all" (every host before the canary) or "per_batch"', prepare_mode)
     rollout = RolloutSettings(
         batches=_batches(rollout_data["batches"]) if "batches" in rollout_data else (1, "100%"),
         max_fail=int(_number(rollout_data, "max_fail", "rollout.", 0, integer=True)),
         parallel=int(_number(rollout_data, "parallel", "rollout.", 10, minimum=1, integer=True)),
+        prepare=str(prepare_mode),
     )
 
     sudo = data.get("sudo", False)

@@ -142,8 +142,12 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
         try:
             if verify:
                 record_baseline(run)
-            prepare(run)
+            per_batch = run.settings.rollout.prepare == "per_batch"
+            if not per_batch:
+                prepare(run, run.names)
             for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
+                if per_batch:  # a failed canary then costs one upload, not one per host
+                    prepare(run, batch)
                 go_live(run, batch, number, verify=verify)
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
@@ -260,17 +264,18 @@ def record_baseline(run: Rollout) -> None:
         run.console.host(host.host, "baseline", summary(host), "green" if host.ok else "yellow")
 
 
-def prepare(run: Rollout) -> None:
-    """Upload, link shared paths and build the new release on every host; nothing goes live."""
+def prepare(run: Rollout, names: Sequence[str]) -> None:
+    """Upload, link shared paths and build the new release on the named hosts; nothing goes live."""
     settings, package = run.settings, run.package
     assert package is not None
-    run.console.stage(f"prepare release {run.release_id} ({package.label})")
+    where = "" if len(names) == len(run.names) else f" on {_few(names)}"
+    run.console.stage(f"prepare release {run.release_id} ({package.label}){where}")
 
     def build(target: Target) -> None:
         # upload, shared links, build hooks and "complete", in one round trip
         release.prepare(target, settings, run.release_id, package, run.owner.who, build=True)
 
-    done = run.each(run.names, "prepare", build)
+    done = run.each(names, "prepare", build)
     for name in done:
         run.console.host(name, "prepare", f"release {run.release_id} ready")
     if run.failed:

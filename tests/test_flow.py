@@ -190,3 +190,21 @@ def test_more_failures_than_max_fail_roll_everything_back(five: Dict[str, Any]) 
     for host in bed.hosts:
         assert live(host) == before[host.name] and served(host) == "ok 1.0"
         assert not locked(host)
+
+
+def test_prepare_per_batch_costs_a_failed_canary_one_upload(five: Dict[str, Any]) -> None:
+    project, bed = five["project"], five["bed"]
+    deploy_good(project, five["hosts"])
+    before = {h.name: live(h) for h in bed.hosts}
+    project.set_version("2.0", broken=True, verify_timeout=2)
+    # each host's build leaves a mark in its shared/ directory: where the release was built at all
+    project.config["hooks"]["build"] = ["python3 -m py_compile hello.py", 'touch "$DEPLOYTEST_SHARED/built"']
+    project.config["rollout"] = {"batches": [1, "100%"], "max_fail": 0, "parallel": 10, "prepare": "per_batch"}
+    project.write(project.config)
+    proc = project.fab("deploy-and-verify", hosts=five["hosts"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"on {five['hosts'][0]}\n" in proc.stdout  # "== prepare release ... on web1"
+    built = [h.name for h in bed.hosts if h.sh(f"test -e {DEPLOY_TO}/shared/built").returncode == 0]
+    assert built == [five["hosts"][0]], built  # only the canary paid for an upload and a build
+    for host in bed.hosts:
+        assert live(host) == before[host.name] and served(host) == "ok 1.0" and not locked(host)
