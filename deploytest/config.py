@@ -43,7 +43,7 @@ class RolloutSettings:
 
     batches: tuple[Union[int, str], ...] = (1, "100%")
     max_fail: int = 0
-    parallel: int = 10
+    parallel: int = 50
     prepare: str = "all"  # or "per_batch": each batch is uploaded and built just before it goes live
 
 
@@ -306,7 +306,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     rollout = RolloutSettings(
         batches=_batches(rollout_data["batches"]) if "batches" in rollout_data else (1, "100%"),
         max_fail=int(_number(rollout_data, "max_fail", "rollout.", 0, integer=True)),
-        parallel=int(_number(rollout_data, "parallel", "rollout.", 10, minimum=1, integer=True)),
+        parallel=int(_number(rollout_data, "parallel", "rollout.", 50, minimum=1, integer=True)),
         prepare=str(prepare_mode),
     )
 

@@ -286,7 +286,7 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
     """Switch one batch, restart it and (with ``verify``) wait for every check to turn green."""
     settings = run.settings
     kind = "canary" if number == 1 and len(batch) < len(run.targets) else f"batch {number}"
-    run.console.stage(f"{kind}: switch {', '.join(batch)}")
+    run.console.stage(f"{kind}: switch {_few(batch)}")
 
     def switch(target: Target) -> None:
         try:
@@ -484,11 +484,11 @@ def _what_rollback_did(run: Rollout, verified: Optional[bool]) -> str:
                      f" {run.release_id} marked bad there")
     if run.stopped:
         parts.append(f"first deploy failed: nothing to roll back to; {run.release_id} stopped and removed"
-                     f" on {', '.join(sorted(run.stopped))}")
+                     f" on {_few(run.stopped)}")
     quiet = [n for n in run.switched if not run.switched[n] and n not in run.stopped]
     if quiet:
         parts.append(f"first deploy failed: nothing to roll back to; {run.release_id} removed on"
-                     f" {', '.join(sorted(quiet))} (no restart hook had started it)")
+                     f" {_few(quiet)} (no restart hook had started it)")
     untouched = [n for n in run.names if n not in run.switched and n not in run.tolerated]
     if not run.switched:
         parts.append("nothing went live; the unfinished release was removed")
@@ -541,12 +541,12 @@ def _verify_rollback(run: Rollout, restored: list[str], stuck: dict[str, str]) -
     recorded_with: dict[str, str] = {}
     for (suite, only, red_tests), names in groups.items():
         if suite is None:
-            run.console.stage(f"rollback verify: {', '.join(names)} with today's checks"
+            run.console.stage(f"rollback verify: {_few(names)} with today's checks"
                               " (their release has no recorded suite)" if run.verifier is None else
-                              f"rollback verify: {', '.join(names)}")
+                              f"rollback verify: {_few(names)}")
             hosts += run.verify(names, way_back(run.settings.verify), only).hosts
         else:
-            run.console.stage(f"rollback verify: {', '.join(names)} with the suite recorded with"
+            run.console.stage(f"rollback verify: {_few(names)} with the suite recorded with"
                               f" {run.switched[names[0]]}")
             recorded = with_suite(run.settings, suite)
             kept = dataclasses.replace(recorded, checks=tuple(c for c in recorded.checks if c.name in only))
