@@ -416,6 +416,7 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 
 Skip = Callable[[TestCheck], bool]
+_SETUP = threading.Lock()
 
 
 @dataclass
@@ -440,12 +441,20 @@ class _HostSession:
     error: Optional[str] = None
     cancelled: Optional[BaseException] = None
     interrupted: bool = False
+    setting_up: bool = False  # holds _SETUP: configuring and collecting, one session at a time
     _now: dict[str, _Outcome] = field(default_factory=dict)
     _digests: dict[str, str] = field(default_factory=dict)
     _checks: dict[str, TestCheck] = field(default_factory=dict)
 
     def pytest_configure(self, config: pytest.Config) -> None:
         pytest_plugin.lend(config, self.target, self.release)
+
+    def collected(self) -> None:
+        """Let the next host's session configure and collect (pytest imports conftest.py files by
+        removing and re-importing a module named ``conftest``: two sessions at once would race)."""
+        if self.setting_up:
+            self.setting_up = False
+            _SETUP.release()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
@@ -476,6 +485,8 @@ class _HostSession:
     def pytest_runtestloop(self, session: pytest.Session) -> bool:
         """Run every item, then only the red ones every ``interval`` until ``timeout``."""
         from .hosts import _CANCEL
+
+        self.collected()
 
         started = time.monotonic()
         deadline = started + self.settings.timeout
@@ -609,8 +620,13 @@ def _run_host(target: Target, args: list[str], settings: VerifySettings, only: f
               skip: Optional[Skip], reader: Callable[[Target], Optional[str]]) -> HostReport:
     started = time.monotonic()
     session = _HostSession(target, settings, only, skip, reader)
-    with _keep() as kept:
-        code = pytest.main(args, plugins=[pytest_plugin, session])
+    _SETUP.acquire()  # released once the session has collected (see _HostSession.setting_up)
+    session.setting_up = True
+    try:
+        with _keep() as kept:
+            code = pytest.main(args, plugins=[pytest_plugin, session])
+    finally:
+        session.collected()
     if session.interrupted:
         raise KeyboardInterrupt
     if session.cancelled is not None:
