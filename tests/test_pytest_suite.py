@@ -147,3 +147,16 @@ def test_checks_and_tests_in_one_report_and_recorded_files_run_from_a_release(tm
     assert [(r.name, r.ok) for r in again.hosts[0].results] == [
         ("true", True), ("tests/deployment/test_app.py::test_version", True)]
     assert snapshot(back).suite == back.suite
+
+
+def test_hosts_with_a_conftest_side_by_side_each_get_their_results(tmp_path: Path) -> None:
+    write_tests(tmp_path, "import pytest\n\n@pytest.fixture(scope='session')\ndef name(deploytest_host):\n"
+                          "    return deploytest_host.name\n", "conftest.py")
+    write_tests(tmp_path, "def test_named(deploytest_host, name):\n    assert name == deploytest_host.name\n")
+    settings = settings_for(tmp_path)
+    recorded = with_suite(settings, snapshot(settings).suite)
+    for _ in range(10):  # pytest imports each conftest.py anew as "conftest": sessions must not race for it
+        for suite in (settings, recorded):
+            report = suite_verifier(suite)([LocalTarget(f"h{i}") for i in range(4)], VerifySettings(0, 0.1), [])
+            assert [(h.host, [r.name for r in h.results if r.ok]) for h in report.hosts] == [
+                (f"h{i}", ["tests/deployment/test_app.py::test_named"]) for i in range(4)]
