@@ -136,8 +136,49 @@ def limit_lines(text: str, words: List[str], most: int = 5) -> List[str]:
     return hits[:most]
 
 
+def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args: argparse.Namespace,
+                batches: List[Any]) -> Dict[str, Any]:
+    """One ``fab deploy-and-verify`` of release ``version`` over the whole fleet, measured."""
+    project = work / name
+    write_project(project, version, args.parallel, batches, poll_select=name == "poll-select")
+    ssh_config = work / "ssh_config"
+    fleet_ssh_config(bed, ssh_config)
+    usage = Usage()
+    host_cpu_before = hosts_cpu(bed)
+    sessions_before = [h.sessions() for h in bed.hosts]
+    started = time.perf_counter()
+    run = fab(project, bed, "deploy-and-verify", [h.address for h in bed.hosts], ssh_config=ssh_config,
+              while_waiting=lambda pid: sample(pid, usage, started), timeout=args.timeout)
+    time.sleep(0.5)  # sshd reaps the last sessions
+    host_cpu_s = hosts_cpu(bed) - host_cpu_before
+    sessions = [h.sessions() - b for h, b in zip(bed.hosts, sessions_before)]
+    n = len(bed.hosts)
+    floor = host_cpu_s / (os.cpu_count() or 1)
+    f: Dict[str, Any] = {
+        "wall_s": run.seconds, "exit": run.codes[0], "fab_cpu_s": run.cpu, "fab_peak_rss_mb": run.rss_mb,
+        "fab_peak_threads": usage.threads, "fab_peak_fds": usage.fds,
+        "fab_last_sample": usage.timeline[-1] if usage.timeline else None,
+        "host_cpu_s": host_cpu_s, "floor_s": floor, "sessions": (min(sessions), max(sessions)),
+        "hosts_on_new_release": sum(1 for h in bed.hosts if live_version(h) == version),
+        "fab_limit_lines": limit_lines(run.output, LIMIT_WORDS),
+        "sshd_limit_lines": [f"{h.name}: {line}" for h in bed.hosts
+                             for line in limit_lines(h.log_text(), SSHD_LIMIT_WORDS, 1)][:5],
+        "threads_timeline": usage.timeline[:: max(1, len(usage.timeline) // 60)],
+    }
+    tail = "\n".join(run.output.strip().splitlines()[-12:])
+    print(f"[{name}] fab exit {run.codes[0]} in {run.seconds:.1f}s (floor {floor:.1f}s), "
+          f"{f['hosts_on_new_release']}/{n} on {version}; peak {usage.threads} threads, {usage.fds} fds; "
+          f"last lines:\n{tail}", file=sys.stderr)
+    if run.codes != [0] or f["hosts_on_new_release"] != n:
+        kept = Path(tempfile.gettempdir()) / f"bench-scale-{name}-{os.getpid()}.txt"
+        kept.write_text(run.output)
+        f["fab_output"] = str(kept)
+        print(f"[{name}] full output kept in {kept}", file=sys.stderr)
+    return f
+
+
 def main() -> int:
-    """Bring up the fleet, run one deploy-and-verify over it, print the table, tear it down."""
+    """Bring up the fleet, run deploy-and-verify over it, print the table, tear it down."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
@@ -146,126 +187,96 @@ def main() -> int:
     parser.add_argument("--batches", default='[1, "100%"]',
                         help='rollout.batches as JSON (default [1, "100%%"]: a canary, then the rest)')
     parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds before the fab run is killed (default 600)")
+                        help="seconds before a fab run is killed (default 600)")
+    parser.add_argument("--runs", default="as-is",
+                        help="comma-separated runs over the same fleet, each deploying a new release: "
+                             "'as-is' (deploytest as it is) and/or 'poll-select' (the benchmark's fabfile "
+                             "makes deploytest wait on channels with poll() instead of select(), which "
+                             "refuses file descriptors past 1023); default as-is")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    parser.add_argument("--poll-select", action="store_true",
-                        help="the benchmark's fabfile makes deploytest wait on channels with poll() instead of "
-                             "select() (which refuses file descriptors past 1023)")
     args = parser.parse_args()
     problem = testbed.check_requirements(netns=True)
     if problem:
         print(f"cannot run the benchmark: {problem}", file=sys.stderr)
         return 2
+    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
+    if not runs or set(runs) - {"as-is", "poll-select"}:
+        parser.error("--runs: as-is and/or poll-select")
     batches = json.loads(args.batches)
     fd_limit = raise_fd_limit()
     cores = os.cpu_count() or 1
-    figures: Dict[str, Any] = {"hosts": args.hosts, "cores": cores, "parallel": args.parallel,
-                               "batches": batches, "fab_fd_limit": fd_limit, "poll_select": args.poll_select}
+    n = args.hosts
+    bed_figures: Dict[str, Any] = {"hosts": n, "cores": cores, "parallel": args.parallel, "batches": batches,
+                                   "fab_fd_limit": fd_limit}
+    results: Dict[str, Dict[str, Any]] = {}
     work = Path(tempfile.mkdtemp(prefix="dt-bench-scale-"))
-    failed = False
     try:
-        project = work / "project"
-        write_project(project, "1.0", args.parallel, batches, args.poll_select)
         before_mb = mem_available_mb()
         started = time.perf_counter()
-        bed = testbed.start_hosts(args.hosts, prefix="node")
-        figures["bring_up_s"] = time.perf_counter() - started
+        bed = testbed.start_hosts(n, prefix="node")
+        bed_figures["bring_up_s"] = time.perf_counter() - started
         time.sleep(1.0)  # let the hosts' start-up settle before reading memory
-        figures["mem_available_drop_mb_per_host"] = (before_mb - mem_available_mb()) / args.hosts
+        bed_figures["mem_available_drop_mb_per_host"] = (before_mb - mem_available_mb()) / n
         pids = bed_pids(bed)
-        figures["processes_per_host"] = len(pids) / args.hosts
-        figures["pss_mb_per_host"] = pss_mb(pids) / args.hosts
-        print(f"{args.hosts} hosts up in {figures['bring_up_s']:.1f}s; memory per host: "
-              f"{figures['mem_available_drop_mb_per_host']:.2f} MiB of MemAvailable, "
-              f"{figures['pss_mb_per_host']:.2f} MiB PSS in {figures['processes_per_host']:.1f} processes",
-              file=sys.stderr)
+        bed_figures["processes_per_host"] = len(pids) / n
+        bed_figures["pss_mb_per_host"] = pss_mb(pids) / n
+        print(f"{n} hosts up in {bed_figures['bring_up_s']:.1f}s; memory per host: "
+              f"{bed_figures['mem_available_drop_mb_per_host']:.2f} MiB of MemAvailable, "
+              f"{bed_figures['pss_mb_per_host']:.2f} MiB PSS in {bed_figures['processes_per_host']:.1f} "
+              "processes", file=sys.stderr)
         try:
-            ssh_config = work / "ssh_config"
-            fleet_ssh_config(bed, ssh_config)
-            addresses = [h.address for h in bed.hosts]
-            usage = Usage()
-            host_cpu_before = hosts_cpu(bed)
-            sessions_before = [h.sessions() for h in bed.hosts]
-            run_started = time.perf_counter()
-            run = fab(project, bed, "deploy-and-verify", addresses, ssh_config=ssh_config,
-                      while_waiting=lambda pid: sample(pid, usage, run_started), timeout=args.timeout)
-            time.sleep(0.5)  # sshd reaps the last sessions
-            host_cpu_s = hosts_cpu(bed) - host_cpu_before
-            sessions = [h.sessions() - b for h, b in zip(bed.hosts, sessions_before)]
-            on_release = sum(1 for h in bed.hosts if live_version(h) == "1.0")
-            sshd_hits = [f"{h.name}: {line}" for h in bed.hosts
-                         for line in limit_lines(h.log_text(), SSHD_LIMIT_WORDS, 1)]
-            floor = host_cpu_s / cores
-            figures.update({
-                "wall_s": run.seconds, "exit": run.codes[0], "fab_cpu_s": run.cpu,
-                "fab_cpu_ms_per_host": 1000 * run.cpu / args.hosts, "fab_peak_rss_mb": run.rss_mb,
-                "fab_peak_threads": usage.threads, "fab_peak_fds": usage.fds,
-                "fab_last_sample": usage.timeline[-1] if usage.timeline else None,
-                "host_cpu_s": host_cpu_s, "host_cpu_ms_per_host": 1000 * host_cpu_s / args.hosts,
-                "floor_s": floor, "wall_over_floor": run.seconds / floor if floor else None,
-                "floor_with_fab_s": (host_cpu_s + run.cpu) / cores,
-                "sessions_min": min(sessions), "sessions_max": max(sessions),
-                "hosts_on_new_release": on_release,
-                "fab_limit_lines": limit_lines(run.output, LIMIT_WORDS), "sshd_limit_lines": sshd_hits[:5],
-                "threads_timeline": usage.timeline[:: max(1, len(usage.timeline) // 40)],
-            })
-            tail = "\n".join(run.output.strip().splitlines()[-15:])
-            print(f"fab exit {run.codes[0]} in {run.seconds:.1f}s; last lines of its output:\n{tail}",
-                  file=sys.stderr)
-            if run.codes != [0] or on_release != args.hosts:
-                failed = True
-                (work / "fab-output.txt").write_text(run.output)
-                kept = Path(tempfile.gettempdir()) / f"bench-scale-fab-output-{os.getpid()}.txt"
-                shutil.copy(work / "fab-output.txt", kept)
-                figures["fab_output"] = str(kept)
-                print(f"full output kept in {kept}", file=sys.stderr)
+            for k, name in enumerate(runs, 1):
+                results[name] = deploy_once(bed, work, name, f"{k}.0", args, batches)
         finally:
             started = time.perf_counter()
             bed.close()
-            figures["teardown_s"] = time.perf_counter() - started
+            bed_figures["teardown_s"] = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    leftovers = [line for line in os.popen("ip -o link show").read().splitlines()
-                 if re.search(rf"{testbed.NETNS_PREFIX}{re.escape(testbed.RUN_TOKEN)}", line)]
-    figures["links_left_after_teardown"] = len(leftovers)
-    f = figures
+    bed_figures["links_left_after_teardown"] = sum(
+        1 for line in os.popen("ip -o link show").read().splitlines()
+        if re.search(rf"{testbed.NETNS_PREFIX}{re.escape(testbed.RUN_TOKEN)}", line))
+    b = bed_figures
     print()
-    print(f"``fab deploy-and-verify`` of a minimal release (2 files, no hooks, 2 checks) to {f['hosts']} hosts, "
-          f"rollout batches {json.dumps(batches)}, parallel {f['parallel']}; {cores} CPUs shared by fab "
-          f"and all hosts; fab's open-file limit {fd_limit}"
-          + ("; deploytest's select() replaced by poll() (--poll-select)" if args.poll_select else ""))
+    print(f"``fab deploy-and-verify`` of a minimal release (2 files, no hooks, 2 checks) to {n} hosts, "
+          f"rollout batches {json.dumps(batches)}, parallel {args.parallel}; {cores} CPUs shared by fab "
+          f"and all hosts; fab's open-file limit {fd_limit}")
     print()
+    blank = [""] * (len(runs) - 1)
     rows = [
-        ["bring-up of the hosts", f"{f['bring_up_s']:.1f} s"],
-        ["teardown of the hosts", f"{f['teardown_s']:.1f} s"],
-        ["memory per host (MemAvailable drop)", f"{f['mem_available_drop_mb_per_host']:.2f} MiB"],
+        ["bring-up of the hosts", f"{b['bring_up_s']:.1f} s", *blank],
+        ["teardown of the hosts", f"{b['teardown_s']:.1f} s ({b['links_left_after_teardown']} links left)", *blank],
+        ["memory per host (MemAvailable drop)", f"{b['mem_available_drop_mb_per_host']:.2f} MiB", *blank],
         ["memory per host (PSS of its processes)",
-         f"{f['pss_mb_per_host']:.2f} MiB in {f['processes_per_host']:.1f} processes"],
+         f"{b['pss_mb_per_host']:.2f} MiB in {b['processes_per_host']:.1f} processes", *blank],
     ]
-    if "wall_s" in f:
-        ratio = f"{f['wall_over_floor']:.2f}x the floor" if f["wall_over_floor"] else ""
-        last = f["fab_last_sample"]
-        rows += [
-            ["fab exit code", str(f["exit"])],
-            ["wall time", f"{f['wall_s']:.1f} s ({ratio})"],
-            ["floor: host CPU / cores", f"{f['floor_s']:.1f} s ({f['host_cpu_ms_per_host']:.0f} ms of host "
-                                        f"CPU per host)"],
-            ["floor with fab's CPU", f"{f['floor_with_fab_s']:.1f} s"],
-            ["fab CPU per host", f"{f['fab_cpu_ms_per_host']:.1f} ms ({f['fab_cpu_s']:.1f} s in all)"],
-            ["fab peak memory (max RSS)", f"{f['fab_peak_rss_mb']:.0f} MiB"],
-            ["fab threads, peak / last sample", f"{f['fab_peak_threads']} / {last[1] if last else '-'}"],
-            ["fab open fds, peak / last sample", f"{f['fab_peak_fds']} / {last[2] if last else '-'}"],
-            ["sessions per host, min-max", f"{f['sessions_min']}-{f['sessions_max']}"],
-            ["hosts on the new release", f"{f['hosts_on_new_release']} of {f['hosts']}"],
-            ["limit hit (fab output)", "; ".join(f["fab_limit_lines"]) or "none"],
-            ["limit hit (sshd logs)", "; ".join(f["sshd_limit_lines"]) or "none"],
-        ]
-    print(simple_table(["measure", "value"], rows))
+
+    def row(label: str, cell: Any) -> None:
+        rows.append([label] + [cell(results[r]) for r in runs])
+
+    row("fab exit code", lambda f: str(f["exit"]))
+    row("wall time", lambda f: f"{f['wall_s']:.1f} s ({f['wall_s'] / f['floor_s']:.2f}x the floor)"
+        if f["floor_s"] else f"{f['wall_s']:.1f} s")
+    row("floor: host CPU / cores", lambda f: f"{f['floor_s']:.1f} s ({1000 * f['host_cpu_s'] / n:.0f} ms host CPU "
+        "per host)")
+    row("floor counting fab's CPU too", lambda f: f"{(f['host_cpu_s'] + f['fab_cpu_s']) / cores:.1f} s")
+    row("fab CPU per host", lambda f: f"{1000 * f['fab_cpu_s'] / n:.1f} ms ({f['fab_cpu_s']:.1f} s in all)")
+    row("fab peak memory (max RSS)", lambda f: f"{f['fab_peak_rss_mb']:.0f} MiB")
+    row("fab threads, peak / last sample",
+        lambda f: f"{f['fab_peak_threads']} / {f['fab_last_sample'][1] if f['fab_last_sample'] else '-'}")
+    row("fab open fds, peak / last sample",
+        lambda f: f"{f['fab_peak_fds']} / {f['fab_last_sample'][2] if f['fab_last_sample'] else '-'}")
+    row("sessions per host, min-max", lambda f: "{}-{}".format(*f["sessions"]))
+    row("hosts on the new release", lambda f: f"{f['hosts_on_new_release']} of {n}")
+    row("limit hit (fab output)", lambda f: "; ".join(sorted(set(f["fab_limit_lines"])))[:160] or "none")
+    row("limit hit (sshd logs)", lambda f: "; ".join(f["sshd_limit_lines"])[:160] or "none")
+    print(simple_table(["measure"] + runs, rows))
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=1, default=str))
-    print(yaml.safe_dump({"threads_timeline (s, threads, fds)": f.get("threads_timeline", [])},
-                         default_flow_style=True, width=200), file=sys.stderr)
-    return 1 if failed else 0
+        args.json.write_text(json.dumps({"bed": bed_figures, "runs": results}, indent=1, default=str))
+    for name in runs:
+        print(yaml.safe_dump({f"{name}: threads_timeline (s, threads, fds)": results[name]["threads_timeline"]},
+                             default_flow_style=True, width=200), file=sys.stderr)
+    return 0 if all(f["exit"] == 0 and f["hosts_on_new_release"] == n for f in results.values()) else 1
 
 
 if __name__ == "__main__":
