@@ -30,8 +30,6 @@ from .hosts import RunResult, Target
 MARK = "@@dt"
 """Prefix of the control lines deploytest's scripts print on stdout."""
 
-FAILED_EXIT = 97
-REFUSED_EXIT = 96
 
 PRELUDE = r"""set -u
 LC_ALL=C; export LC_ALL

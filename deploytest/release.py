@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from .config import Settings, clean_relative_path
 from .errors import RemoteCommandFailed, UsageError, fab_command
-from .hosts import RunResult, Target
+from .hosts import Target
 from .lock import (
     STEP_FN,
     Journal,
@@ -54,7 +54,7 @@ __all__ = [
     "BAD", "COMPLETE", "PREPARING", "UNKNOWN", "FinishResult", "HostState", "LockInfo", "LockOwner",
     "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "chain", "check_release_id",
     "cleanup_plan", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
-    "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release", "restart",
+    "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release",
     "rollback_target", "script_for_discard", "script_for_mark_bad", "switch", "switch_and_restart",
     "switch_back", "Switched", "recorded_suite", "script_for_record_suite", "VERIFIED", "Journal",
     "script_for_mark_verified",
@@ -782,18 +782,6 @@ mkdir -p -- "$S" 2>/dev/null
     lines += [f'dt_hook restart "$rel" {_q(hook)}\n' for hook in settings.restart_hooks]
     lines.append("dt_step restarted 2>/dev/null\nprintf '@@dt restarted\\t%s\\n' \"${rel##*/}\"\n")
     return "".join(lines)
-
-
-def restart(target: Target, settings: Settings, *, timeout: float | None = None) -> RunResult:
-    """Run the restart hooks in the live release's directory (one round trip; none without hooks).
-
-    :returns: the run result; hook output is in its stderr and ``.deploytest/restart.log``.
-    :raises RemoteCommandFailed: step ``restart hook``, detail ``<hook>: exit N: <last lines>``.
-    """
-    if not settings.restart_hooks:
-        return RunResult(target.name, 0, "", "", 0.0)
-    result, _marks = run_script(target, settings, script_for_restart(settings), "restart", timeout=timeout)
-    return result
 
 
 def script_for_switch_and_restart(settings: Settings, release_id: str) -> str:
