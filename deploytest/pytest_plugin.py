@@ -4,7 +4,8 @@ Options: ``--deploytest-hosts=web1,web2`` (hosts or ssh_config aliases; none mea
 and ``--deploytest-ssh-config=PATH``. Fixtures:
 
 - ``deploytest_host``: one test per host, a :class:`~deploytest.hosts.Target` to pass to the
-  functions of :mod:`deploytest.assertions`;
+  functions of :mod:`deploytest.assertions` (session scope: fixtures of any scope may use it; tests
+  run host by host);
 - ``deploytest_hosts``: all the targets at once, for :func:`deploytest.checks.run_checks`;
 - ``deploytest_release``: the release live on the host under test (``--deploytest-release=ID`` when
   run by hand; the test is skipped without it).
@@ -101,7 +102,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("deploytest_host", names, indirect=True, ids=names)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def deploytest_host(request: pytest.FixtureRequest) -> Target:
     """The host this test runs against (parametrised over ``--deploytest-hosts``)."""
     lent = request.config.stash.get(_LENT, None)
@@ -111,7 +112,7 @@ def deploytest_host(request: pytest.FixtureRequest) -> Target:
     return _target(request.config, str(name))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def deploytest_hosts(request: pytest.FixtureRequest) -> list[Target]:
     """Every host of ``--deploytest-hosts`` (this machine when none)."""
     lent = request.config.stash.get(_LENT, None)
@@ -123,7 +124,7 @@ def deploytest_hosts(request: pytest.FixtureRequest) -> list[Target]:
 _RELEASES = pytest.StashKey[dict[str, Optional[str]]]()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def deploytest_release(request: pytest.FixtureRequest, deploytest_host: Target) -> Optional[str]:
     """The release id live on the host under test (None: nothing is live there)."""
     lent = request.config.stash.get(_LENT, None)
