@@ -19,7 +19,8 @@ HEALTH = """\
 from deploytest.assertions import assert_http
 
 
-def test_health(deploytest_host):
+def test_health(deploytest_host, served_by):
+    assert served_by == deploytest_host.name  # a session fixture of conftest.py, per host
     assert_http(deploytest_host, "http://127.0.0.1:8000/health", status=200, contains="ok")
 """
 
