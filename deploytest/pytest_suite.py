@@ -6,15 +6,16 @@ per host per test id, "eventually" like checks: only the red tests are re-run, o
 they are red, every ``verify.interval`` until ``verify.timeout``.
 
 How they run: one pytest session (``pytest.main`` in this process, with a plugin object) per host per
-verification, the hosts' sessions side by side in threads. Each session collects once, then its own
-run loop re-runs its red items until they are green or time is up. ``deploytest_host`` is the
+verification, the hosts' sessions side by side in threads (they configure and collect one at a time,
+then run together: the tests' time is the hosts' round trips). Each session collects once, then its
+own run loop re-runs its red items until they are green or time is up. ``deploytest_host`` is the
 rollout's own :class:`~deploytest.hosts.Target` (its already-open connection: no new SSH connection
 per attempt), ``deploytest_release`` the release live there. Why one session per host: pytest's
 fixtures and setup state are not safe to share between threads, and a session per host keeps every
 fixture (``conftest.py``, scope="session" included) exactly as pytest makes it, with hosts in parallel.
 pytest's process-wide helpers that threads would fight over are off in these sessions (output capture
-is deploytest's own: what a test prints is kept off the console; ``warnings``, ``faulthandler`` and
-``cacheprovider`` plugins are not loaded).
+is deploytest's own: what a test prints is kept off the console; see :data:`_OFF` for the plugins not
+loaded), and the module globals where pytest keeps "the current session" are put back afterwards.
 
 The files are recorded with each verified release (:func:`snapshot`: a tar.gz, base64, bounded by
 :data:`MAX_ARCHIVE`); a rollback to that release runs them from a temporary directory (:func:`workspace`).
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import gc
 import gzip
 import hashlib
 import io
+import json
 import os
 import posixpath
 import shlex
@@ -159,9 +162,6 @@ def snapshot(settings: Settings) -> Settings:
 
     :raises ConfigError: the files are past :data:`MAX_ARCHIVE` or cannot be read (exit 2).
     """
-    import dataclasses
-    import json
-
     tests = settings.tests
     if tests is None or tests.archive is not None:
         return settings
