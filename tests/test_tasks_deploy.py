@@ -235,9 +235,9 @@ def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
     sent: List[float] = []
 
     def building() -> bool:
-        # no pid namespaces: one pgrep sees the hook on every host
-        found = bed.hosts[0].sh(f"pgrep -c -x -f '{hook}'").stdout.strip()
-        ready = int(found or 0) >= len(hosts) and all(len(releases_on(h)) == 2 for h in bed.hosts)
+        # each host has its own processes: the hook runs on every one
+        running = all(h.sh(f"pgrep -x -f '{hook}'").returncode == 0 for h in bed.hosts)
+        ready = running and all(len(releases_on(h)) == 2 for h in bed.hosts)
         if ready:
             sent.append(time.monotonic())
         return ready
