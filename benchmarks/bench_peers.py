@@ -557,6 +557,7 @@ def main() -> int:
     results: List[Result] = []
     work = Path(tempfile.mkdtemp(prefix="dt-bench-peers-"))
     started_all = time.perf_counter()
+    interrupted = False
     try:
         for rtt in rtts:
             started = time.perf_counter()
@@ -585,11 +586,14 @@ def main() -> int:
                                 results.append(bench.verify(tool, hosts))
             finally:
                 bed.close()
+    except KeyboardInterrupt:  # Ctrl-C or timeout -s INT: the rows measured so far still count
+        interrupted = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table(results, rtts)
-    print(f"(whole benchmark: {time.perf_counter() - started_all:.0f}s)", file=sys.stderr)
-    return 0 if all(r.code == 0 and r.right == r.hosts for r in results) else 1
+    print(f"(whole benchmark: {time.perf_counter() - started_all:.0f}s"
+          f"{'; interrupted, the rows above are the ones measured' if interrupted else ''})", file=sys.stderr)
+    return 0 if not interrupted and all(r.code == 0 and r.right == r.hosts for r in results) else 1
 
 
 def print_table(results: List[Result], rtts: List[int]) -> None:

@@ -186,18 +186,23 @@ def measure(cmd: Sequence[str], cwd: Path, env: Dict[str, str],
                                 stderr=subprocess.STDOUT)
         deadline = started + timeout
         polls = 0
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            polls += 1
-            if while_waiting is not None and polls % 5 == 0:
-                while_waiting(proc.pid)
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
+        try:
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    break
+                polls += 1
+                if while_waiting is not None and polls % 5 == 0:
+                    while_waiting(proc.pid)
+                if time.perf_counter() > deadline:
+                    proc.kill()
+                    pid, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(0.01)
+        except BaseException:  # Ctrl-C: the measured process does not outlive the benchmark
+            proc.kill()
+            proc.wait()
+            raise
         seconds = time.perf_counter() - started
         out.seek(0)
         text = out.read().decode(errors="replace")
