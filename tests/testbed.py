@@ -478,8 +478,8 @@ class Host:
                 nspid = _read_int(self.pid_file)
                 if nspid is not None:
                     break
-            elif "fatal: " in log:
-                raise TestBedError(f"{self.name}: sshd failed: {self._tail()}")
+            elif not self._sshd_processes():
+                raise TestBedError(f"{self.name}: sshd exited: {self._tail()}")
             if time.monotonic() > deadline:
                 raise TestBedError(f"{self.name}: sshd not listening on {self.sshd_address}:{self.port} "
                                    f"after {timeout}s: {self._tail()}")
@@ -490,6 +490,20 @@ class Host:
             raise TestBedError(f"{self.name}: sshd (pid {nspid} inside) is not running: {self._tail()}")
         self._sshd_pid = found[0]
         self.bed._pids.add(found[0])
+
+    def _sshd_processes(self) -> List[int]:
+        """The host init's children running our sshd: the daemon, once the foreground part of
+        sshd has exited (an sshd that cannot bind logs why and exits)."""
+        assert self.init_pid is not None
+        found = []
+        for pid in _children(self.init_pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if str(self.sshd_config).encode() in fh.read():
+                        found.append(pid)
+            except OSError:
+                continue
+        return found
 
     def _tail(self) -> str:
         text = ""
@@ -749,12 +763,17 @@ class TestBed:
         with contextlib.suppress(Exception):
             _ip_batch([f"netns del {ns}" for ns in self._netns if Path(f"/run/netns/{ns}").exists()],
                       check=False)
+        # A namespace lingers while a socket in it still holds it (a FIN retransmitted over a cut
+        # link): once no link has gone for a second, delete what is left by name.
         deadline = time.monotonic() + 10
         left = list(self._links)
-        while left and time.monotonic() < deadline:
-            left = [link for link in left if Path(f"/sys/class/net/{link}").exists()]
-            if left:
-                time.sleep(0.02)
+        progress = time.monotonic()
+        while left and time.monotonic() < min(deadline, progress + 1.0):
+            time.sleep(0.02)
+            still = [link for link in left if Path(f"/sys/class/net/{link}").exists()]
+            if len(still) < len(left):
+                progress = time.monotonic()
+            left = still
         with contextlib.suppress(Exception):
             _ip_batch([f"link del {link}" for link in left], check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
