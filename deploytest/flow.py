@@ -204,14 +204,14 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
 def collect_tests(run: Rollout) -> None:
     """The configured pytest tests collect on this machine (else exit 2, nothing changed), and their
     files go with the suite recorded with the release."""
-    if run.settings.tests is None or run.verifier is not None:
+    tests = run.settings.tests
+    if tests is None or run.verifier is not None:
         return
     from .pytest_suite import collect, snapshot
 
     ids = collect(run.settings)
     run.settings = snapshot(run.settings)
-    run.console.stage(f"tests: {len(ids)} collected from {', '.join(run.settings.tests.paths)}"
-                      if run.settings.tests else "tests")
+    run.console.stage(f"tests: {len(ids)} collected from {', '.join(tests.paths)}")
 
 
 def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[str]] = None,
