@@ -4,7 +4,8 @@
 probe gave back: exit, stdout or stdout_b64, stderr, timed_out, truncated, stopped) and ``verdict`` (ok and,
 optionally, the exact expected / observed / detail, or detail_contains). ``probe_contains`` /
 ``probe_excludes`` pin parts of the probe text; ``probe_safe`` runs the probe for real with values
-full of shell syntax and asserts nothing they spell was executed.
+full of shell syntax (secret values in its environment, ``@DB@`` a real SQLite database) and asserts
+nothing they spell was executed, and that ``probe_reaches`` texts show the value got to its tool.
 ``tests/data/judges/config/<case>.json`` holds a ``checks`` list and the ``error`` (a prefix of the
 one-line message) or the ``count`` of checks it gives.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,8 +30,8 @@ JUDGE_CASES = sorted(p for p in DATA.glob("*/*.json") if p.parent.name != "confi
 CONFIG_CASES = sorted(DATA.glob("config/*.json"))
 
 
-def _load(path: Path, canary: str = "/nonexistent/canary") -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text().replace("@CANARY@", canary))
+def _load(path: Path, canary: str = "/nonexistent/canary", database: str = "/nonexistent/app.db") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text().replace("@CANARY@", canary).replace("@DB@", database))
     return data
 
 
@@ -103,10 +106,17 @@ def test_probe_is_valid_shell(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in JUDGE_CASES if _load(p).get("probe_safe")], ids=_id)
 def test_probe_quotes_hostile_values(path: Path, tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
-    case = _load(path, str(canary))
-    probe = parse_check(case["check"], path.stem).probe()
-    subprocess.run(["/bin/sh", "-c", probe], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+    database = tmp_path / "app.db"  # ``@DB@``: a real database, so that a query really runs
+    sqlite3.connect(database).close()
+    case = _load(path, str(canary), str(database))
+    check = parse_check(case["check"], path.stem)
+    probe = check.probe()
+    # as the runner gives them: each secret value in the probe's environment, never in its text
+    env = {**os.environ, **check.secret_env()}
+    ran = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
     assert not canary.exists(), "a parameter value was executed as shell"
+    for must in case.get("probe_reaches", []):  # the hostile value got as far as the tool that uses it
+        assert must in (ran.stdout + ran.stderr).decode(errors="replace"), (ran.stdout, ran.stderr)
 
 
 @pytest.mark.parametrize("path", CONFIG_CASES, ids=_id)
