@@ -367,11 +367,14 @@ def test_two_deploys_started_together_leave_the_hosts_consistent(three: Dict[str
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
     project.set_version("2.0")
+    # a build that lasts: the two surely overlap, whichever reaches the first host first
+    project.config["hooks"]["build"] = ["python3 -m py_compile hello.py", "sleep 2"]
+    project.write(project.config)
     runs = [project.start("deploy", hosts=hosts), project.start("deploy", hosts=hosts)]
     outs = [finish(run, 120) for run in runs]
     codes = sorted(run.returncode for run in runs)
-    # one wins; the other is refused before changing anything (or, had they not overlapped, both won)
-    assert codes in ([0, 2], [0, 0]), outs
+    # exactly one wins; the other is refused before changing anything
+    assert codes == [0, 2], outs
     for run, out in zip(runs, outs):
         if run.returncode == 2:
             assert "locked by" in out, out
