@@ -170,6 +170,9 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     need_mb = settings.min_free_mb + _package_mb(run.package)
     refused: list[release.HostState] = []
     key_steps: list[str] = []
+    taking = [lock]  # the lock goes with the inspection (one round trip) while the first host's was won
+    guard = threading.Lock()
+    deferred: list[str] = []  # first deploys: locked once every host passed, so a refusal leaves them as they were
 
     def check(target: Target) -> release.HostState:
         try:
@@ -177,25 +180,47 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
         except HostKeyError as error:
             key_steps.append(f"{target.name}: {error.next_step}")
             raise
-        state = release.inspect(target, settings)
+        taken = ""
+        if taking[0]:
+            state, taken = release.inspect_and_lock(target, settings, run.owner)
+            if taken in ("locked", "deferred"):
+                with guard:
+                    (run.locked if taken == "locked" else deferred).append(target.name)
+        else:
+            state = release.inspect(target, settings)
         problem = release.preflight_problem(state, need_mb, resolving=resolving)
+        if problem is None and taken == "held" and state.lock is not None:
+            problem = f"locked by {state.lock.describe()}: another deploy took it just now"
+        elif problem is None and taken not in ("", "locked", "held", "deferred"):
+            problem = taken
         if problem:
             refused.append(state)
             raise Refused(f"{target.name}: {problem}")
         return state
 
     try:
-        run.states = run.each(run.names, "preflight", check)
+        # The first host in name order goes alone: two deploys racing for the same hosts meet at its
+        # lock, so exactly one of them goes on to lock the rest (in parallel).
+        first, *rest = sorted(run.names)
+        run.states = run.each([first], "preflight", check)
+        taking[0] = lock and first in run.locked and first not in run.failed
+        run.states.update(run.each(rest, "preflight", check))
+        if lock and not run.failed and first not in run.locked:
+            # a first deploy on the first host: every lock once every host passed, first host first
+            _lock(run, [first])
+            if not run.failed:
+                _lock(run, [n for n in rest if n not in run.locked])
+        elif lock and not run.failed:
+            _lock(run, deferred)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
     hints = [release.preflight_hint(sorted(refused, key=lambda s: s.host)), *key_steps]
     _refuse_if_failed(run, "; ".join(h for h in hints if h))
+    run.states = {n: run.states[n] for n in run.names}  # in the order given
     run.release_id = release.new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
     )
     run.owner = dataclasses.replace(run.owner, release=run.release_id)
-    if lock:
-        take_locks(run, journal=True)
     for name, state in run.states.items():
         live = state.live or "nothing live yet"
         console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
@@ -241,6 +266,15 @@ def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[
     _refuse_if_failed(run)
 
 
+def _lock(run: Rollout, names: Sequence[str]) -> None:
+    """Take the named hosts' locks (with this rollout's journal), in parallel; refusals go to ``failed``."""
+    def take(target: Target) -> None:
+        started = release.Journal.begin(run.owner, "", run.states[target.name].live)
+        release.acquire_lock(target, run.settings, run.owner, journal=started)
+
+    run.locked += list(run.each(names, "lock", take))
+
+
 def _refuse_if_failed(run: Rollout, next_step: str = "") -> None:
     if not run.failed:
         return
@@ -272,8 +306,8 @@ def prepare(run: Rollout, names: Sequence[str]) -> None:
     run.console.stage(f"prepare release {run.release_id} ({package.label}){where}")
 
     def build(target: Target) -> None:
-        # upload, shared links, build hooks and "complete", in one round trip
-        release.prepare(target, settings, run.release_id, package, run.owner.who, build=True)
+        # the journal names the release, then upload, shared links, build hooks and "complete": one round trip
+        release.prepare(target, settings, run.release_id, package, run.owner.who, build=True, owner=run.owner)
 
     done = run.each(names, "prepare", build)
     for name in done:

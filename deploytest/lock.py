@@ -355,7 +355,8 @@ class Journal:
 
     def describe(self) -> str:
         """``rollout of 20261202... by alice@laptop (pid 42) since 2026-...``."""
-        return f"rollout of {self.release} by {self.who} (pid {self.pid}) since {self.started}"
+        what = f"rollout of {self.release}" if self.release else "rollout (no release made yet)"
+        return f"{what} by {self.who} (pid {self.pid}) since {self.started}"
 
     def to_json(self) -> str:
         """The journal's first line."""
@@ -370,18 +371,60 @@ class Journal:
             data = json.loads(text)
         except ValueError:
             return None
-        if not isinstance(data, dict) or not data.get("rollout") or not data.get("release"):
+        if not isinstance(data, dict) or not data.get("rollout"):
             return None
         pid = data.get("pid", 0)
         previous = data.get("previous")
         return cls(str(data["rollout"]), str(data.get("who", "unknown")), pid if isinstance(pid, int) else 0,
-                   str(data.get("host", "")), str(data["release"]), str(previous) if previous else None,
+                   str(data.get("host", "")), str(data.get("release") or ""), str(previous) if previous else None,
                    str(data.get("started", "unknown")))
 
     @classmethod
     def begin(cls, owner: LockOwner, release: str, previous: str | None) -> Journal:
         """The journal of ``owner``'s rollout of ``release`` on a host where ``previous`` is live."""
         return cls(owner.token, owner.who, owner.pid, owner.host, release, previous, owner.started)
+
+
+def script_for_lock_after_inspect(settings: Settings, owner: LockOwner) -> str:
+    """Shell text, to follow the inspect script in the same session, that takes ``owner``'s lock and
+    writes its journal (with what is live now as ``previous``; the release is named by the prepare).
+
+    Never fails the script: it prints ``locked``, ``held`` (and the holder) or ``lockfail``; or
+    ``lockdeferred`` where deploytest has no state directory yet (a first deploy): a refusal must
+    leave such a host untouched, so its lock is taken once every host passed.
+    """
+    token = _check_token(owner.token)
+    head, _, tail = Journal.begin(owner, "", None).to_json().partition('"previous": null')
+    return f"""\
+dt_lockfail() {{ printf '@@dt lockfail\\t%s\\n' "$1"; }}
+if [ ! -d "$S" ]; then printf '@@dt lockdeferred\\n'
+elif printf '%s\\n' {shlex.quote(owner.to_json())} > "$S/lock.{token}" 2>/dev/null
+then
+  if ln -- "$S/lock.{token}" "$S/lock" 2>/dev/null; then
+    rm -f -- "$S/lock.{token}"
+    lv=$(dt_live); if [ -n "$lv" ]; then pv="\\"$lv\\""; else pv=null; fi
+    if {{ printf '%s%s%s\\n' {shlex.quote(head + '"previous": ')} "$pv" {shlex.quote(tail)} > "$S/journal.tmp" \\
+        && mv -f -- "$S/journal.tmp" "$S/journal"; }} 2>/dev/null; then
+      printf '@@dt locked\\n'
+    else rm -f -- "$S/journal.tmp" "$S/lock"; dt_lockfail "cannot write $S/journal"; fi
+  else
+    rm -f -- "$S/lock.{token}"
+    printf '@@dt held\\t'; head -n 1 -- "$S/lock" 2>/dev/null; echo
+  fi
+else rm -f -- "$S/lock.{token}"; dt_lockfail "cannot write $S/lock"; fi
+"""
+
+
+def script_for_name_release(settings: Settings, owner: LockOwner, release: str) -> str:
+    """Shell text (with the prelude) that names ``release`` in ``owner``'s journal before it is made."""
+    token = _check_token(owner.token)
+    return f"""\
+if grep -q '"rollout": *"{token}"' "$S/journal" 2>/dev/null; then
+  {{ sed '1s/"release": *"[^"]*"/"release": "{release}"/' -- "$S/journal" > "$S/journal.tmp" \\
+    && mv -f -- "$S/journal.tmp" "$S/journal"; }} 2>/dev/null \\
+    || {{ rm -f -- "$S/journal.tmp"; cat >/dev/null; dt_fail prepare "cannot write $S/journal"; }}
+fi
+"""
 
 
 def acquire_lock(target: Target, settings: Settings, owner: LockOwner, *, journal: Journal | None = None,

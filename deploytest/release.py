@@ -43,8 +43,9 @@ from .lock import (
     raise_for,
     release_lock,
     run_script,
-    script_for_acquire_lock,
+    script_for_lock_after_inspect,
     script_for_log_line,
+    script_for_name_release,
     script_for_release_lock,
     utc_now,
 )
@@ -227,6 +228,24 @@ def inspect(target: Target, settings: Settings, *, timeout: float | None = None)
     """
     result, _marks = run_script(target, settings, script_for_inspect(settings), "inspect", timeout=timeout)
     return dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
+
+
+def inspect_and_lock(target: Target, settings: Settings, owner: LockOwner) -> tuple[HostState, str]:
+    """:func:`inspect`, then take ``owner``'s lock and journal, in ONE round trip.
+
+    :returns: the state as it was before the lock, and ``locked``, ``held``, ``deferred`` (a first
+        deploy: the lock is taken after the preflight) or why the lock could not be written.
+    """
+    script = script_for_inspect(settings) + script_for_lock_after_inspect(settings, owner)
+    result, marks = run_script(target, settings, script, "inspect")
+    state = dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
+    if "locked" in marks:
+        return state, "locked"
+    if "lockdeferred" in marks:
+        return state, "deferred"
+    if "held" in marks:
+        return dataclasses.replace(state, lock=state.lock or LockInfo.parse(marks["held"][0])), "held"
+    return state, marks.get("lockfail", ["the lock could not be taken"])[0]
 
 
 def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
@@ -576,7 +595,7 @@ def _shared_kind(path: str) -> str:
 
 
 def script_for_prepare(settings: Settings, release_id: str, package: Package, who: str,
-                       *, build: bool = False) -> str:
+                       *, build: bool = False, owner: LockOwner | None = None) -> str:
     """Shell text of :func:`prepare` (the archive, if any, is its stdin)."""
     rid = check_release_id(release_id)
     git = package.git if package.kind == GIT else None
@@ -587,6 +606,8 @@ def script_for_prepare(settings: Settings, release_id: str, package: Package, wh
     if git:
         meta["revision"] = "@@rev@@"
     lines = [prelude(settings), _STATE_FN, _HOOK_FN, _SHARE_FN, STEP_FN, _ids(rid)]
+    if owner is not None:  # the journal names the release before it is made
+        lines.append(script_for_name_release(settings, owner, rid))
     lines.append(f"""\
 out=$(mkdir -p -- "$D/releases" "$D/shared" "$S/releases" 2>&1) \\
   || {{ cat >/dev/null; dt_fail prepare "$out"; }}
@@ -645,7 +666,7 @@ out=$(tar -x -z -o -f - -C "$R" 2>&1) \\
 
 
 def prepare(target: Target, settings: Settings, release_id: str, package: Package, who: str,
-            *, build: bool = False, timeout: float | None = None) -> str:
+            *, build: bool = False, timeout: float | None = None, owner: LockOwner | None = None) -> str:
     """Create ``releases/<id>`` (state preparing): unpack or clone, link shared paths (one round trip).
 
     The archive streams on stdin into ``tar``; a shared path found in the new release seeds
@@ -654,12 +675,13 @@ def prepare(target: Target, settings: Settings, release_id: str, package: Packag
 
     :param who: recorded as the release's author, e.g. ``LockOwner.who``.
     :param build: also run the build hooks and mark the release complete, in the same round trip.
+    :param owner: the rollout whose journal on the host gets to name this release first.
     :returns: the release's label (for git: the first 12 hex of the commit the host checked out).
     :raises UsageError: bad release id, or the release already exists on the host.
     :raises RemoteCommandFailed: step ``upload`` (e.g. disk full), ``shared``, ``git clone``,
         ``git checkout``, ``build hook``, or ``prepare``.
     """
-    script = script_for_prepare(settings, release_id, package, who, build=build)
+    script = script_for_prepare(settings, release_id, package, who, build=build, owner=owner)
     try:
         _result, marks = run_script(target, settings, script, "prepare", stdin=package.data, timeout=timeout)
     except RemoteCommandFailed as error:
@@ -941,9 +963,8 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
 def plan(settings: Settings, release_id: str, package: Package, owner: LockOwner) -> list[tuple[str, str]]:
     """``(step, script)`` of a deploy on one host, one per session, for ``--dry-run``: nothing runs."""
     return [
-        ("inspect", script_for_inspect(settings)),
-        ("lock", script_for_acquire_lock(settings, owner)),
-        ("prepare, build", script_for_prepare(settings, release_id, package, owner.who, build=True)),
+        ("inspect, lock", script_for_inspect(settings) + script_for_lock_after_inspect(settings, owner)),
+        ("prepare, build", script_for_prepare(settings, release_id, package, owner.who, build=True, owner=owner)),
         ("switch, restart", script_for_switch_and_restart(settings, release_id)),
         ("finish", script_for_finish(settings, owner, {"event": "deploy", "release": release_id})),
     ]

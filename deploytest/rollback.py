@@ -138,8 +138,9 @@ def _undo(run: Rollout, interrupted: dict[str, Journal]) -> int:
 
         def discard(name: str) -> list[str]:
             journal = interrupted[name]
-            return [release.script_for_discard(settings, journal.release, bad=name in went_live),
-                    script_for_clear_journal(settings, journal.rollout)]
+            made = [release.script_for_discard(settings, journal.release, bad=name in went_live)] \
+                if journal.release else []  # killed before it named (or made) its release
+            return made + [script_for_clear_journal(settings, journal.rollout)]
 
         return _verify_and_finish(run, picked, live, suites, discard)
 

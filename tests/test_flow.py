@@ -208,3 +208,22 @@ def test_prepare_per_batch_costs_a_failed_canary_one_upload(five: Dict[str, Any]
     assert built == [five["hosts"][0]], built  # only the canary paid for an upload and a build
     for host in bed.hosts:
         assert live(host) == before[host.name] and served(host) == "ok 1.0" and not locked(host)
+
+
+def test_remote_sessions_per_host_are_counted(make_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    """Round trips, counted in each host's sshd log: a green deploy-and-verify with a restart hook is 6
+    sessions per host (inspect and lock, baseline, prepare, switch and restart, verify, finish);
+    one verify attempt is 2 (its checks, its audit line)."""
+    setup = hello_bed(make_hosts, tmp_path, 2)
+    project, bed, hosts = setup["project"], setup["bed"], setup["hosts"]
+    deploy_good(project, hosts)
+    expected = {"deploy-and-verify": 6, "verify": 2}
+    counts = {}
+    project.set_version("2.0")
+    for task, sessions in expected.items():
+        before = {h.name: h.sessions() for h in bed.hosts}
+        proc = project.fab(task, hosts=hosts)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        # sshd logs a session as it starts; one more than expected shows up as a larger count
+        counts[task] = {h.name: h.wait_sessions(before[h.name] + sessions) - before[h.name] for h in bed.hosts}
+    assert counts == {task: {h: n for h in hosts} for task, n in expected.items()}, counts

@@ -102,23 +102,46 @@ def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None
     assert os.path.isabs(live_link(settings))
 
 
-def test_a_deploy_is_five_sessions(tmp_path: Path, target: CountingTarget) -> None:
+def test_a_deploy_is_four_sessions(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path, build_hooks=("true",), restart_hooks=("true",))
     owner = LockOwner.new()
     package = release.pack_source(settings)
     calls = []
     for step in (
-        lambda: release.inspect(target, settings),
-        lambda: release.acquire_lock(target, settings, owner),
-        lambda: release.prepare(target, settings, "20260101000000", package, owner.who, build=True),
+        lambda: release.inspect_and_lock(target, settings, owner),
+        lambda: release.prepare(target, settings, "20260101000000", package, owner.who, build=True, owner=owner),
         lambda: release.switch_and_restart(target, settings, "20260101000000"),
         lambda: release.finish(target, settings, owner, {"event": "deploy"}),
     ):
         before = target.calls
         step()
         calls.append(target.calls - before)
-    assert calls == [1] * 5
+    assert calls == [1] * 4
+    journal = Path(settings.state_dir, "journal")
+    assert not journal.exists()  # finish cleared it with the lock
+
+
+def test_the_journal_is_written_with_the_lock_and_names_the_release_before_it_is_made(
+        tmp_path: Path, target: CountingTarget) -> None:
+    make_source(tmp_path)
+    settings = settings_for(tmp_path)
+    first = deploy(target, settings, LockOwner.new())
+    owner = LockOwner.new()
+    state, taken = release.inspect_and_lock(target, settings, owner)
+    assert taken == "locked" and state.lock is None and state.live == first
+    journal = Path(settings.state_dir, "journal")
+    header = json.loads(journal.read_text().splitlines()[0])
+    assert (header["rollout"], header["release"], header["previous"]) == (owner.token, "", first)
+    assert release.inspect(target, settings).journal.release == ""  # type: ignore[union-attr]
+    release.prepare(target, settings, "29990101000000", release.pack_source(settings), owner.who, build=True,
+                    owner=owner)
+    named = release.inspect(target, settings).journal
+    assert named is not None and named.release == "29990101000000" and named.steps == ("prepared",)
+    other = LockOwner.new()
+    again, held = release.inspect_and_lock(target, settings, other)
+    assert held == "held" and again.lock is not None and again.lock.token == owner.token
+    assert json.loads(journal.read_text().splitlines()[0])["rollout"] == owner.token  # untouched
 
 
 def test_prepare_with_build_is_one_session_and_complete(tmp_path: Path, target: CountingTarget) -> None:

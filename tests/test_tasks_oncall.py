@@ -73,7 +73,7 @@ def test_status_shows_live_previous_lock_and_last_event(three: Dict[str, Any]) -
         assert f"live {r2}" in line, line  # the killed deploy never switched
         assert f"lock root@{socket.gethostname()} (pid {pid}) since " in line, line
         assert "(stale: its process is no longer running)" in line, line
-        assert interrupted.startswith(f"{name}: INTERRUPTED: rollout of ") and f"(pid {pid})" in interrupted
+        assert interrupted.startswith(f"{name}: INTERRUPTED: rollout ") and f"(pid {pid})" in interrupted
     assert f"next: fab -H {','.join(hosts)} rollback" in proc.stderr, proc.stderr
 
 
