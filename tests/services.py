@@ -209,7 +209,8 @@ class Supervisor:
     directory: str
 
 
-SUPERVISOR_CONF = """\
+#: A private supervisord's own sections ({d}: its directory); the programs follow.
+SUPERVISOR_HEAD = """\
 [unix_http_server]
 file={d}/supervisor.sock
 
@@ -224,6 +225,9 @@ supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
 [supervisorctl]
 serverurl=unix://{d}/supervisor.sock
 
+"""
+
+SUPERVISOR_CONF = SUPERVISOR_HEAD + """\
 [program:dtapp]
 command=sleep 100000
 autostart=true

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
+from services import SUPERVISOR_HEAD
+
 IS_ROOT = os.geteuid() == 0
 MARK = f"dtv{os.getpid()}"
 BIG = 150 * 1024
@@ -37,21 +39,7 @@ WHEELS = {
     "dtv-post": "1.0.post1",
     "dtv-local": "1.0+deb1",
 }
-SUPERVISOR_CONF = """\
-[unix_http_server]
-file={d}/supervisor.sock
-
-[supervisord]
-logfile={d}/supervisord.log
-pidfile={d}/supervisord.pid
-childlogdir={d}
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://{d}/supervisor.sock
-
+SUPERVISOR_CONF = SUPERVISOR_HEAD + """\
 [program:web]
 command=sleep 100000
 autostart=true
