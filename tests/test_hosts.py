@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,3 +145,33 @@ def test_a_changed_key_is_named_as_such_by_status_verify_and_deploy(make_hosts: 
         assert proc.returncode in ((3,) if task == "status" else (2,)), (task, text)
     status = project.fab("status", hosts=hosts)
     assert "host key refused for web1" in status.stderr, status.stderr
+
+
+def test_a_fleets_worth_of_open_descriptors_does_not_break_a_session(ssh_host: Any) -> None:
+    """A rollout keeps a connection per host open; past descriptor 1023 select() refuses to wait."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4096:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    spare = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
+        assert target.run("echo fine").stdout.strip() == "fine"  # its socket is past descriptor 1023
+        target.close()
+    finally:
+        for fd in spare:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_known_hosts_is_parsed_once_per_version_of_the_file(tmp_path: Path) -> None:
+    from deploytest.hosts import _known_hosts
+
+    path = tmp_path / "known_hosts"
+    other = testbed._write_key(tmp_path / "k", "x")
+    path.write_text(testbed.known_hosts_line("198.18.0.9", 22, other) + "\n")
+    first = _known_hosts(str(path))
+    assert _known_hosts(str(path)) is first and first.lookup("198.18.0.9") is not None
+    path.write_text(path.read_text() + testbed.known_hosts_line("198.18.0.10", 2222, other) + "\n")
+    assert _known_hosts(str(path)).lookup("[198.18.0.10]:2222") is not None  # a changed file is read again
