@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
@@ -77,6 +77,15 @@ def make_hosts() -> Iterator[Callable[..., testbed.TestBed]]:
     finally:
         for bed in beds:
             bed.close()
+
+
+@pytest.fixture
+def three(make_hosts: Callable[..., testbed.TestBed], tmp_path: Path) -> Dict[str, Any]:
+    """Three test hosts and a project deploying the hello example to them in one batch (the hosts
+    restart together; canary batches are the flow tests' business)."""
+    from project import hello_bed
+
+    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 # ============================================ end of SSH test bed fixtures ========================

@@ -100,12 +100,17 @@ def broken_except_on(project: Project, healthy: str) -> None:
     project.write(project.config)
 
 
+def slow_rollout(project: Project, hosts: List[str], build_seconds: float) -> subprocess.Popen[str]:
+    """Start a deploy-and-verify of 3.0 whose build takes ``build_seconds`` on every host."""
+    project.set_version("3.0")
+    project.config["hooks"]["build"] = [f"sleep {build_seconds:g}"]
+    project.write(project.config)
+    return project.start("deploy-and-verify", hosts=hosts)
+
+
 def test_kill_9_during_prepare_is_undone_in_one_command(four: Dict[str, Any]) -> None:
     project, bed, hosts, r2 = four["project"], four["bed"], four["hosts"], four["r2"]
-    project.set_version("3.0")
-    project.config["hooks"]["build"] = ["sleep 3"]
-    project.write(project.config)
-    proc = project.start("deploy-and-verify", hosts=hosts)
+    proc = slow_rollout(project, hosts, 3)
     wait_for(lambda: all(journal(h) and len(releases_on(h)) == 3 for h in bed.hosts), proc)
     kill_9(proc)
     r3 = journal_release(bed.hosts[0])
@@ -146,10 +151,7 @@ def test_kill_9_mid_batch_2(four: Dict[str, Any]) -> None:
 
 def test_a_link_cut_during_prepare(four: Dict[str, Any]) -> None:
     project, bed, hosts, r2 = four["project"], four["bed"], four["hosts"], four["r2"]
-    project.set_version("3.0")
-    project.config["hooks"]["build"] = ["sleep 2"]
-    project.write(project.config)
-    proc = project.start("deploy-and-verify", hosts=hosts)
+    proc = slow_rollout(project, hosts, 2)
     cut = bed.hosts[1]
     wait_for(lambda: journal(cut), proc)
     cut.cut()

@@ -9,19 +9,14 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 import yaml
 from onhost import DEPLOY_TO, events, live, locked, output, releases_on, served, state_of, wait_served
-from project import Project, hello_bed
+from project import Project
 
 pytestmark = pytest.mark.testbed
-
-
-@pytest.fixture
-def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
-    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 def green(project: Project, hosts: List[str], version: str) -> str:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from onhost import (
@@ -21,18 +20,12 @@ from onhost import (
     state_of,
     wait_served,
 )
-from project import Project, finish, hello_bed, interrupt_when
+from project import Project, finish, interrupt_when
 
 pytestmark = pytest.mark.testbed
 
 
 # -- fixtures -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
-    # one batch: the hosts restart together (canary batches are the flow tests' business)
-    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 def deploy(project: Project, hosts: List[str], version: str = "1.0") -> None:

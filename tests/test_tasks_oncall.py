@@ -8,22 +8,17 @@ import socket
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 from onhost import DEPLOY_TO, PORT, events, live, locked, output
-from project import Project, hello_bed
+from project import Project
 
 pytestmark = pytest.mark.testbed
 
 
 def host_lines(text: str, name: str) -> List[str]:
     return [line for line in text.splitlines() if re.search(rf"\b{name}\b", line)]
-
-
-@pytest.fixture
-def three(make_hosts: Callable[..., Any], tmp_path: Path) -> Dict[str, Any]:
-    return hello_bed(make_hosts, tmp_path, 3, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10})
 
 
 def deploy(project: Project, hosts: List[str], version: str) -> None:
