@@ -239,18 +239,10 @@ def collect_tests(run: Rollout) -> None:
     run.console.stage(f"tests: {len(ids)} collected from {', '.join(tests.paths)}")
 
 
-def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[str]] = None,
+def take_locks(run: Rollout, *, names: Optional[Sequence[str]] = None,
                takeover: Optional[dict[str, str]] = None) -> None:
     """Take the hosts' locks (all, or ``names``), first host first; any refusal releases those taken
-    (exit 2). With ``journal`` each host's lock comes with this rollout's journal; ``takeover`` maps a
-    host to the token of a dead rollout's lock this run replaces."""
-
-    def take(target: Target) -> None:
-        started = release.Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
-            if journal and target.name in run.states else None
-        release.acquire_lock(target, run.settings, run.owner, journal=started,
-                             takeover=(takeover or {}).get(target.name, ""))
-
+    (exit 2). ``takeover`` maps a host to the token of a dead rollout's lock this run replaces."""
     names = list(run.names if names is None else names)
     if not names:
         return
@@ -258,19 +250,23 @@ def take_locks(run: Rollout, *, journal: bool = False, names: Optional[Sequence[
         # The first host in name order is taken alone: two deploys racing for the same hosts meet
         # there first, so exactly one of them goes on to lock the rest (in parallel).
         first, *rest = sorted(names)
-        run.locked = list(run.each([first], "lock", take))
+        _lock(run, [first], journal=False, takeover=takeover)
         if not run.failed:
-            run.locked += list(run.each(rest, "lock", take))
+            _lock(run, rest, journal=False, takeover=takeover)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
     _refuse_if_failed(run)
 
 
-def _lock(run: Rollout, names: Sequence[str]) -> None:
-    """Take the named hosts' locks (with this rollout's journal), in parallel; refusals go to ``failed``."""
+def _lock(run: Rollout, names: Sequence[str], *, journal: bool = True,
+          takeover: Optional[dict[str, str]] = None) -> None:
+    """Take the named hosts' locks in parallel (with this rollout's journal, unless ``journal`` is
+    False); refusals go to ``failed``."""
     def take(target: Target) -> None:
-        started = release.Journal.begin(run.owner, "", run.states[target.name].live)
-        release.acquire_lock(target, run.settings, run.owner, journal=started)
+        started = release.Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
+            if journal else None
+        release.acquire_lock(target, run.settings, run.owner, journal=started,
+                             takeover=(takeover or {}).get(target.name, ""))
 
     run.locked += list(run.each(names, "lock", take))
 
