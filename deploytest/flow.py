@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from . import plan as plans
 from . import release
 from .checks import HostReport, VerifyReport
-from .config import Settings, VerifySettings, plan_batches, with_suite
+from .config import Settings, VerifySettings, with_suite
 from .console import Console
 from .errors import (
     ChecksFailed,
@@ -67,6 +68,8 @@ class Rollout:
     suites: dict[str, Optional[str]] = field(default_factory=dict)  # host -> suite of the release it went back to
     stopped: list[str] = field(default_factory=list)  # first deploy failed: its stop hooks ran there
     unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
+    tests: list[str] = field(default_factory=list)  # ids of the pytest tests collected
+    plan: Optional[plans.Plan] = None  # made once the preflight has read every host
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:
         """The command an operator types to run ``task`` on ``hosts`` of this run."""
@@ -138,17 +141,18 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     if verify:
         collect_tests(run)
     preflight(run)
+    run.plan = plans.make(run.settings, run.states, run.package, run.owner, run.release_id,
+                          verify=verify and run.verifies,
+                          tests=run.tests, records_suite=run.verifier is None)
     with Heartbeat(run):
         try:
             if verify:
                 record_baseline(run)
-            per_batch = run.settings.rollout.prepare == "per_batch"
-            if not per_batch:
-                prepare(run, run.names)
-            for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
-                if per_batch:  # a failed canary then costs one upload, not one per host
-                    prepare(run, batch)
-                go_live(run, batch, number, verify=verify)
+            for stage in run.plan.stages:  # prepare, then each batch live (prepare per batch if so set)
+                if stage.step == "prepare":
+                    prepare(run, stage.hosts)
+                else:
+                    go_live(run, stage, verify=verify)
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)
@@ -234,7 +238,7 @@ def collect_tests(run: Rollout) -> None:
         return
     from .pytest_suite import collect, snapshot
 
-    ids = collect(run.settings)
+    run.tests = ids = collect(run.settings)
     run.settings = snapshot(run.settings)
     run.console.stage(f"tests: {len(ids)} collected from {', '.join(tests.paths)}")
 
@@ -296,14 +300,14 @@ def record_baseline(run: Rollout) -> None:
 
 def prepare(run: Rollout, names: Sequence[str]) -> None:
     """Upload, link shared paths and build the new release on the named hosts; nothing goes live."""
-    settings, package = run.settings, run.package
-    assert package is not None
+    settings, package, plan = run.settings, run.package, run.plan
+    assert package is not None and plan is not None
     where = "" if len(names) == len(run.names) else f" on {_few(names)}"
     run.console.stage(f"prepare release {run.release_id} ({package.label}){where}")
 
     def build(target: Target) -> None:
         # the journal names the release, then upload, shared links, build hooks and "complete": one round trip
-        release.prepare(target, settings, run.release_id, package, run.owner.who, build=True, owner=run.owner)
+        release.run_prepare(target, settings, plan.script(target.name, "prepare"), run.release_id, package)
 
     done = run.each(names, "prepare", build)
     for name in done:
@@ -312,15 +316,17 @@ def prepare(run: Rollout, names: Sequence[str]) -> None:
         raise DeploytestError(f"prepare failed on {_some(run.failed)}")
 
 
-def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> None:
+def go_live(run: Rollout, stage: plans.Stage, *, verify: bool) -> None:
     """Switch one batch, restart it and (with ``verify``) wait for every check to turn green."""
-    settings = run.settings
-    kind = "canary" if number == 1 and len(batch) < len(run.targets) else f"batch {number}"
+    settings, plan, batch = run.settings, run.plan, stage.hosts
+    assert plan is not None
+    kind = "batch 1" if stage.kind == "all" else stage.kind
     run.console.stage(f"{kind}: switch {_few(batch)}")
 
     def switch(target: Target) -> None:
         try:
-            run.switched[target.name] = release.switch_and_restart(target, settings, run.release_id).previous
+            run.switched[target.name] = release.run_switch_and_restart(
+                target, settings, plan.script(target.name, "switch")).previous
         except release.RestartFailed as error:
             run.switched[target.name] = error.previous
             raise
@@ -368,15 +374,13 @@ def finish(run: Rollout) -> None:
     """
     run.console.end_progress()
     run.console.stage("finish")
-    run.outcome = "verified" if run.after is not None else "deployed"
-    settings = run.settings
+    plan, settings = run.plan, run.settings
+    assert plan is not None
+    run.outcome = "verified" if plan.verify else "deployed"
     event = _event(run, "deploy", run.outcome)
-    # The suite this release was verified with goes beside it: a rollback to it is judged by it.
-    record = [release.script_for_mark_verified(settings, run.release_id)] if run.outcome == "verified" else []
-    if run.outcome == "verified" and run.verifier is None:
-        record.append(release.script_for_record_suite(settings, run.release_id, settings.suite))
+    # the plan's finish: mark it verified and record its suite (when verified), clean up, log, unlock
     done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
-                    lambda t: release.finish(t, settings, run.owner, event, cleanup=True, first=record))
+                    lambda t: release.run_finish(t, settings, plan.script(t.name, "finish"), event))
     for name, result in done.items():
         run.console.host(name, "finish", f"live on {run.release_id}; {result.describe()}",
                          "green" if result.unlocked and not result.warnings else "yellow")

@@ -543,14 +543,18 @@ def log_line(event: Mapping[str, Any]) -> str:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def script_for_log_line(event: Mapping[str, Any], *, fatal: bool = True) -> str:
+def script_for_log_line(event: Mapping[str, Any] | None, *, fatal: bool = True) -> str:
     """Shell text that appends ``event`` to ``$S/log.jsonl`` (needs the prelude).
 
+    :param event: None: the line is the first line of the script's stdin (a step whose text is fixed
+        before the run knows how it ends, like the plan's finish).
     :param fatal: a failed write ends the script; otherwise it prints a ``warn`` line and goes on.
     """
     failed = 'dt_fail log "cannot write $S/log.jsonl"' if fatal else \
         "printf '@@dt warn\\tcannot write %s\\n' \"$S/log.jsonl\""
+    line = shlex.quote(log_line(event)) if event is not None else '"$dt_line"'
+    read = "" if event is not None else "IFS= read -r dt_line || [ -n \"${dt_line:-}\" ] || dt_line='{}'\n"
     return (
-        'mkdir -p -- "$S" 2>/dev/null; printf \'%s\\n\' '
-        f"{shlex.quote(log_line(event))} 2>/dev/null >> \"$S/log.jsonl\" || {failed}\n"
+        read + 'mkdir -p -- "$S" 2>/dev/null; printf \'%s\\n\' '
+        f"{line} 2>/dev/null >> \"$S/log.jsonl\" || {failed}\n"
     )

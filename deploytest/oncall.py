@@ -8,6 +8,7 @@ import os
 import time
 from typing import Optional, Sequence
 
+from . import plan as plans
 from . import release
 from .checks import VerifyReport
 from .config import Settings
@@ -24,7 +25,7 @@ from .errors import (
 )
 from .flow import Rollout
 from .hosts import Target, in_parallel
-from .lock import prelude, run_script, script_for_log_line
+from .lock import LockOwner, prelude, run_script, script_for_log_line
 from .report import render, render_transitions, write_json, write_junit
 from .verifiers import suite_verifier
 
@@ -227,35 +228,11 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     release_id = release.new_release_id(rid for s in states.values() for rid in s.release_ids)
     console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
                  " nothing will be changed")
-    base = f"{settings.releases_dir}/{release_id}"
-    for target in targets:
-        state = states[target.name]
-        console.stage(f"{target.name} (live: {state.live or 'nothing'}): deploy{'-and-verify' if verify else ''}"
-                      " would")
-        steps = [f"lock      {settings.state_dir}/lock"]
-        if package.data is not None:
-            steps.append(f"upload    {package.files} files ({package.size // 1024 + 1} KB) as one archive"
-                         f" into {base}")
-        else:
-            steps.append(f"clone     {package.origin} at {package.label} into {base}")
-        steps += [f"share     {base}/{path} -> {settings.shared_dir}/{path}" for path in settings.shared]
-        steps += [f"build     (in {base}) {hook}" for hook in settings.build_hooks]
-        steps.append(f"switch    {settings.current} -> {base}")
-        steps += [f"restart   (in {settings.current}) {hook}" for hook in settings.restart_hooks]
-        if verify and (settings.checks or settings.tests):
-            what = [f"{len(settings.checks)} checks, one command per attempt"] if settings.checks else []
-            what += [f"{len(tests)} pytest tests on the open connection"] if tests else []
-            steps.append(f"verify    {' and '.join(what)}, up to {settings.verify.timeout:g}s;"
-                         f" on red: switch back to {state.live or 'nothing'}")
-        removed = release.cleanup_plan(state, settings.keep_releases)
-        steps.append(f"finish    keep {settings.keep_releases} good releases"
-                     f"{' (remove ' + ', '.join(removed) + ')' if removed else ''}, log, unlock")
-        for number, step in enumerate(steps, 1):
-            console.line(f"  {number:2}. {step}")
-        if os.environ.get("DEPLOYTEST_DEBUG"):
-            for step, script in release.plan(settings, release_id, package, release.LockOwner.new(release_id)):
-                console.line(f"# --- {step} ---")
-                console.line(script.rstrip())
+    owner = LockOwner.new(release_id)
+    plan = plans.make(settings, states, package, owner, release_id, tests=tests,
+                      verify=verify and (bool(settings.checks) or settings.tests is not None))
+    for kind, text in plans.describe(plan, states, scripts=bool(os.environ.get("DEPLOYTEST_DEBUG"))):
+        (console.stage if kind == "stage" else console.line)(text)
     return OK
 
 

@@ -39,6 +39,7 @@ from .lock import (
     acquire_lock,
     execute,
     force_unlock,
+    log_line,
     prelude,
     raise_for,
     release_lock,
@@ -55,7 +56,7 @@ __all__ = [
     "BAD", "COMPLETE", "PREPARING", "UNKNOWN", "FinishResult", "HostState", "LockInfo", "LockOwner",
     "Package", "ReleaseInfo", "RestartFailed", "acquire_lock", "chain", "check_release_id",
     "cleanup_plan", "finish", "force_unlock", "inspect", "mark_bad", "new_release_id", "pack_source",
-    "parse_state", "plan", "preflight_problem", "prepare", "release_lock", "remove_release",
+    "parse_state", "preflight_problem", "prepare", "release_lock", "remove_release",
     "rollback_target", "script_for_discard", "script_for_mark_bad", "switch", "switch_and_restart",
     "switch_back", "Switched", "recorded_suite", "script_for_record_suite", "VERIFIED", "Journal",
     "script_for_mark_verified",
@@ -230,14 +231,18 @@ def inspect(target: Target, settings: Settings, *, timeout: float | None = None)
     return dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
 
 
+def script_for_inspect_and_lock(settings: Settings, owner: LockOwner) -> str:
+    """Shell text of :func:`inspect_and_lock`."""
+    return script_for_inspect(settings) + script_for_lock_after_inspect(settings, owner)
+
+
 def inspect_and_lock(target: Target, settings: Settings, owner: LockOwner) -> tuple[HostState, str]:
     """:func:`inspect`, then take ``owner``'s lock and journal, in ONE round trip.
 
     :returns: the state as it was before the lock, and ``locked``, ``held``, ``deferred`` (a first
         deploy: the lock is taken after the preflight) or why the lock could not be written.
     """
-    script = script_for_inspect(settings) + script_for_lock_after_inspect(settings, owner)
-    result, marks = run_script(target, settings, script, "inspect")
+    result, marks = run_script(target, settings, script_for_inspect_and_lock(settings, owner), "inspect")
     state = dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
     if "locked" in marks:
         return state, "locked"
@@ -682,6 +687,12 @@ def prepare(target: Target, settings: Settings, release_id: str, package: Packag
         ``git checkout``, ``build hook``, or ``prepare``.
     """
     script = script_for_prepare(settings, release_id, package, who, build=build, owner=owner)
+    return run_prepare(target, settings, script, release_id, package, timeout=timeout)
+
+
+def run_prepare(target: Target, settings: Settings, script: str, release_id: str, package: Package,
+                *, timeout: float | None = None) -> str:
+    """Run a :func:`script_for_prepare` script with the package on its stdin; see :func:`prepare`."""
     try:
         _result, marks = run_script(target, settings, script, "prepare", stdin=package.data, timeout=timeout)
     except RemoteCommandFailed as error:
@@ -820,7 +831,13 @@ def switch_and_restart(target: Target, settings: Settings, release_id: str,
         to go back).
     :raises UsageError, RemoteCommandFailed: as :func:`switch` (then nothing was switched).
     """
-    script = script_for_switch_and_restart(settings, release_id)
+    return run_switch_and_restart(target, settings, script_for_switch_and_restart(settings, release_id),
+                                  timeout=timeout)
+
+
+def run_switch_and_restart(target: Target, settings: Settings, script: str,
+                           *, timeout: float | None = None) -> Switched:
+    """Run a :func:`script_for_switch_and_restart` script; see :func:`switch_and_restart`."""
     result, marks = execute(target, settings, script, timeout=timeout)
     try:
         raise_for(target, settings, result, marks, "restart")
@@ -927,14 +944,13 @@ class FinishResult:
         return "; ".join(words + [f"warning: {w}" for w in self.warnings])
 
 
-def script_for_finish(settings: Settings, owner: LockOwner, event: Mapping[str, Any] | None,
-                      *, cleanup: bool = True) -> str:
-    """Shell text of :func:`finish`."""
+def script_for_finish(settings: Settings, owner: LockOwner, *, logs: bool = True, cleanup: bool = True) -> str:
+    """Shell text of :func:`finish`; with ``logs``, the log line comes on its stdin."""
     body = prelude(settings) + _LIST_FN + _REMOVE_FN
+    if logs:  # first: nothing before it may read stdin
+        body += script_for_log_line(None, fatal=False)
     if cleanup:
         body += _cleanup_body(settings)
-    if event is not None:
-        body += script_for_log_line(event, fatal=False)
     unlock = script_for_release_lock(settings, owner)
     return body + unlock[len(prelude(settings)):]
 
@@ -949,8 +965,14 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
     :param first: scripts to run before, in the same round trip (e.g. :func:`script_for_discard`);
         if one of them fails, nothing after it runs and the lock is kept.
     """
-    script = chain(*first, script_for_finish(settings, owner, event, cleanup=cleanup))
-    _result, marks = run_script(target, settings, script, "finish")
+    script = chain(*first, script_for_finish(settings, owner, logs=event is not None, cleanup=cleanup))
+    return run_finish(target, settings, script, event)
+
+
+def run_finish(target: Target, settings: Settings, script: str, event: Mapping[str, Any] | None) -> FinishResult:
+    """Run a :func:`script_for_finish` script (``event``, if any, on its stdin); see :func:`finish`."""
+    stdin = None if event is None else (log_line(event) + "\n").encode()
+    _result, marks = run_script(target, settings, script, "finish", stdin=stdin)
     warnings = list(marks.get("warn", []))
     if "lockgone" in marks:
         warnings.append("its lock was already gone (removed by an unlock)")
@@ -959,12 +981,3 @@ def finish(target: Target, settings: Settings, owner: LockOwner, event: Mapping[
     unlocked = bool({"released", "lockgone", "lockother"} & set(marks))
     return FinishResult(tuple(marks.get("removed", [])), unlocked, tuple(warnings))
 
-
-def plan(settings: Settings, release_id: str, package: Package, owner: LockOwner) -> list[tuple[str, str]]:
-    """``(step, script)`` of a deploy on one host, one per session, for ``--dry-run``: nothing runs."""
-    return [
-        ("inspect, lock", script_for_inspect(settings) + script_for_lock_after_inspect(settings, owner)),
-        ("prepare, build", script_for_prepare(settings, release_id, package, owner.who, build=True, owner=owner)),
-        ("switch, restart", script_for_switch_and_restart(settings, release_id)),
-        ("finish", script_for_finish(settings, owner, {"event": "deploy", "release": release_id})),
-    ]

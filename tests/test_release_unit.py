@@ -200,16 +200,6 @@ def test_redact_url() -> None:
     assert redact_url("git@github.com:o/r.git") == "git@github.com:o/r.git"
 
 
-def test_plan_gives_every_script_without_running() -> None:
-    settings = Settings(deploy_to="/srv/app")
-    pkg = Package(b"", "abc", "directory", "/x")
-    steps = release.plan(settings, "20261125100001", pkg, LockOwner.new())
-    # one script per session of a real deploy (a deploy without checks: four)
-    assert [s for s, _ in steps] == ["inspect, lock", "prepare, build", "switch, restart", "finish"]
-    for _, script in steps:
-        subprocess.run(["sh", "-n", "-c", script], check=True)
-
-
 # -- locks that protect a live deploy, hints that work as printed ----------------------------------
 
 
