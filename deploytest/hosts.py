@@ -210,7 +210,7 @@ class SSHTarget(Target):
             if self.connection.is_connected:
                 return
             try:
-                self.connection.open()
+                _handshake(self.connection)
             except paramiko.BadHostKeyException as exc:
                 raise HostKeyError(
                     f"{self.name}: host key does not match known_hosts (got {exc.key.get_name()});"
@@ -379,6 +379,41 @@ def _detect_dead_peer(sock: object) -> None:
             sock.setsockopt(level, option, value)
         except OSError:
             pass
+
+
+#: Handshakes in flight at once from this process: enough to open a fleet quickly, few enough that
+#: key exchanges on a busy control machine (each costs CPU on both ends) do not run past their time-outs.
+HANDSHAKES_AT_ONCE = 32
+#: Tries of a handshake that reached sshd and then stalled or was dropped (banner or key exchange
+#: time-out, sshd's MaxStartups): a host that is merely slow under load is not unreachable. A TCP
+#: connect that fails or times out is not tried again: that host is down or cut off.
+HANDSHAKE_TRIES = 3
+_HANDSHAKES = threading.BoundedSemaphore(HANDSHAKES_AT_ONCE)
+
+
+def _handshake(connection: Connection) -> None:
+    for attempt in range(1, HANDSHAKE_TRIES + 1):
+        try:
+            with _HANDSHAKES:
+                connection.open()
+            return
+        except (paramiko.SSHException, EOFError) as exc:
+            if attempt == HANDSHAKE_TRIES or not _stalled(exc):
+                raise
+            connection.close()
+            time.sleep(0.2 * attempt)
+
+
+def _stalled(exc: BaseException) -> bool:
+    """A handshake that reached sshd and then timed out or was dropped, not a refusal."""
+    if isinstance(exc, (paramiko.BadHostKeyException, paramiko.ssh_exception.NoValidConnectionsError)):
+        return False
+    if isinstance(exc, EOFError):
+        return True
+    words = str(exc).lower()
+    if isinstance(exc, paramiko.AuthenticationException):
+        return "timeout" in words
+    return "banner" in words or "timed out" in words or "timeout" in words
 
 
 def _describe(exc: BaseException) -> str:

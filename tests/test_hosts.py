@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +12,7 @@ import pytest
 import testbed
 from project import hello_bed
 
-from deploytest.errors import HostKeyError
+from deploytest.errors import HostKeyError, HostUnreachable
 from deploytest.hosts import connect
 
 pytestmark = pytest.mark.testbed
@@ -175,3 +176,90 @@ def test_known_hosts_is_parsed_once_per_version_of_the_file(tmp_path: Path) -> N
     assert _known_hosts(str(path)) is first and first.lookup("198.18.0.9") is not None
     path.write_text(path.read_text() + testbed.known_hosts_line("198.18.0.10", 2222, other) + "\n")
     assert _known_hosts(str(path)).lookup("[198.18.0.10]:2222") is not None  # a changed file is read again
+
+
+class _DroppingFront:
+    """A TCP front for one sshd that drops the first ``drop`` connections as soon as they arrive (what
+    sshd's MaxStartups does to a burst of handshakes), then relays the rest to the sshd."""
+
+    def __init__(self, address: str, port: int, drop: int) -> None:
+        import socket
+        import threading
+
+        self.target, self.drop, self.accepted = (address, port), drop, 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted <= self.drop:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: Any, b: Any) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (a, b):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+
+def test_a_handshake_dropped_by_a_busy_sshd_is_tried_again(make_hosts: Callable[..., Any], tmp_path: Path) -> None:
+    from deploytest import hosts
+
+    bed = make_hosts(1)
+    host = bed.hosts[0]
+    known = tmp_path / "known_hosts"
+    keytype, blob = host.public_key.split()[:2]
+    known.write_text(f"web-alias {keytype} {blob}\n")
+    front = _DroppingFront(host.address, host.port, drop=hosts.HANDSHAKE_TRIES - 1)
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Host busy\n    HostName 127.0.0.1\n    Port {front.port}\n    User root\n"
+                    f"    IdentityFile {bed.client_key}\n    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n"
+                    "    HostKeyAlias web-alias\n    StrictHostKeyChecking yes\n")
+    target = connect("busy", fabric.Config(runtime_ssh_path=str(path)))
+    try:
+        assert target.run("hostname").stdout.strip() == host.name
+    finally:
+        target.close()
+    assert front.accepted == hosts.HANDSHAKE_TRIES  # dropped twice, through on the last try
+
+    front = _DroppingFront(host.address, host.port, drop=hosts.HANDSHAKE_TRIES)
+    path.write_text(re.sub(r"Port \d+", f"Port {front.port}", path.read_text()))
+    target = connect("busy", fabric.Config(runtime_ssh_path=str(path)))
+    with pytest.raises(HostUnreachable):
+        target.run("true")
+    target.close()
+    assert front.accepted == hosts.HANDSHAKE_TRIES  # and no more: then it is unreachable
+
+
+def test_a_refused_connection_is_not_tried_again(tmp_path: Path) -> None:
+    import socket
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    path = tmp_path / "ssh_config"
+    path.write_text(f"Host gone\n    HostName 127.0.0.1\n    Port {port}\n    StrictHostKeyChecking no\n")
+    target = connect("gone", fabric.Config(runtime_ssh_path=str(path)))
+    with pytest.raises(HostUnreachable, match="refused"):
+        target.run("true")
