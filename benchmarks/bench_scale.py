@@ -25,10 +25,8 @@ key checking) and the hosts named by address on ``-H``, not a thousand ``Host`` 
 
 Run: ``PYTHONPATH=. python benchmarks/bench_scale.py --hosts 1000`` (as root; a few minutes on a
 2-core machine); prints a reStructuredText simple table. ``--timeout`` kills a run that takes longer
-(default 600 s); ``--parallel`` and ``--batches`` set the rollout. ``--runs fixed,as-is`` deploys
-twice over the same fleet, one column each: deploytest with the two fixes a fleet needs applied by
-the benchmark's fabfile (``poll()`` instead of ``select()`` to wait on a channel: descriptors past
-1023; each known_hosts file parsed once per run, not once per connection), then as it is.
+(default 600 s); ``--parallel`` and ``--batches`` set the rollout; ``--deploys`` is how many
+deploys run in a row over the same fleet (default 2), one column each.
 """
 
 from __future__ import annotations
@@ -65,66 +63,7 @@ LIMIT_WORDS = ["Too many open files", "filedescriptor out of range", "MaxStartup
 SSHD_LIMIT_WORDS = ["drop connection", "beginning MaxStartups throttling", "exceeded MaxStartups"]
 
 
-POLL_SELECT = """
-# poll-select: deploytest waits on a channel with select.select(), which refuses descriptors past
-# 1023 (a thousand open connections get there); the same wait through poll(), which has no ceiling.
-import select as _select
-
-import deploytest.hosts as _hosts
-
-
-class _PollSelect:
-    def __getattr__(self, name):
-        return getattr(_select, name)
-
-    @staticmethod
-    def select(readable, writable, errors, timeout=None):
-        poller = _select.poll()
-        for obj in readable:
-            poller.register(obj, _select.POLLIN)
-        ready = {fd for fd, _ in poller.poll(None if timeout is None else int(timeout * 1000))}
-        return [o for o in readable if (o if isinstance(o, int) else o.fileno()) in ready], [], []
-
-
-_hosts.select = _PollSelect()
-"""
-
-KNOWN_HOSTS_ONCE = """
-# known-hosts-once: deploytest loads the known_hosts file(s) for every connection, and paramiko
-# parses every line into a key: with a fleet's known_hosts (one line per host) that is O(hosts^2).
-# Parse each file once per run and share it (read-only: unknown keys are refused, never added).
-import os as _os
-import threading as _threading
-
-import paramiko as _paramiko
-
-_parsed = {}
-_parsing = _threading.Lock()
-_load_host_keys = _paramiko.SSHClient.load_host_keys
-
-
-def _load_host_keys_once(self, filename):
-    key = (filename, _os.stat(filename).st_mtime_ns)
-    with _parsing:
-        if key not in _parsed:
-            _parsed[key] = _paramiko.HostKeys(filename)
-    if len(self._host_keys):
-        return _load_host_keys(self, filename)
-    self._host_keys_filename = filename
-    self._host_keys = _parsed[key]
-
-
-_paramiko.SSHClient.load_host_keys = _load_host_keys_once
-"""
-
-RUNS = {
-    "as-is": "",
-    "poll-select": POLL_SELECT,
-    "fixed": POLL_SELECT + KNOWN_HOSTS_ONCE,
-}
-
-
-def write_project(root: Path, version: str, parallel: int, batches: List[Any], run: str = "as-is") -> None:
+def write_project(root: Path, version: str, parallel: int, batches: List[Any]) -> None:
     """fabfile.py and fabric.yaml deploying ``release/`` (VERSION and one script), two checks."""
     source = root / "release"
     source.mkdir(parents=True, exist_ok=True)
@@ -142,8 +81,6 @@ def write_project(root: Path, version: str, parallel: int, batches: List[Any], r
         "verify": {"timeout": 30, "interval": 1},
         "rollout": {"batches": batches, "max_fail": 0, "parallel": parallel},
     })
-    with open(root / "fabfile.py", "a") as fh:
-        fh.write(RUNS[run])
 
 
 def fleet_ssh_config(bed: testbed.TestBed, path: Path) -> None:
@@ -175,8 +112,8 @@ def limit_lines(text: str, words: List[str], most: int = 5) -> List[str]:
 def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args: argparse.Namespace,
                 batches: List[Any]) -> Dict[str, Any]:
     """One ``fab deploy-and-verify`` of release ``version`` over the whole fleet, measured."""
-    project = work / name
-    write_project(project, version, args.parallel, batches, run=name)
+    project = work / name.replace(" ", "-")
+    write_project(project, version, args.parallel, batches)
     ssh_config = work / "ssh_config"
     fleet_ssh_config(bed, ssh_config)
     usage = Usage()
@@ -206,7 +143,7 @@ def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args:
           f"{f['hosts_on_new_release']}/{n} on {version}; peak {usage.threads} threads, {usage.fds} fds; "
           f"last lines:\n{tail}", file=sys.stderr)
     if run.codes != [0] or f["hosts_on_new_release"] != n:
-        kept = Path(tempfile.gettempdir()) / f"bench-scale-{name}-{os.getpid()}.txt"
+        kept = Path(tempfile.gettempdir()) / f"bench-scale-{name.replace(' ', '-')}-{os.getpid()}.txt"
         kept.write_text(run.output)
         f["fab_output"] = str(kept)
         print(f"[{name}] full output kept in {kept}", file=sys.stderr)
@@ -224,21 +161,19 @@ def main() -> int:
                         help='rollout.batches as JSON (default [1, "100%%"]: a canary, then the rest)')
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds before a fab run is killed (default 600)")
-    parser.add_argument("--runs", default="as-is",
-                        help="comma-separated runs over the same fleet, each deploying a new release: "
-                             "'as-is' (deploytest as it is), 'poll-select' (the benchmark's fabfile makes "
-                             "deploytest wait on channels with poll() instead of select(), which refuses file "
-                             "descriptors past 1023), 'fixed' (that, and each known_hosts file parsed once per "
-                             "run instead of once per connection); default as-is")
+    parser.add_argument("--deploys", type=int, default=2,
+                        help="deploys in a row over the same fleet, one column each (default 2: the first"
+                             " deploy, then a second one, which has a baseline to record and a release to"
+                             " keep for a rollback)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     problem = testbed.check_requirements(netns=True)
     if problem:
         print(f"cannot run the benchmark: {problem}", file=sys.stderr)
         return 2
-    runs = [r.strip() for r in args.runs.split(",") if r.strip()]
-    if not runs or set(runs) - set(RUNS):
-        parser.error(f"--runs: any of {', '.join(RUNS)}")
+    if args.deploys < 1:
+        parser.error("--deploys: at least 1")
+    runs = ["first deploy", "second deploy", *[f"deploy {k}" for k in range(3, args.deploys + 1)]][:args.deploys]
     batches = json.loads(args.batches)
     fd_limit = raise_fd_limit()
     cores = os.cpu_count() or 1
