@@ -65,6 +65,25 @@ class RunResult:
         return " | ".join(text[-lines:])
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An answer the control side gives a script while it runs, in the same session: once the script
+    has printed the line ``after`` on stdout, ``answer(stdout so far)`` is written to its stdin
+    (after any ``stdin`` given), which is then closed. A script that ends first gets no answer.
+
+    This is how one session both runs a verify attempt's probes and logs the verdict this machine
+    reached on their output.
+    """
+
+    after: str
+    answer: Callable[[str], bytes]
+
+    def due(self, out: bytes) -> bool:
+        """True once ``out`` holds the line ``after``."""
+        marker = self.after.encode()
+        return (b"\n" + out).find(b"\n" + marker + b"\n") >= 0
+
+
 class CommandTimeout(Exception):
     """A command ran past its time limit; the session was closed."""
 
@@ -93,12 +112,14 @@ class Target(ABC):
         return False
 
     @abstractmethod
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Reply | None = None) -> RunResult:
         """Run ``script`` with ``/bin/sh`` in one session; never raises on a non-zero exit.
 
         :param script: POSIX shell text; callers quote everything they interpolate.
         :param stdin: bytes fed to the script's standard input (an upload archive, a password).
         :param timeout: seconds before the session is closed and :class:`CommandTimeout` raised.
+        :param reply: more stdin, computed from what the script printed (see :class:`Reply`).
         :raises HostUnreachable: the host cannot be reached or the connection dropped.
         """
 
@@ -137,7 +158,8 @@ class LocalTarget(Target):
     def is_local(self) -> bool:
         return True
 
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Reply | None = None) -> RunResult:
         _not_cancelled(self.name)
         started = time.monotonic()
         if timeout is None:
@@ -145,6 +167,8 @@ class LocalTarget(Target):
         # Its own process group, so that a time-out or Ctrl-C stops the whole step (hooks included).
         proc = subprocess.Popen(["/bin/sh", "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
+        if reply is not None:
+            return self._converse(proc, stdin, reply, started, timeout)
         data: bytes | None = stdin if stdin is not None else b""
         try:
             while True:
@@ -167,6 +191,65 @@ class LocalTarget(Target):
             err.decode("utf-8", "replace"),
             time.monotonic() - started,
         )
+
+
+    def _converse(self, proc: subprocess.Popen[bytes], stdin: bytes | None, reply: Reply, started: float,
+                  timeout: float | None) -> RunResult:
+        """:meth:`run` with a :class:`Reply`: stdout read as it comes, the answer written once due."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+        readers = [threading.Thread(target=_read_all, args=(pipe, into), daemon=True)
+                   for pipe, into in ((proc.stdout, out), (proc.stderr, err))]
+        for reader in readers:
+            reader.start()
+        assert proc.stdin is not None
+        pending: Reply | None = reply
+        failure: BaseException | None = None
+        try:
+            if stdin:
+                _write(proc.stdin, stdin)
+            while proc.poll() is None or any(r.is_alive() for r in readers):
+                if pending is not None and pending.due(b"".join(out)):
+                    answer, pending = pending.answer, None
+                    try:
+                        _write(proc.stdin, answer(b"".join(out).decode("utf-8", "replace")))
+                    except Exception as exc:  # noqa: BLE001 - raised once the script has ended
+                        failure = exc
+                    _close(proc.stdin)
+                if _CANCEL.is_set():
+                    raise Cancelled(f"{self.name}: interrupted (Ctrl-C)")
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise CommandTimeout(f"{self.name}: command ran past {timeout}s")
+                time.sleep(0.01)
+        except BaseException:
+            _stop_group(proc)
+            raise
+        finally:
+            _close(proc.stdin)
+        if failure is not None:
+            raise failure
+        return RunResult(self.name, proc.returncode, b"".join(out).decode("utf-8", "replace"),
+                         b"".join(err).decode("utf-8", "replace"), time.monotonic() - started)
+
+
+def _read_all(pipe: Any, into: list[bytes]) -> None:
+    while chunk := pipe.read1(65536):
+        into.append(chunk)
+
+
+def _write(pipe: Any, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        pass  # the script ended or closed its stdin: it did not want the rest
+
+
+def _close(pipe: Any) -> None:
+    try:
+        pipe.close()
+    except (BrokenPipeError, ValueError, OSError):
+        pass
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -240,7 +323,8 @@ class SSHTarget(Target):
         except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
             pass
 
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Reply | None = None) -> RunResult:
         _not_cancelled(self.name)
         self.open()
         started = time.monotonic()
@@ -254,8 +338,9 @@ class SSHTarget(Target):
             channel.exec_command("/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + script))
             if stdin:
                 channel.sendall(stdin)
-            channel.shutdown_write()
-            out, err = _drain(channel, started, timeout, self.name, transport)
+            if reply is None:
+                channel.shutdown_write()
+            out, err = _drain(channel, started, timeout, self.name, transport, reply)
             code = channel.recv_exit_status()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             raise HostUnreachable(self.name, _describe(exc)) from exc
@@ -313,13 +398,24 @@ def _drain(
     timeout: float | None,
     name: str,
     transport: paramiko.Transport,
+    reply: Reply | None = None,
 ) -> tuple[bytes, bytes]:
     out: list[bytes] = []
     err: list[bytes] = []
+    failure: BaseException | None = None
     try:
         while True:
             while channel.recv_ready():
                 out.append(channel.recv(65536))
+            if reply is not None and reply.due(b"".join(out)):
+                answer, reply = reply.answer, None
+                try:
+                    channel.sendall(answer(b"".join(out).decode("utf-8", "replace")))
+                except (OSError, EOFError, paramiko.SSHException):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - raised once the script has ended
+                    failure = exc
+                channel.shutdown_write()
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(65536))
             if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
@@ -337,6 +433,8 @@ def _drain(
         _stop_remote(transport, err)
         channel.close()
         raise
+    if failure is not None:
+        raise failure
     return b"".join(out), b"".join(err)
 
 

@@ -66,7 +66,8 @@ class Placeholder(Target):
 
     name = "collect"
 
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> Any:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Any = None) -> Any:
         raise HostUnreachable(self.name, "collect-only: no host")
 
 

@@ -29,7 +29,7 @@ from deploytest.checks import CheckResult, ProbeOutput, VerifyReport, make_check
 from deploytest.checks.script import ProbeJob, build_script, new_nonce, parse_frames
 from deploytest.config import VerifySettings
 from deploytest.console import wants_colour
-from deploytest.hosts import LocalTarget, RunResult, Target
+from deploytest.hosts import LocalTarget, Reply, RunResult, Target
 
 ONCE = VerifySettings(timeout=0, interval=0.2)
 
@@ -46,9 +46,10 @@ class CountingTarget(Target):
     def is_local(self) -> bool:
         return True
 
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Reply | None = None) -> RunResult:
         self.calls += 1
-        return self.inner.run(script, stdin=stdin, timeout=timeout)
+        return self.inner.run(script, stdin=stdin, timeout=timeout, reply=reply)
 
 
 def verify(checks: list[Any], settings: VerifySettings = ONCE) -> tuple[VerifyReport, CountingTarget]:

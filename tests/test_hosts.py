@@ -13,7 +13,7 @@ import testbed
 from project import hello_bed
 
 from deploytest.errors import HostKeyError, HostUnreachable
-from deploytest.hosts import connect
+from deploytest.hosts import Reply, connect
 
 pytestmark = pytest.mark.testbed
 
@@ -263,3 +263,44 @@ def test_a_refused_connection_is_not_tried_again(tmp_path: Path) -> None:
     target = connect("gone", fabric.Config(runtime_ssh_path=str(path)))
     with pytest.raises(HostUnreachable, match="refused"):
         target.run("true")
+
+
+CONVERSE = """IFS= read -r first; echo "got $first"; echo ready
+IFS= read -r answer || true; echo "answered $answer"; IFS= read -r more && echo "more $more"; echo done
+"""
+
+
+def _converse(target: Any) -> None:
+    seen: list[str] = []
+
+    def answer(out: str) -> bytes:
+        seen.append(out)
+        return b"verdict: green\n"
+
+    result = target.run(CONVERSE, stdin=b"hello\n", reply=Reply("ready", answer))
+    assert seen == ["got hello\nready\n"]  # called once, with what the script had printed
+    assert result.stdout == "got hello\nready\nanswered verdict: green\ndone\n"  # stdin closed after it
+
+    called: list[str] = []
+    early = target.run("echo bye; exit 3", reply=Reply("ready", lambda out: called.append(out) or b""))
+    assert (early.exit_code, early.stdout, called) == (3, "bye\n", [])  # ended first: no answer asked
+
+    def broken(_out: str) -> bytes:
+        raise ValueError("judge bug")
+
+    with pytest.raises(ValueError, match="judge bug"):  # after the script ended on its closed stdin
+        target.run(CONVERSE, stdin=b"x\n", reply=Reply("ready", broken))
+
+
+def test_a_reply_answers_a_running_script_in_the_same_session(ssh_host: Any) -> None:
+    target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
+    try:
+        _converse(target)
+    finally:
+        target.close()
+
+
+def test_a_reply_answers_a_running_local_script() -> None:
+    from deploytest.hosts import LocalTarget
+
+    _converse(LocalTarget())

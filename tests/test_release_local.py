@@ -17,7 +17,7 @@ import pytest
 from deploytest import release
 from deploytest.config import GitSource, Settings
 from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
-from deploytest.hosts import LocalTarget, RunResult
+from deploytest.hosts import LocalTarget, Reply, RunResult
 from deploytest.lock import LockOwner
 from deploytest.release import BAD, COMPLETE, PREPARING, VERIFIED
 from deploytest.source import check_tarball
@@ -30,9 +30,10 @@ class CountingTarget(LocalTarget):
         super().__init__()
         self.calls = 0
 
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None) -> RunResult:
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Reply | None = None) -> RunResult:
         self.calls += 1
-        return super().run(script, stdin=stdin, timeout=timeout)
+        return super().run(script, stdin=stdin, timeout=timeout, reply=reply)
 
 
 @pytest.fixture
