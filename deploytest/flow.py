@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import release
-from .checks import HostReport, VerifyReport
+from .checks.runner import HostReport, VerifyReport
 from .config import Settings, VerifySettings, plan_batches, with_suite
 from .console import Console
 from .errors import (

@@ -9,7 +9,7 @@ import time
 from typing import Optional, Sequence
 
 from . import release
-from .checks import VerifyReport
+from .checks.runner import VerifyReport
 from .config import Settings
 from .console import Console
 from .errors import (

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from .checks import CheckResult, HostReport, VerifyReport
+from .checks.runner import CheckResult, HostReport, VerifyReport
 
 GREEN_MARK = "✔"
 RED_MARK = "✘"

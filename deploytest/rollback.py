@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from . import release
-from .checks import VerifyReport
+from .checks.runner import VerifyReport
 from .config import with_suite
 from .errors import ConfigError, NeedsHuman, UsageError
 from .flow import Heartbeat, Rollout, preflight, take_locks, way_back

@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from deploytest.checks import ProbeOutput, parse_check, parse_checks
+from deploytest.checks import parse_check, parse_checks
+from deploytest.checks.base import ProbeOutput
 from deploytest.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "judges"

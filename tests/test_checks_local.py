@@ -25,7 +25,9 @@ from services import HttpApp, Postgres, Supervisor, free_port
 
 from deploytest import report as rpt
 from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
-from deploytest.checks import CheckResult, ProbeOutput, VerifyReport, make_check, parse_checks, run_checks
+from deploytest.checks import make_check, parse_checks
+from deploytest.checks.base import ProbeOutput
+from deploytest.checks.runner import CheckResult, VerifyReport, run_checks
 from deploytest.checks.script import ProbeJob, build_script, new_nonce, parse_frames
 from deploytest.config import VerifySettings
 from deploytest.console import wants_colour
@@ -445,9 +447,6 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     assert "✔ local ready: red -> green (was 503, now 200)" in text
     assert "✔ local health: still green (200)" in text
     assert text.splitlines()[-1] == "changes: 1 turned green, 0 regressions, 0 still red, 1 still green"
-    restored = VerifyReport.from_dict(json.loads(json.dumps(baseline.to_dict())))
-    assert rpt.render(restored) == rpt.render(baseline)
-    assert rpt.render_transitions(restored, after) == text
     back = rpt.render_transitions(after, baseline)
     assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
 

@@ -19,7 +19,8 @@ from testbed import TestBed
 
 from deploytest import report as rpt
 from deploytest.assertions import CheckFailed, assert_command, assert_file, check_all
-from deploytest.checks import parse_checks, run_checks
+from deploytest.checks import parse_checks
+from deploytest.checks.runner import run_checks
 from deploytest.config import VerifySettings
 from deploytest.hosts import SSHTarget, connect
 
@@ -166,7 +167,8 @@ def test_pytest_plugin_one_test_per_host(make_hosts: Callable[..., TestBed], tmp
     tests.write_text(
         textwrap.dedent("""
         from deploytest.assertions import assert_command, assert_port
-        from deploytest.checks import parse_checks, run_checks
+        from deploytest.checks import parse_checks
+        from deploytest.checks.runner import run_checks
 
         def test_host(deploytest_host):
             assert_port(deploytest_host, 22)

@@ -16,20 +16,29 @@ import pytest
 from reports_check import check_json, check_junit
 
 from deploytest import report as rpt
-from deploytest.checks import HostReport, VerifyReport
+from deploytest.checks import make_check
+from deploytest.checks.base import Verdict
+from deploytest.checks.runner import CheckResult, HostReport, VerifyReport
+
+#: Parameters of a real check of each kind the reports below show.
+PARAMS: Dict[str, Dict[str, Any]] = {
+    "http": {"url": "http://127.0.0.1:8000/health"},
+    "port": {"port": 8000},
+    "file": {"path": "/srv/app/current/VERSION"},
+    "command": {"run": "app --version"},
+    "process": {"pattern": "app"},
+}
 
 
 def check(name: str, ok: bool, *, kind: str = "http", observed: str = "200", detail: str = "",
-          expected: str = "status 200") -> Dict[str, Any]:
-    return {"name": name, "kind": kind, "ok": ok, "expected": expected, "observed": observed,
-            "detail": detail, "attempts": 3, "seconds": 1.5}
+          expected: str = "status 200") -> CheckResult:
+    verdict = Verdict(ok, expected, observed, detail)
+    return CheckResult(make_check(kind, name=name, **PARAMS[kind]), verdict, attempts=3, seconds=1.5)
 
 
-def verification(hosts: Dict[str, List[Dict[str, Any]]], errors: Dict[str, str] | None = None) -> VerifyReport:
-    data = {"started": "2026-12-02T03:00:00+00:00", "seconds": 2.0,
-            "hosts": [{"host": h, "checks": c, "error": (errors or {}).get(h), "seconds": 1.0}
-                      for h, c in hosts.items()]}
-    return VerifyReport.from_dict(data)
+def verification(hosts: Dict[str, List[CheckResult]], errors: Dict[str, str] | None = None) -> VerifyReport:
+    return VerifyReport([HostReport(h, results, (errors or {}).get(h), seconds=1.0) for h, results in hosts.items()],
+                        started="2026-12-02T03:00:00+00:00", seconds=2.0)
 
 
 BASELINE = verification({

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Union
 
 from ..errors import ConfigError
-from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, q, quoted, size_text, snippet
+from ..shell import quote
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, quoted, size_text, snippet
 from .schema import Field
 
 _PY_HTTP = r"""import ssl, sys, urllib.error, urllib.request
@@ -156,21 +157,21 @@ class HttpCheck(Check):
         wget_opts += [] if follow else ["--max-redirect=0"]
         return "\n".join(
             [
-                f"u={q(self.params['url'])}",
+                f"u={quote(self.params['url'])}",
                 "if command -v curl >/dev/null 2>&1; then",
                 "  echo tool=curl",
-                f'  exec curl {" ".join(q(o) for o in curl_opts)} "$u"',
+                f'  exec curl {" ".join(quote(o) for o in curl_opts)} "$u"',
                 "elif command -v wget >/dev/null 2>&1; then",
                 "  echo tool=wget",
                 "  f=$(mktemp) || exit 125",
-                f'  wget -q -S -O "$f" {" ".join(q(o) for o in wget_opts)} "$u" 2>"$f.h"; rc=$?',
+                f'  wget -q -S -O "$f" {" ".join(quote(o) for o in wget_opts)} "$u" 2>"$f.h"; rc=$?',
                 # wget -S prints each response's headers indented; one blank line between responses.
                 '  awk \'sub(/^  /, "") { if (/^HTTP\\//) { if (n++) print "" } print }\' "$f.h"',
                 "  printf '\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
                 '  rm -f "$f" "$f.h"; exit $rc',
                 "elif command -v python3 >/dev/null 2>&1; then",
                 "  echo tool=python3",
-                f'  exec python3 -c {q(_PY_HTTP)} {q(method)} "$u" {self._limit()}'
+                f'  exec python3 -c {quote(_PY_HTTP)} {quote(method)} "$u" {self._limit()}'
                 f" {'1' if insecure else '0'} {'1' if follow else '0'}",
                 "else",
                 "  echo 'no curl, wget or python3 on the host' >&2; exit 127",
@@ -382,7 +383,7 @@ class PortCheck(Check):
         address = self.params.get("address")
         if address is not None and _literal(str(address)) is None:
             lines.append(
-                f"getent ahosts {q(address)} 2>/dev/null | awk '{{print \"resolved=\" $1}}' | sort -u"
+                f"getent ahosts {quote(address)} 2>/dev/null | awk '{{print \"resolved=\" $1}}' | sort -u"
             )
         lines.append("exit 0")
         return "\n".join(lines)
@@ -443,7 +444,7 @@ class TcpCheck(Check):
     def probe(self) -> str:
         return "\n".join(
             [
-                f"h={q(self.params['host'])}; p={int(self.params['port'])}; w={self._connect_limit()}",
+                f"h={quote(self.params['host'])}; p={int(self.params['port'])}; w={self._connect_limit()}",
                 # A silently dropped SYN must not hold the whole attempt: bound the connect itself.
                 'if timeout 1 true >/dev/null 2>&1; then t="timeout $w"; else t=; fi',
                 "if command -v bash >/dev/null 2>&1; then",

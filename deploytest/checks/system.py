@@ -6,7 +6,8 @@ import re
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
-from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, q, quoted, size_text, snippet
+from ..shell import quote
+from .base import MAX_OUTPUT, Check, ProbeOutput, Verdict, as_list, key_values, quoted, size_text, snippet
 from .schema import Field
 from .versions import VersionError, parse_spec, satisfies
 
@@ -44,7 +45,7 @@ class CommandCheck(Check):
 
     def probe(self) -> str:
         cwd = self.params.get("cwd")
-        prefix = f"cd -- {q(cwd)} || exit 126\n" if cwd else ""
+        prefix = f"cd -- {quote(cwd)} || exit 126\n" if cwd else ""
         return prefix + str(self.params["run"])
 
     def judge(self, output: ProbeOutput) -> Verdict:
@@ -133,7 +134,7 @@ class FileCheck(Check):
 
     def probe(self) -> str:
         lines = [
-            f"p={q(self.params['path'])}",
+            f"p={quote(self.params['path'])}",
             'if [ -L "$p" ]; then echo link=1; echo "target=$(readlink -- "$p")";'
             " stat -c 'lmode=%a lowner=%U luid=%u lgroup=%G lgid=%g' -- \"$p\" 2>/dev/null | tr ' ' '\\n';"
             " else echo link=0; fi",
@@ -154,7 +155,7 @@ class FileCheck(Check):
             )
         if self._grep_contains():
             lines.append(
-                f'if [ -f "$p" ]; then if LC_ALL=C grep -F -q -a -e {q(self.params["contains"])} -- "$p";'
+                f'if [ -f "$p" ]; then if LC_ALL=C grep -F -q -a -e {quote(self.params["contains"])} -- "$p";'
                 " then echo found=1; else echo found=0; fi; fi"
             )
         if self._wants_content():
@@ -295,7 +296,7 @@ class DiskCheck(Check):
         return " and ".join(parts) or "a mounted filesystem"
 
     def probe(self) -> str:
-        return f"df -Pk -- {q(self.params['path'])} | tail -n 1"
+        return f"df -Pk -- {quote(self.params['path'])} | tail -n 1"
 
     def judge(self, output: ProbeOutput) -> Verdict:
         # Filesystem and mount point may hold blanks: read the numbers between them, not by position.
@@ -323,10 +324,10 @@ def _lookup(database: str, name: str) -> str:
     """
     if name.isdigit():
         return (
-            f"n={q(name)}; {{ getent {database} || cat /etc/{database}; }} 2>/dev/null"
+            f"n={quote(name)}; {{ getent {database} || cat /etc/{database}; }} 2>/dev/null"
             " | awk -F: -v n=\"$n\" '$1 == n'"
         )
-    return f'n={q(name)}; getent {database} "$n" 2>/dev/null || awk -F: -v n="$n" \'$1 == n\' /etc/{database}'
+    return f'n={quote(name)}; getent {database} "$n" 2>/dev/null || awk -F: -v n="$n" \'$1 == n\' /etc/{database}'
 
 
 def _id_of(database: str, name: str) -> str:
@@ -574,10 +575,10 @@ class PackageCheck(Check):
         return f"installed, version {version.strip()}" if version else "installed"
 
     def probe(self) -> str:
-        name = q(self.params["name"])
+        name = quote(self.params["name"])
         return "\n".join(
             [
-                f"n={name}; m={q(self.params['manager'])}",
+                f"n={name}; m={quote(self.params['manager'])}",
                 'if [ "$m" = auto ]; then',
                 "  if command -v dpkg-query >/dev/null 2>&1; then m=dpkg",
                 "  elif command -v rpm >/dev/null 2>&1; then m=rpm",
@@ -593,7 +594,7 @@ class PackageCheck(Check):
                 '  apk) if apk info -e "$n" >/dev/null 2>&1; then echo "status=install ok installed";'
                 ' v=$(apk info "$n" 2>/dev/null | head -n 1); v=${v%% *}; echo "version=${v#"$n"-}";'
                 " else echo status=not-installed; fi ;;",
-                f'  pip) {q(self.params["python"])} -c {q(self._PIP)} "$n" ;;',
+                f'  pip) {quote(self.params["python"])} -c {quote(self._PIP)} "$n" ;;',
                 "esac",
             ]
         )
@@ -653,7 +654,7 @@ class ServiceCheck(Check):
         conf = self.params.get("supervisor_conf") or ""
         return "\n".join(
             [
-                f"n={q(self.params['name'])}; m={q(self.params['manager'])}; c={q(conf)}",
+                f"n={quote(self.params['name'])}; m={quote(self.params['manager'])}; c={quote(conf)}",
                 '_sv() { if [ -n "$c" ]; then supervisorctl -c "$c" "$@"; else supervisorctl "$@"; fi; }',
                 "_sd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }",
                 'if [ "$m" = auto ]; then',
