@@ -8,7 +8,8 @@ import pytest
 
 from deploytest.checks import CATALOG, parse_check
 from deploytest.checks.database import DatabaseCheck
-from deploytest.checks.network import HttpCheck, PortCheck
+from deploytest.checks.http import HttpCheck
+from deploytest.checks.network import PortCheck
 from deploytest.errors import ConfigError
 
 

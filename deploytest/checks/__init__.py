@@ -10,19 +10,16 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from .accounts import GroupCheck, UserCheck
 from .base import COMMON_FIELDS, Check
+from .command import CommandCheck
 from .database import DatabaseCheck
-from .network import HttpCheck, PortCheck, TcpCheck
-from .system import (
-    CommandCheck,
-    DiskCheck,
-    FileCheck,
-    GroupCheck,
-    PackageCheck,
-    ProcessCheck,
-    ServiceCheck,
-    UserCheck,
-)
+from .files import DiskCheck, FileCheck
+from .http import HttpCheck
+from .network import PortCheck, TcpCheck
+from .package import PackageCheck
+from .process import ProcessCheck
+from .service import ServiceCheck
 
 CATALOG: dict[str, type[Check]] = {
     cls.kind: cls
