@@ -25,7 +25,7 @@ from .checks.base import Check
 from .checks.runner import CheckResult, HostReport, run_checks
 from .config import VerifySettings
 from .hosts import LocalTarget, SSHTarget, Target, secure
-from .report import host_error_line, result_line
+from .report_text import host_error_line, result_line
 
 Where = Union[Target, Connection, Context]
 CheckSpec = Union[Check, Mapping[str, Any]]

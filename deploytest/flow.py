@@ -34,7 +34,7 @@ from .errors import (
 )
 from .hosts import Target, in_parallel
 from .lock import HEARTBEAT_SECONDS, heartbeat
-from .report import explain, result_line
+from .report_text import explain, result_line
 from .verifiers import Verifier, suite_verifier
 
 T = TypeVar("T")

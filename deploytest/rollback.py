@@ -21,7 +21,7 @@ from .errors import ConfigError, NeedsHuman, UsageError
 from .flow import Heartbeat, Rollout, preflight, take_locks, way_back
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
-from .report import render
+from .report_text import render
 from .verifiers import suite_verifier
 
 

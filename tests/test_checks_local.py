@@ -23,7 +23,7 @@ import pytest
 from invoke.context import Context
 from services import HttpApp, Postgres, Supervisor, free_port
 
-from deploytest import report as rpt
+from deploytest import report_json, report_junit, report_text
 from deploytest.assertions import CheckFailed, assert_command, assert_http, assert_port, check_all
 from deploytest.checks import make_check, parse_checks
 from deploytest.checks.base import ProbeOutput
@@ -112,17 +112,17 @@ def test_catalog_green_in_one_session(http_app: HttpApp, tmp_path: Path) -> None
 
     checks[9]["file"]["sha256"] = hashlib.sha256(b"1.0\n").hexdigest()
     report, target = verify(checks)
-    failures = [rpt.result_line("local", r) for r in report.hosts[0].results if not r.ok]
+    failures = [report_text.result_line("local", r) for r in report.hosts[0].results if not r.ok]
     assert failures == []
     assert report.ok and target.calls == 1 and report.hosts[0].sessions == 1
-    text = rpt.render(report)
+    text = report_text.render(report)
     assert "✔ local health" in text
     assert text.splitlines()[-1].startswith(f"verify: all {len(checks)} checks green on 1 host")
 
 
 def test_red_lines_name_host_check_expected_observed(http_app: HttpApp) -> None:
     report, _ = verify([{"http": http_app.url("/fail")}, {"port": free_port()}])
-    lines = rpt.render(report).splitlines()
+    lines = report_text.render(report).splitlines()
     assert re.fullmatch(
         rf"✘ local http http://127.0.0.1:{http_app.port}/fail: expected status 200, got 502 after \d+\.\ds"
         r' \(body: "upstream down"\)',
@@ -173,7 +173,7 @@ def test_eventually_only_red_checks_rerun(http_app: HttpApp) -> None:
     assert target.calls == ready.attempts == report.hosts[0].sessions
     assert time.monotonic() - started < 6
     assert seen[0].endswith("/health True") and seen[1].endswith("/ready True")
-    assert f"green after {ready.seconds:.1f}s, {ready.attempts} attempts" in rpt.render(report)
+    assert f"green after {ready.seconds:.1f}s, {ready.attempts} attempts" in report_text.render(report)
 
 
 def test_red_until_timeout_then_reported(http_app: HttpApp) -> None:
@@ -214,7 +214,7 @@ def test_daemon_holding_stdout_does_not_hang_the_run() -> None:
         ]
     )
     subprocess.run(["pkill", "-f", "sleep 4321.5"])
-    assert report.ok, rpt.render(report)
+    assert report.ok, report_text.render(report)
     assert time.monotonic() - started < 8
 
 
@@ -406,10 +406,10 @@ def test_postgres_checks_and_secrets(postgres: Postgres) -> None:
     assert results["unix socket"].ok
     assert "password authentication failed" in results["wrong password"].verdict.detail
     assert 'column "nope" does not exist' in results["bad query"].verdict.detail
-    outputs = [rpt.render(report), json.dumps(rpt.to_json(report)), rpt.junit_xml(report)]
+    outputs = [report_text.render(report), json.dumps(report_json.to_json(report)), report_junit.junit_xml(report)]
     for text in outputs:
         assert wrong not in text and postgres.password not in text
-    assert '"leaked ***"' in rpt.render(report)
+    assert '"leaked ***"' in report_text.render(report)
 
 
 def test_a_secret_reaches_only_the_probe_that_uses_it(tmp_path: Path) -> None:
@@ -443,14 +443,14 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
         after = run_checks([LocalTarget()], checks, ONCE)
     finally:
         http_app.ready_file.unlink()
-    text = rpt.render_transitions(baseline, after)
+    text = report_text.render_transitions(baseline, after)
     assert "✔ local ready: red -> green (was 503, now 200)" in text
     assert "✔ local health: still green (200)" in text
     assert text.splitlines()[-1] == "changes: 1 turned green, 0 regressions, 0 still red, 1 still green"
-    back = rpt.render_transitions(after, baseline)
+    back = report_text.render_transitions(after, baseline)
     assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
 
-    rpt.write_json(
+    report_json.write_json(
         str(tmp_path / "out" / "verify.json"),
         after,
         baseline=baseline,
@@ -461,7 +461,7 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     assert document["hosts"][0]["checks"][0]["change"] == "red -> green"
     assert document["hosts"][0]["checks"][0]["observed"] == "200"
 
-    rpt.write_junit(str(tmp_path / "verify.xml"), baseline, extra={"release": "r1"})
+    report_junit.write_junit(str(tmp_path / "verify.xml"), baseline, extra={"release": "r1"})
     root = ET.parse(tmp_path / "verify.xml").getroot()
     suite = root.find("testsuite")
     assert suite is not None and suite.get("name") == "local" and suite.get("failures") == "1"
@@ -482,10 +482,10 @@ def test_color_only_on_a_tty(monkeypatch: pytest.MonkeyPatch, http_app: HttpApp)
     monkeypatch.setenv("TERM", "xterm")
     assert wants_colour(Tty())  # type: ignore[arg-type]
     assert not wants_colour(io.StringIO())  # a pipe or a file: never
-    assert "\033[32m✔\033[0m" in rpt.render(report, color=True)
+    assert "\033[32m✔\033[0m" in report_text.render(report, color=True)
     monkeypatch.setenv("NO_COLOR", "1")
     assert not wants_colour(Tty())  # type: ignore[arg-type]
-    assert "\033" not in rpt.render(report)
+    assert "\033" not in report_text.render(report)
 
 
 def test_assertions_with_an_invoke_context(http_app: HttpApp) -> None:

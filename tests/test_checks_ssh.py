@@ -17,7 +17,7 @@ import pytest
 from services import HttpApp
 from testbed import TestBed
 
-from deploytest import report as rpt
+from deploytest import report_text
 from deploytest.assertions import CheckFailed, assert_command, assert_file, check_all
 from deploytest.checks import parse_checks
 from deploytest.checks.runner import run_checks
@@ -60,7 +60,7 @@ def test_one_session_per_attempt(ssh_host: TestBed, http_app: HttpApp) -> None:
     checks = parse_checks(mixed_checks(host.port, http_app))
     before = host.sessions()
     report = run_checks([target], checks, VerifySettings(timeout=0))
-    assert report.ok, rpt.render(report)
+    assert report.ok, report_text.render(report)
     assert host.wait_sessions(before + 1) == before + 1
     time.sleep(0.3)
     assert host.sessions() == before + 1 == before + report.hosts[0].sessions
@@ -78,7 +78,7 @@ def test_one_session_per_attempt(ssh_host: TestBed, http_app: HttpApp) -> None:
         timer.cancel()
         target.close()
     results = {r.name: r for r in report.hosts[0].results}
-    assert report.ok, rpt.render(report)
+    assert report.ok, report_text.render(report)
     attempts = results["ready"].attempts
     assert attempts >= 3 and all(r.attempts == 1 for n, r in results.items() if n != "ready")
     time.sleep(0.3)
@@ -125,11 +125,11 @@ def test_hosts_in_parallel_and_an_unreachable_host(make_hosts: Callable[..., Tes
         for target in targets:
             target.close()
     web1, web2, web3 = report.hosts
-    assert web1.error is None and all(r.ok for r in web1.results), rpt.render(report)
+    assert web1.error is None and all(r.ok for r in web1.results), report_text.render(report)
     assert web2.error is not None and web2.results == []
     red = {r.name for r in web3.results if not r.ok}
     assert red == {"file /srv/app/VERSION", "command cat /srv/app/VERSION", "is web1"}
-    text = rpt.render(report)
+    text = report_text.render(report)
     assert "✘ web2 unreachable: " in text
     assert '✘ web3 is web1: expected stdout equal to "web1", got "web3"' in text
     assert text.splitlines()[-1].startswith("verify: 3 red, ")

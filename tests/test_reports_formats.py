@@ -16,6 +16,7 @@ import pytest
 from reports_check import check_json, check_junit
 
 from deploytest import report as rpt
+from deploytest import report_json, report_junit
 from deploytest.checks import make_check
 from deploytest.checks.base import Verdict
 from deploytest.checks.runner import CheckResult, HostReport, VerifyReport
@@ -65,8 +66,8 @@ def rolled_back() -> rpt.RunReport:
 
 def write(tmp_path: Path, run: rpt.RunReport) -> tuple[Path, Path]:
     xml, doc = tmp_path / "r.xml", tmp_path / "r.json"
-    rpt.write_run_junit(str(xml), run)
-    rpt.write_document(str(doc), run)
+    report_junit.write_run_junit(str(xml), run)
+    report_json.write_document(str(doc), run)
     return xml, doc
 
 
@@ -121,21 +122,21 @@ def test_a_huge_run_becomes_a_summary_gitlab_accepts(tmp_path: Path) -> None:
     hosts = {f"web{i}.example.com": red if i == 7 else green for i in range(10_000)}
     run = rpt.verify_run(VerifyReport([HostReport(name, list(results), seconds=1.0)
                                        for name, results in hosts.items()], started="2026-12-02T03:00:00+00:00"))
-    text = rpt.run_junit(run)
+    text = report_junit.run_junit(run)
     assert len(text.encode()) < 30 * 1024 * 1024
     assert text.count("<testcase ") == 10_000 * 5 < 500_000  # one case per host and check kind
     assert 'name="web7.example.com :: command checks (6)"' in text
     assert "1 of 6 command checks red: command 3" in text
     small = rpt.verify_run(VerifyReport([HostReport(name, list(results)) for name, results in list(hosts.items())[:8]]))
     path = tmp_path / "summary.xml"
-    path.write_text(rpt.run_junit(small, max_cases=10))
+    path.write_text(report_junit.run_junit(small, max_cases=10))
     parsed = check_junit(path)
     assert sum(1 for s in parsed for _ in s) == 8 * 5
 
 
 def test_verify_json_keeps_the_keys_pipelines_read(tmp_path: Path) -> None:
     path = tmp_path / "verify.json"
-    rpt.write_json(str(path), AFTER)
+    report_json.write_json(str(path), AFTER)
     document = check_json(path)
     assert (document["task"], document["outcome"], document["exit_code"], document["ok"]) == ("verify", "red", 1,
                                                                                             False)
@@ -168,6 +169,6 @@ def test_a_refusal_says_what_was_refused(tmp_path: Path, hosts: List[str]) -> No
 
 
 def test_the_schema_is_shipped_and_says_its_version() -> None:
-    schema = rpt.report_schema()
-    assert schema["properties"]["version"] == {"const": rpt.REPORT_VERSION}
+    schema = report_json.report_schema()
+    assert schema["properties"]["version"] == {"const": report_json.REPORT_VERSION}
     assert json.dumps(schema)  # plain JSON
