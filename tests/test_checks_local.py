@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from invoke.context import Context
+from onhost import wait_until
 from services import HttpApp, Postgres, Supervisor, free_port
 
 from deploytest import report_json, report_junit, report_text
@@ -161,17 +162,18 @@ def test_eventually_only_red_checks_rerun(http_app: HttpApp) -> None:
         report = run_checks(
             [target],
             checks,
-            VerifySettings(timeout=10, interval=0.3),
+            VerifySettings(timeout=30, interval=0.3),
             on_result=lambda host, r: seen.append(f"{host} {r.check.name} {r.ok}"),
         )
     finally:
         timer.cancel()
         http_app.ready_file.unlink(missing_ok=True)
     ready, health = report.hosts[0].results
-    assert ready.ok and ready.attempts > 1 and 1.4 < ready.seconds < 5
+    # green once the file appears at 1.5s, and the run ends then: far from the 30s timeout, even on a busy machine
+    assert ready.ok and ready.attempts > 1 and 1.4 < ready.seconds < 20
     assert health.ok and health.attempts == 1
     assert target.calls == ready.attempts == report.hosts[0].sessions
-    assert time.monotonic() - started < 6
+    assert time.monotonic() - started < 20
     assert seen[0].endswith("/health True") and seen[1].endswith("/ready True")
     assert f"green after {ready.seconds:.1f}s, {ready.attempts} attempts" in report_text.render(report)
 
@@ -181,7 +183,8 @@ def test_red_until_timeout_then_reported(http_app: HttpApp) -> None:
     report, target = verify([{"http": http_app.url("/fail")}], VerifySettings(timeout=1.5, interval=0.4))
     result = report.hosts[0].results[0]
     assert not result.ok and result.attempts == target.calls >= 3
-    assert 1.0 < result.seconds < 3 and time.monotonic() - started < 4
+    # given up at about its 1.5s timeout (generous bounds: a busy machine answers slowly)
+    assert 1.0 < result.seconds < 8 and time.monotonic() - started < 10
 
 
 def test_hanging_probe_is_killed_and_cleaned_up(http_app: HttpApp) -> None:
@@ -196,12 +199,13 @@ def test_hanging_probe_is_killed_and_cleaned_up(http_app: HttpApp) -> None:
     )
     elapsed = time.monotonic() - started
     results = by_name(report)
-    assert elapsed < 8, elapsed
+    assert elapsed < 12, elapsed  # killed at 2s, well before the session's own 17s limit
     assert results["hang"].verdict.observed == "no answer within 2s (probe killed)"
     assert not results["slow http"].ok
     assert results[f"port {http_app.port}"].ok
-    time.sleep(0.5)
-    leftovers = subprocess.run(["pgrep", "-f", "sleep 1234.5"], capture_output=True, text=True).stdout
+    leftovers = wait_until(
+        lambda: subprocess.run(["pgrep", "-f", "sleep 1234.5"], capture_output=True, text=True).stdout, "", timeout=15
+    )
     assert leftovers == ""
 
 
@@ -215,7 +219,7 @@ def test_daemon_holding_stdout_does_not_hang_the_run() -> None:
     )
     subprocess.run(["pkill", "-f", "sleep 4321.5"])
     assert report.ok, report_text.render(report)
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 20  # generous: a busy machine; a held stdout would end red at 10s
 
 
 def test_hostile_output_cannot_confuse_the_frames(http_app: HttpApp) -> None:
@@ -280,7 +284,7 @@ def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> N
         timeout=30,
     )
     frames = parse_frames(proc.stdout, nonce, jobs)
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 20  # the 1s limit held: not the 1000s sleep, nor the 30s guard
     assert re.search(rf"^DT{nonce} 0 5 0 h 0$", proc.stdout, re.M)  # hex frames: no base64 on this PATH
     assert (frames[0].exit_code, frames[0].stdout, frames[0].stderr) == (5, b"hi\n", b"err\n")
     assert frames[1].timed_out
