@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from common import simple_table, testbed  # noqa: E402 - also puts the repository on sys.path
 
-from deploytest.checks import parse_checks, run_checks  # noqa: E402
+from deploytest.checks import parse_checks  # noqa: E402
+from deploytest.checks.runner import run_checks  # noqa: E402
 from deploytest.config import VerifySettings  # noqa: E402
 from deploytest.hosts import connect  # noqa: E402
 

@@ -20,10 +20,12 @@ from typing import Any, Mapping, Sequence, Union
 from fabric import Connection
 from invoke.context import Context
 
-from .checks import Check, CheckResult, HostReport, make_check, parse_check, run_checks
+from .checks import make_check, parse_check
+from .checks.base import Check
+from .checks.runner import CheckResult, HostReport, run_checks
 from .config import VerifySettings
 from .hosts import LocalTarget, SSHTarget, Target, secure
-from .report import host_error_line, result_line
+from .report_text import host_error_line, result_line
 
 Where = Union[Target, Connection, Context]
 CheckSpec = Union[Check, Mapping[str, Any]]

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
+from .checks import parse_checks
+from .checks.base import Check
 from .errors import ConfigError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -81,7 +83,7 @@ class Settings:
     build_hooks: tuple[str, ...] = ()
     restart_hooks: tuple[str, ...] = ()
     stop_hooks: tuple[str, ...] = ()
-    checks: tuple[Any, ...] = ()
+    checks: tuple[Check, ...] = ()
     tests: DeploymentTests | None = None  # pytest deployment tests, run with the checks
     # The suite recorded with each verified release (JSON): {"checks": [as the user wrote them],
     # "tests": {paths, pytest_args, archive}}; a suite recorded before tests existed is a list of checks.
@@ -253,8 +255,6 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     :param label: this run's release label (``--label``): one line of printable text.
     :raises ConfigError: with one line naming the bad key and what was expected.
     """
-    from .checks import parse_checks  # the check catalog owns its own schema
-
     if data is None or (hasattr(data, "__len__") and len(data) == 0):
         raise ConfigError(
             "config deploytest: missing. Add a 'deploytest:' section to fabric.yaml beside your fabfile"
@@ -377,8 +377,6 @@ def with_suite(settings: Settings, suite: str) -> Settings:
 
     :raises ConfigError: the recorded suite does not validate with today's check catalog.
     """
-    from .checks import parse_checks
-
     try:
         raw = json.loads(suite)
     except ValueError as error:

@@ -36,6 +36,16 @@ def wants_colour(stream: TextIO) -> bool:
     return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
 
 
+def paint(text: str, colour: str, on: bool) -> str:
+    """``text`` in ``colour`` (green, red, yellow, bold, dim, cyan) when ``on``, else as it is.
+
+    :param on: the answer of :func:`wants_colour` for the stream the text goes to.
+    """
+    if not on or colour not in _COLOURS:
+        return text
+    return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+
+
 class Console:
     """Thread-safe, host-prefixed output for a multi-host run."""
 
@@ -53,9 +63,7 @@ class Console:
 
     def paint(self, text: str, colour: str) -> str:
         """``text`` in ``colour`` when colour is on."""
-        if not self.colour or colour not in _COLOURS:
-            return text
-        return f"\033[{_COLOURS[colour]}m{text}\033[0m"
+        return paint(text, colour, self.colour)
 
     def set_hosts(self, names: list[str]) -> None:
         """Align host prefixes to the longest name."""

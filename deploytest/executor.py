@@ -25,6 +25,8 @@ from invoke.config import Config
 from invoke.context import Context
 from invoke.tasks import Call, Task
 
+from .hosts import host_list
+
 EXECUTOR_PATH = "deploytest.executor.Executor"
 
 
@@ -98,7 +100,7 @@ class Executor(FabricExecutor):  # type: ignore[misc]
 
     def expand_calls(self, calls: List[Any], apply_hosts: bool = True) -> List[Any]:
         host_str = self.core[0].args.hosts.value if apply_hosts else None
-        cli_hosts = [h.strip() for h in host_str.split(",") if h.strip()] if host_str else []
+        cli_hosts = host_list(host_str)
         remainder = self.core.remainder
         self.core.remainder = ""  # the anonymous remainder task is added once, below
         ret: List[Any] = []

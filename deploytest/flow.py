@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import plan as plans
 from . import release
-from .checks import HostReport, VerifyReport
+from .checks.runner import HostReport, VerifyReport
 from .config import Settings, VerifySettings, with_suite
 from .console import Console
 from .errors import (
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .hosts import Target, in_parallel
 from .lock import HEARTBEAT_SECONDS, heartbeat
-from .report import explain, result_line
+from .report_text import explain, result_line
 from .verifiers import Verifier, suite_verifier
 
 T = TypeVar("T")

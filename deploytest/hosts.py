@@ -643,6 +643,17 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
             pass  # accepted for this run; OpenSSH too goes on when it cannot record the key
 
 
+def host_list(hosts: str | Sequence[str] | None) -> list[str]:
+    """The hosts of a run in order, repeats dropped: the one reading of a host list.
+
+    :param hosts: a comma-separated string as ``fab -H`` and ``--deploytest-hosts`` take it (blanks
+        around names and empty items dropped), or a sequence of host strings (kept as written, so that
+        :func:`targets_for` can refuse a bad one).
+    """
+    names = [h.strip() for h in hosts.split(",") if h.strip()] if isinstance(hosts, str) else list(hosts or ())
+    return list(dict.fromkeys(names))
+
+
 def targets_for(hosts: Sequence[str], config: Config | None = None, *,
                 connect_timeout: float | None = None) -> list[Target]:
     """Targets for host strings (``[user@]host[:port]`` or ssh_config aliases), repeats dropped; no
@@ -650,10 +661,7 @@ def targets_for(hosts: Sequence[str], config: Config | None = None, *,
 
     :raises UsageError: a host string that no host can have (empty, an option, spaces, shell syntax).
     """
-    seen: list[str] = []
-    for host in hosts:
-        if host not in seen:
-            seen.append(host)
+    seen = host_list(hosts)
     if not seen:
         return [LocalTarget()]
     for host in seen:

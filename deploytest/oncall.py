@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 
 from . import plan as plans
 from . import release
-from .checks import VerifyReport
+from .checks.runner import VerifyReport
 from .config import Settings
 from .console import Console
 from .errors import (
@@ -26,7 +26,9 @@ from .errors import (
 from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import LockOwner, prelude, run_script, script_for_log_line
-from .report import render, render_transitions, write_json, write_junit
+from .report_json import write_json
+from .report_junit import write_junit
+from .report_text import render, render_transitions
 from .verifiers import suite_verifier
 
 
@@ -244,7 +246,9 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
     from datetime import datetime, timedelta, timezone
 
     from .errors import DeploytestError, exit_code_for
-    from .report import OUTCOME_FOR_CODE, HostFacts, RunReport, write_document, write_run_junit
+    from .report import OUTCOME_FOR_CODE, HostFacts, RunReport
+    from .report_json import write_document
+    from .report_junit import write_run_junit
 
     if not json_path and not junit_path:
         return

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import pytest
 from fabric import Config
 
-from .hosts import LOCAL, LocalTarget, Target, connect
+from .hosts import LOCAL, LocalTarget, Target, connect, host_list
 
 _TARGETS = pytest.StashKey[dict[str, Target]]()
 _LENT = pytest.StashKey[tuple[Target, Callable[[Target], Optional[str]]]]()
@@ -74,13 +74,7 @@ def _ssh_config_path(config: pytest.Config) -> str | None:
 
 def host_names(config: pytest.Config) -> list[str]:
     """The hosts given with ``--deploytest-hosts``, in order, without repeats; [local] when none."""
-    raw = config.getoption("--deploytest-hosts", default=None) or ""
-    names: list[str] = []
-    for name in str(raw).split(","):
-        name = name.strip()
-        if name and name not in names:
-            names.append(name)
-    return names or [LOCAL]
+    return host_list(str(config.getoption("--deploytest-hosts", default=None) or "")) or [LOCAL]
 
 
 def _target(config: pytest.Config, name: str) -> Target:

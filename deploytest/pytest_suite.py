@@ -46,8 +46,9 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequenc
 import pytest
 
 from . import pytest_plugin
-from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport
-from .checks.runner import unverified
+from .checks.base import Check, ProbeOutput, Verdict
+from .checks.runner import CheckResult, HostReport, VerifyReport, unverified
+from .checks.schema import Field
 from .config import DeploymentTests, Settings, VerifySettings
 from .errors import ConfigError, HostUnreachable
 from .hosts import Cancelled, Target, in_parallel
@@ -76,8 +77,8 @@ class TestCheck(Check):
 
     __test__ = False  # not a pytest test class
     kind: ClassVar[str] = "pytest"
-    fields: ClassVar[Mapping[str, Any]] = {}
-    primary: ClassVar[str] = ""
+    fields: ClassVar[Mapping[str, Field]] = {"test": Field("text", required=True), "sha256": Field("str")}
+    primary: ClassVar[str] = "test"
 
     def __init__(self, nodeid: str, sha256: str = "") -> None:
         super().__init__({"test": nodeid, "sha256": sha256} if sha256 else {"test": nodeid}, name=nodeid)

@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 from . import release
-from .checks import VerifyReport
+from .checks.runner import VerifyReport
 from .config import with_suite
 from .errors import ConfigError, NeedsHuman, UsageError
 from .flow import Heartbeat, Rollout, preflight, take_locks, way_back
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
-from .report import render
+from .report_text import render
 from .verifiers import suite_verifier
 
 

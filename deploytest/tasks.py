@@ -29,7 +29,9 @@ from .executor import CoordinatedTask, HostsContext, split_refusal
 from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, Target, targets_for
-from .report import RunReport, refused_run, write_document, write_run_junit
+from .report import RunReport, refused_run
+from .report_json import write_document
+from .report_junit import write_run_junit
 from .rollback import rollback as rollback_task
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
-from .checks import Check, CheckResult, HostReport, ProbeOutput, Verdict, VerifyReport, run_checks
-from .checks.runner import unverified
+from .checks.base import Check, ProbeOutput, Verdict
+from .checks.runner import CheckResult, HostReport, VerifyReport, run_checks, unverified
 from .config import Settings, VerifySettings
 from .errors import HostUnreachable
 from .hosts import Cancelled, Target, in_parallel

@@ -30,7 +30,11 @@ from reports_check import _deploytest_reports_are_valid  # noqa: E402,F401 - eve
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a slower integration test (still run in CI)")
-    config.addinivalue_line("markers", "testbed: uses the real SSH test bed (root, sshd, namespaces)")
+    config.addinivalue_line(
+        "markers",
+        "testbed: needs this machine as root: the real SSH test bed (sshd, namespaces), or system files,"
+        " initdb or sudo; -m 'not testbed' is what any user can run",
+    )
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

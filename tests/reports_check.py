@@ -30,7 +30,7 @@ def _xsd() -> Any:
 def _json_validator() -> Any:
     import jsonschema
 
-    from deploytest.report import report_schema
+    from deploytest.report_json import report_schema
 
     schema = report_schema()
     jsonschema.Draft202012Validator.check_schema(schema)

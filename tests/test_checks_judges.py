@@ -5,7 +5,9 @@ probe gave back: exit, stdout or stdout_b64, stderr, timed_out, truncated, stopp
 optionally, the exact expected / observed / detail, or detail_contains). ``probe_contains`` /
 ``probe_excludes`` pin parts of the probe text; ``probe_safe`` runs the probe for real with values
 full of shell syntax (secret values in its environment, ``@DB@`` a real SQLite database) and asserts
-nothing they spell was executed, and that ``probe_reaches`` texts show the value got to its tool.
+nothing they spell was executed, that ``probe_reaches`` texts show the value got to its tool, and that
+each ``env_reaches`` variable holds its value, intact, in the probe's shell (a secret that never arrived
+proves nothing about quoting).
 ``tests/data/judges/config/<case>.json`` holds a ``checks`` list and the ``error`` (a prefix of the
 one-line message) or the ``count`` of checks it gives.
 """
@@ -22,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from deploytest.checks import ProbeOutput, parse_check, parse_checks
+from deploytest.checks import parse_check, parse_checks
+from deploytest.checks.base import ProbeOutput
 from deploytest.errors import ConfigError
 
 DATA = Path(__file__).parent / "data" / "judges"
@@ -113,10 +116,15 @@ def test_probe_quotes_hostile_values(path: Path, tmp_path: Path) -> None:
     probe = check.probe()
     # as the runner gives them: each secret value in the probe's environment, never in its text
     env = {**os.environ, **check.secret_env()}
-    ran = subprocess.run(["/bin/sh", "-c", probe], capture_output=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
+    # what the probe's shell holds in each ``env_reaches`` variable when it ends, however it ends
+    shown = "".join(f' "{name}" "${{{name}-@unset@}}"' for name in case.get("env_reaches", {}))
+    script = f"trap 'printf \"\\n@@env %s=%s@@\\n\"{shown}' EXIT\n{probe}" if shown else probe
+    ran = subprocess.run(["/bin/sh", "-c", script], capture_output=True, timeout=30, stdin=subprocess.DEVNULL, env=env)
     assert not canary.exists(), "a parameter value was executed as shell"
     for must in case.get("probe_reaches", []):  # the hostile value got as far as the tool that uses it
         assert must in (ran.stdout + ran.stderr).decode(errors="replace"), (ran.stdout, ran.stderr)
+    for name, value in case.get("env_reaches", {}).items():  # the secret got, intact, to the tool's environment
+        assert f"@@env {name}={value}@@" in ran.stdout.decode(errors="replace"), (ran.stdout, ran.stderr)
 
 
 @pytest.mark.parametrize("path", CONFIG_CASES, ids=_id)

@@ -13,7 +13,8 @@ import subprocess
 import pytest
 
 from deploytest.checks import make_check
-from deploytest.checks.versions import VersionError, apk_compare, dpkg_compare, rpm_compare, satisfies
+from deploytest.checks.version_order import VersionError, apk_compare, dpkg_compare, rpm_compare
+from deploytest.checks.versions import satisfies
 from deploytest.errors import ConfigError
 
 DPKG_VERSIONS = [

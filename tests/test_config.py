@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Dict
 
 import pytest
 
 from deploytest.config import GitSource, load, plan_batches
 from deploytest.errors import ConfigError
+
+ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 def base(**extra: Any) -> Dict[str, Any]:
@@ -104,3 +110,18 @@ def test_plan_batches(hosts: int, batches: Any, expected: Any) -> None:
     planned = plan_batches(names, batches)
     assert [[int(n[3:]) for n in batch] for batch in planned] == expected
     assert [n for batch in planned for n in batch] == names
+
+
+def test_config_is_pure_no_ssh_library_is_imported() -> None:
+    """Reading config needs no host: importing and using it must not pull in paramiko or fabric."""
+    code = (
+        "import sys\n"
+        "from deploytest.config import load\n"
+        "settings = load({'deploy_to': '/srv/x', 'checks': [{'port': 8000}, {'http': {'url': 'http://h/'}}]})\n"
+        "assert len(settings.checks) == 2\n"
+        "print(sorted(m for m in ('paramiko', 'fabric', 'invoke') if m in sys.modules))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

@@ -715,6 +715,7 @@ def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
         release.inspect(target, settings)
 
 
+@pytest.mark.testbed  # root (or sudo without a password), as in CI
 def test_real_sudo_without_password(tmp_path: Path) -> None:
     if subprocess.run(["sh", "-c", "sudo -n true"], capture_output=True).returncode != 0:
         pytest.fail("this test needs sudo usable without a password (it runs as root in CI)")

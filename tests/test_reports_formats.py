@@ -16,20 +16,30 @@ import pytest
 from reports_check import check_json, check_junit
 
 from deploytest import report as rpt
-from deploytest.checks import HostReport, VerifyReport
+from deploytest import report_json, report_junit
+from deploytest.checks import make_check
+from deploytest.checks.base import Verdict
+from deploytest.checks.runner import CheckResult, HostReport, VerifyReport
+
+#: Parameters of a real check of each kind the reports below show.
+PARAMS: Dict[str, Dict[str, Any]] = {
+    "http": {"url": "http://127.0.0.1:8000/health"},
+    "port": {"port": 8000},
+    "file": {"path": "/srv/app/current/VERSION"},
+    "command": {"run": "app --version"},
+    "process": {"pattern": "app"},
+}
 
 
 def check(name: str, ok: bool, *, kind: str = "http", observed: str = "200", detail: str = "",
-          expected: str = "status 200") -> Dict[str, Any]:
-    return {"name": name, "kind": kind, "ok": ok, "expected": expected, "observed": observed,
-            "detail": detail, "attempts": 3, "seconds": 1.5}
+          expected: str = "status 200") -> CheckResult:
+    verdict = Verdict(ok, expected, observed, detail)
+    return CheckResult(make_check(kind, name=name, **PARAMS[kind]), verdict, attempts=3, seconds=1.5)
 
 
-def verification(hosts: Dict[str, List[Dict[str, Any]]], errors: Dict[str, str] | None = None) -> VerifyReport:
-    data = {"started": "2026-12-02T03:00:00+00:00", "seconds": 2.0,
-            "hosts": [{"host": h, "checks": c, "error": (errors or {}).get(h), "seconds": 1.0}
-                      for h, c in hosts.items()]}
-    return VerifyReport.from_dict(data)
+def verification(hosts: Dict[str, List[CheckResult]], errors: Dict[str, str] | None = None) -> VerifyReport:
+    return VerifyReport([HostReport(h, results, (errors or {}).get(h), seconds=1.0) for h, results in hosts.items()],
+                        started="2026-12-02T03:00:00+00:00", seconds=2.0)
 
 
 BASELINE = verification({
@@ -56,8 +66,8 @@ def rolled_back() -> rpt.RunReport:
 
 def write(tmp_path: Path, run: rpt.RunReport) -> tuple[Path, Path]:
     xml, doc = tmp_path / "r.xml", tmp_path / "r.json"
-    rpt.write_run_junit(str(xml), run)
-    rpt.write_document(str(doc), run)
+    report_junit.write_run_junit(str(xml), run)
+    report_json.write_document(str(doc), run)
     return xml, doc
 
 
@@ -112,21 +122,21 @@ def test_a_huge_run_becomes_a_summary_gitlab_accepts(tmp_path: Path) -> None:
     hosts = {f"web{i}.example.com": red if i == 7 else green for i in range(10_000)}
     run = rpt.verify_run(VerifyReport([HostReport(name, list(results), seconds=1.0)
                                        for name, results in hosts.items()], started="2026-12-02T03:00:00+00:00"))
-    text = rpt.run_junit(run)
+    text = report_junit.run_junit(run)
     assert len(text.encode()) < 30 * 1024 * 1024
     assert text.count("<testcase ") == 10_000 * 5 < 500_000  # one case per host and check kind
     assert 'name="web7.example.com :: command checks (6)"' in text
     assert "1 of 6 command checks red: command 3" in text
     small = rpt.verify_run(VerifyReport([HostReport(name, list(results)) for name, results in list(hosts.items())[:8]]))
     path = tmp_path / "summary.xml"
-    path.write_text(rpt.run_junit(small, max_cases=10))
+    path.write_text(report_junit.run_junit(small, max_cases=10))
     parsed = check_junit(path)
     assert sum(1 for s in parsed for _ in s) == 8 * 5
 
 
 def test_verify_json_keeps_the_keys_pipelines_read(tmp_path: Path) -> None:
     path = tmp_path / "verify.json"
-    rpt.write_json(str(path), AFTER)
+    report_json.write_json(str(path), AFTER)
     document = check_json(path)
     assert (document["task"], document["outcome"], document["exit_code"], document["ok"]) == ("verify", "red", 1,
                                                                                             False)
@@ -159,6 +169,6 @@ def test_a_refusal_says_what_was_refused(tmp_path: Path, hosts: List[str]) -> No
 
 
 def test_the_schema_is_shipped_and_says_its_version() -> None:
-    schema = rpt.report_schema()
-    assert schema["properties"]["version"] == {"const": rpt.REPORT_VERSION}
+    schema = report_json.report_schema()
+    assert schema["properties"]["version"] == {"const": report_json.REPORT_VERSION}
     assert json.dumps(schema)  # plain JSON

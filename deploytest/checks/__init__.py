@@ -1,7 +1,8 @@
-"""The check catalog: what a ``checks:`` entry may say, and the engine that runs them on hosts.
+"""The check catalog: what a ``checks:`` entry may say, parsed into checks; pure, no host needed.
 
 A check is a probe (shell text) plus a judge (pure Python); see :mod:`deploytest.checks.base`.
-All checks for one host run as one script per attempt; see :mod:`deploytest.checks.runner`.
+The engine that runs them on hosts, one script per host per attempt, is
+:mod:`deploytest.checks.runner`; it imports the catalog, never the reverse.
 """
 
 from __future__ import annotations
@@ -9,21 +10,16 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .base import Check, ProbeOutput, Verdict, redact
+from .accounts import GroupCheck, UserCheck
+from .base import COMMON_FIELDS, Check
+from .command import CommandCheck
 from .database import DatabaseCheck
-from .network import HttpCheck, PortCheck, TcpCheck
-from .runner import CheckResult, HostReport, VerifyReport, run_checks
-from .schema import Field, validate
-from .system import (
-    CommandCheck,
-    DiskCheck,
-    FileCheck,
-    GroupCheck,
-    PackageCheck,
-    ProcessCheck,
-    ServiceCheck,
-    UserCheck,
-)
+from .files import DiskCheck, FileCheck
+from .http import HttpCheck
+from .network import PortCheck, TcpCheck
+from .package import PackageCheck
+from .process import ProcessCheck
+from .service import ServiceCheck
 
 CATALOG: dict[str, type[Check]] = {
     cls.kind: cls
@@ -43,22 +39,7 @@ CATALOG: dict[str, type[Check]] = {
     )
 }
 
-_COMMON = {"name": Field("str"), "timeout": Field("number")}
-
-__all__ = [
-    "CATALOG",
-    "Check",
-    "CheckResult",
-    "HostReport",
-    "ProbeOutput",
-    "Verdict",
-    "VerifyReport",
-    "make_check",
-    "parse_check",
-    "parse_checks",
-    "redact",
-    "run_checks",
-]
+__all__ = ["CATALOG", "make_check", "parse_check", "parse_checks"]
 
 
 def parse_check(raw: object, where: str = "check") -> Check:
@@ -77,7 +58,7 @@ def parse_check(raw: object, where: str = "check") -> Check:
             + ". Nothing was changed."
         )
     outer = dict(raw)
-    common_outer = {k: outer.pop(k) for k in list(outer) if k in _COMMON}
+    common_outer = {k: outer.pop(k) for k in list(outer) if k in COMMON_FIELDS}
     kinds_given = [k for k in outer if k in CATALOG]
     unknown = [k for k in outer if k not in CATALOG]
     if unknown:
@@ -105,12 +86,9 @@ def parse_check(raw: object, where: str = "check") -> Check:
     body = dict(body)
     # For service, user, group and package, `name` inside is what is checked; the display name
     # then goes beside the kind: `- {service: {name: hello}, name: "hello service"}`.
-    inner = {k: body.pop(k) for k in list(body) if k in _COMMON and k not in cls.fields}
-    common = validate(_COMMON, {**inner, **common_outer}, where_kind)
-    params = validate(cls.fields, body, where_kind, cls.secret_fields)
-    cls.refine(params, where_kind)
-    timeout = common["timeout"]
-    return cls(params, name=common["name"], timeout=float(timeout) if timeout is not None else None)
+    common = {k: body.pop(k) for k in list(body) if k in COMMON_FIELDS and k not in cls.fields}
+    common.update(common_outer)
+    return cls(body, name=common.get("name"), timeout=common.get("timeout"), where=where_kind)
 
 
 def make_check(kind: str, **params: Any) -> Check:

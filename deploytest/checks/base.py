@@ -3,18 +3,17 @@
 A check never talks to a host itself. Its :meth:`Check.probe` is POSIX shell text, safe to run
 beside other probes in one remote script; its :meth:`Check.judge` turns what the probe printed
 into a :class:`Verdict`. Everything a user wrote that reaches the shell is quoted with
-:func:`shlex.quote`.
+:func:`deploytest.shell.quote`, and a check refuses parameters it cannot use when it is built.
 """
 
 from __future__ import annotations
 
 import secrets
-import shlex
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from .schema import Field
+from .schema import Field, validate
 
 REDACTED = "***"
 #: Output past a probe's cap is read and dropped on the host up to this many bytes per stream; a probe
@@ -116,9 +115,8 @@ def as_list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def q(value: object) -> str:
-    """Shell-quote a value for interpolation into probe text."""
-    return shlex.quote(str(value))
+#: The keys every check accepts beside its own.
+COMMON_FIELDS: Mapping[str, Field] = {"name": Field("str"), "timeout": Field("number")}
 
 
 class Check(ABC):
@@ -137,12 +135,25 @@ class Check(ABC):
     secret_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
-        self, params: Mapping[str, Any], *, name: str | None = None, timeout: float | None = None
+        self,
+        params: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
     ) -> None:
-        """:param params: validated parameters (see :func:`deploytest.checks.make_check`)."""
-        self.params: dict[str, Any] = dict(params)
-        self._name = name
-        self.timeout = timeout
+        """A check of this kind; its parameters are validated as the config's are.
+
+        :param params: the kind's keys as a user writes them (defaults are filled in).
+        :param where: the key path for messages; default ``<kind> check``.
+        :raises ConfigError: one line naming the key and what was expected.
+        """
+        where = where or f"{self.kind} check"
+        common = validate(COMMON_FIELDS, {"name": name, "timeout": timeout}, where)
+        self.params: dict[str, Any] = validate(self.fields, params, where, self.secret_fields)
+        self.refine(self.params, where)
+        self._name: str | None = common["name"]
+        self.timeout: float | None = float(timeout) if timeout is not None else None
         self._secret_vars: dict[str, str] = {}
 
     @classmethod

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any, ClassVar, Mapping
 
 from ..errors import ConfigError
-from .base import Check, ProbeOutput, Verdict, q, quoted, snippet
+from ..shell import quote
+from .base import Check, ProbeOutput, Verdict, quoted, snippet
 from .schema import Field
 
 _PASSWORD_VARIABLE = {"postgres": "PGPASSWORD", "mysql": "MYSQL_PWD"}
@@ -36,9 +37,14 @@ class DatabaseCheck(Check):
     }
 
     def __init__(
-        self, params: Mapping[str, Any], *, name: str | None = None, timeout: float | None = None
+        self,
+        params: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        timeout: float | None = None,
+        where: str | None = None,
     ) -> None:
-        super().__init__(params, name=name, timeout=timeout)
+        super().__init__(params, name=name, timeout=timeout, where=where)
         for value in (self.params.get("env") or {}).values():
             self._secret_var(str(value))
 
@@ -70,14 +76,14 @@ class DatabaseCheck(Check):
 
     def probe(self) -> str:
         engine = str(self.params["engine"])
-        query = q(self.params["query"])
+        query = quote(self.params["query"])
         lines: list[str] = []
         for name, value in (self.params.get("env") or {}).items():
             lines.append(f'{name}="${self._secret_var(str(value))}"; export {name}')
         password_file = self.params.get("password_file")
         if password_file and engine in _PASSWORD_VARIABLE:
             variable = _PASSWORD_VARIABLE[engine]
-            lines.append(f"pf={q(password_file)}")
+            lines.append(f"pf={quote(password_file)}")
             lines.append('[ -r "$pf" ] || { echo "cannot read password_file $pf" >&2; exit 2; }')
             lines.append(f'{variable}=$(cat -- "$pf"); export {variable}')
         opt = {k: self.params.get(k) for k in ("host", "port", "user", "database")}
@@ -89,7 +95,7 @@ class DatabaseCheck(Check):
             lines.append(
                 "command -v psql >/dev/null 2>&1 || { echo 'psql not found on the host' >&2; exit 127; }"
             )
-            lines.append(f"psql {' '.join(q(a) for a in args)} -c {query}")
+            lines.append(f"psql {' '.join(quote(a) for a in args)} -c {query}")
         elif engine == "mysql":
             args = ["--batch", "--skip-column-names"]
             for key, flag in (("host", "--host="), ("port", "--port="), ("user", "--user=")):
@@ -100,9 +106,9 @@ class DatabaseCheck(Check):
             lines.append(
                 "command -v mysql >/dev/null 2>&1 || { echo 'mysql not found on the host' >&2; exit 127; }"
             )
-            lines.append(f"mysql {' '.join(q(a) for a in args)} -e {query}")
+            lines.append(f"mysql {' '.join(quote(a) for a in args)} -e {query}")
         else:
-            path = q(self.params.get("path") or "")
+            path = quote(self.params.get("path") or "")
             lines.append(
                 "command -v sqlite3 >/dev/null 2>&1"
                 " || { echo 'sqlite3 not found on the host' >&2; exit 127; }"

@@ -12,13 +12,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..config import VerifySettings
 from ..errors import HostUnreachable
 from ..hosts import CommandTimeout, Target, in_parallel
 from .base import Check, ProbeOutput, Verdict, redact
-from .schema import Field
 from .script import NO_TMPDIR, ProbeJob, build_script, new_nonce, parse_frames, secret_stdin
 
 #: The shortest time a probe is given on the host when its check sets no ``timeout`` of its own,
@@ -137,37 +136,6 @@ class VerifyReport:
             "unreachable": sum(1 for h in self.hosts if h.error is not None),
         }
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VerifyReport:
-        """A report read back from :meth:`to_dict` (e.g. a stored baseline); its checks cannot run."""
-        hosts: list[HostReport] = []
-        for host in data.get("hosts", []):
-            results = []
-            for item in host.get("checks", []):
-                kind = str(item.get("kind") or "recorded")
-                check_class = type(f"Recorded{kind.title()}Check", (RecordedCheck,), {"kind": kind})
-                params = (item.get("check") or {}).get("params") or {}
-                check = check_class(params, name=str(item["name"]), expected=str(item.get("expected", "")))
-                verdict = Verdict(
-                    bool(item.get("ok")),
-                    str(item.get("expected", "")),
-                    str(item.get("observed", "")),
-                    str(item.get("detail", "")),
-                )
-                results.append(
-                    CheckResult(check, verdict, int(item.get("attempts", 0)), float(item.get("seconds", 0)))
-                )
-            hosts.append(
-                HostReport(
-                    str(host["host"]),
-                    results,
-                    host.get("error"),
-                    float(host.get("seconds", 0)),
-                    int(host.get("sessions", 0)),
-                )
-            )
-        return cls(hosts, started=str(data.get("started", "")), seconds=float(data.get("seconds", 0)))
-
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping (secrets already redacted)."""
         return {
@@ -177,30 +145,6 @@ class VerifyReport:
             "summary": self.counts(),
             "hosts": [h.to_dict() for h in self.hosts],
         }
-
-
-class RecordedCheck(Check):
-    """A check read back from a stored report: it has a kind, a name and a verdict, and cannot run."""
-
-    kind = "recorded"
-    primary = "name"
-    fields: ClassVar[dict[str, Field]] = {}
-
-    def __init__(self, params: Mapping[str, Any], *, name: str, expected: str = "") -> None:
-        super().__init__(params, name=name)
-        self._expected = expected
-
-    def subject(self) -> str:
-        return self.name
-
-    def expectation(self) -> str:
-        return self._expected
-
-    def probe(self) -> str:
-        raise RuntimeError(f"{self.name}: a check read back from a report cannot run")
-
-    def judge(self, output: ProbeOutput) -> Verdict:
-        raise RuntimeError(f"{self.name}: a check read back from a report cannot run")
 
 
 OnResult = Callable[[str, CheckResult], None]

@@ -149,6 +149,8 @@ def validate(
     :param where: the key path for messages, e.g. ``config deploytest.checks[2].http``.
     :raises ConfigError: one line naming the key and what was expected.
     """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {_shown(raw)}. Nothing was changed.")
     for key in raw:
         if key not in fields:
             known = ", ".join(sorted(fields))

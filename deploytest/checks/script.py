@@ -26,7 +26,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .base import DRAIN_BYTES, ProbeOutput, q
+from ..shell import quote
+from .base import DRAIN_BYTES, ProbeOutput
 
 #: Exit status of the script when the host has no usable temporary directory.
 NO_TMPDIR = 97
@@ -115,14 +116,14 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     :param secret_env: variables read from standard input (one value a line), never written here.
     :param nonce: random text that marks this script's frames.
     """
-    lines = [f"_dt_n={q(nonce)}"]
+    lines = [f"_dt_n={quote(nonce)}"]
     for name in secret_env:  # read, not exported: each is exported to the one probe that uses it
         lines.append(f"IFS= read -r {name} || true")
-    lines.append(f"_dt_cap={q(_CAPTURE)}")
+    lines.append(f"_dt_cap={quote(_CAPTURE)}")
     lines.append(_PRELUDE)
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        run = f"_dt_run {job.index} {seconds} {q(job.text)} {job.cap // 512 + 1}"
+        run = f"_dt_run {job.index} {seconds} {quote(job.text)} {job.cap // 512 + 1}"
         if job.secrets:
             run = f"(export {' '.join(job.secrets)}; {run})"
         lines.append(f"{run} &")
