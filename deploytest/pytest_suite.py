@@ -579,7 +579,7 @@ def _skipped(report: pytest.TestReport) -> str:
 
 def live_release(settings: Settings) -> Callable[[Target], Optional[str]]:
     """How ``deploytest_release`` learns the release live on a host: read its ``current`` link."""
-    from .release import live_id
+    from .state import live_id
 
     def read(target: Target) -> Optional[str]:
         result = target.run(f"readlink -- {shlex.quote(settings.current)} 2>/dev/null || true", timeout=30)
