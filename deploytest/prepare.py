@@ -75,7 +75,7 @@ def script_for_prepare(settings: Settings, release_id: str, package: Package, wh
     meta: dict[str, str] = {"id": rid, "kind": package.kind, "state": PREPARING, "when": utc_now(), "who": who}
     if not git:
         meta["label"] = package.label  # a git release's label and revision are its commit, added on the host
-    parts: list[Body] = [ids(rid)]
+    parts: list[Body] = [ids(rid, meta=True)]
     if owner is not None:  # the journal names the release before it is made
         parts.append(name_release_body(owner))
     parts.append((_START, {"meta": records.format_record(meta), "label": package.label}))

@@ -124,7 +124,7 @@ HELPERS: dict[str, str] = {
 }
 """,
     "dt_env": r"""dt_env() {
-  DEPLOYTEST_RELEASE=$1; DEPLOYTEST_RELEASE_DIR=$2; DEPLOYTEST_DEPLOY_TO=$D; DEPLOYTEST_SHARED="$D/shared"
+  DEPLOYTEST_RELEASE="$1"; DEPLOYTEST_RELEASE_DIR="$2"; DEPLOYTEST_DEPLOY_TO="$D"; DEPLOYTEST_SHARED="$D/shared"
   export DEPLOYTEST_RELEASE DEPLOYTEST_RELEASE_DIR DEPLOYTEST_DEPLOY_TO DEPLOYTEST_SHARED
 }
 """,
@@ -178,7 +178,7 @@ HELPERS: dict[str, str] = {
       "$S/releases/$1".suite.json "$S/releases/$1".bad "$S/releases/$1".verified; then
     printf '@@dt removed\t%s\n' "$1"
   else
-    printf '@@dt warn\tcannot remove %s: %s\n' "$p" "$(dt_clean "$out")"; rm_failed=1
+    printf '@@dt warn\tcannot remove %s: %s\n' "$p" "$(dt_clean "$out")"; return 1
   fi
 }
 """,
@@ -205,6 +205,7 @@ HELPERS: dict[str, str] = {
 _CALL = re.compile(r"(?<![\w$])dt_[a-z0-9_]+")
 _DEFINED = re.compile(r"^\s*(dt_[a-z0-9_]+)\s*\(\)", re.MULTILINE)
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_USES_S = re.compile(r"\$\{?S\b")
 
 
 def _needs(text: str) -> list[str]:
@@ -236,19 +237,22 @@ def helpers_for(body: str) -> list[str]:
 
 
 def script(settings: Settings, body: str, values: Mapping[str, object] | None = None) -> str:
-    """A whole remote script: prelude, ``D`` and ``S``, ``values`` as quoted variables, helpers, ``body``.
+    """A whole remote script: prelude, ``D`` (and ``S`` when used), ``values`` as quoted variables, helpers, ``body``.
 
     :param body: shell text; it reads values only through the variables named in ``values``.
     :param values: ``{name: value}``; each value becomes ``name=<quoted value>``.
     :raises UnknownHelper: ``body`` calls a ``dt_*`` function that nothing defines.
     :raises ValueError: a value's name is not a plain lower-case shell name (or is reserved).
     """
-    assigned = [f"D={quote(settings.deploy_to)}\n", 'S="$D/.deploytest"\n']
+    helpers = "".join(HELPERS[n] for n in helpers_for(body))
+    assigned = [f"D={quote(settings.deploy_to)}\n"]
+    if _USES_S.search(helpers + body):
+        assigned.append('S="$D/.deploytest"\n')
     for name, value in (values or {}).items():
         if not _NAME.fullmatch(name) or name.startswith("dt_"):
             raise ValueError(f"{name!r} cannot name a script value")
         assigned.append(f"{name}={quote(value)}\n")
-    return PRELUDE + "".join(assigned) + "".join(HELPERS[n] for n in helpers_for(body)) + body
+    return PRELUDE + "".join(assigned) + helpers + body
 
 
 Body = Tuple[str, Mapping[str, object]]

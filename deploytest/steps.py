@@ -33,9 +33,11 @@ class RestartFailed(RemoteCommandFailed):
         self.previous = previous
 
 
-def ids(release_id: str) -> Body:
-    """Shell body setting ``R`` (its directory) and ``M`` (its metadata) from the value ``id``."""
-    return 'R="$D/releases/$id"; M="$S/releases/$id.meta"\n', {"id": check_release_id(release_id)}
+def ids(release_id: str, *, meta: bool = False) -> Body:
+    """Shell body setting ``R`` (the release's directory) and, with ``meta``, ``M`` (its metadata) from
+    the value ``id``."""
+    text = 'R="$D/releases/$id"; M="$S/releases/$id.meta"\n' if meta else 'R="$D/releases/$id"\n'
+    return text, {"id": check_release_id(release_id)}
 
 
 # -- inspect -------------------------------------------------------------------------------------
@@ -253,7 +255,7 @@ if [ -e "$D/current" ] || [ -L "$D/current" ]; then
 fi
 """, {"prev_id": prev})
     if previous:
-        return script(settings, *join(ids(release_id), check, ("""\
+        return script(settings, *join(("", {"id": check_release_id(release_id)}), check, ("""\
 P="$D/releases/$prev_id"
 [ -d "$P" ] || dt_fail "switch back" "previous release $prev_id is gone"
 [ "$(dt_state "$prev_id")" != preparing ] || dt_fail "switch back" "previous release $prev_id is incomplete"
@@ -265,7 +267,8 @@ dt_recorded "$prev_id"
     if settings.stop_hooks:
         stop = join(('if [ -d "$R" ]; then\n  dt_env "$id" "$R"\n  mkdir -p -- "$S" 2>/dev/null\n', {}),
                     hooks_body("stop", settings.stop_hooks, "$R", "  "), ("  printf '@@dt stopped\\n'\nfi\n", {}))
-    return script(settings, *join(ids(release_id), check, stop, ("""\
+    release: Body = ids(release_id) if settings.stop_hooks else ("", {"id": check_release_id(release_id)})
+    return script(settings, *join(release, check, stop, ("""\
 if [ "$now" = "$id" ]; then rm -f -- "$D/current" || dt_fail "switch back" "cannot remove $D/current"; fi
 printf '@@dt live\\t\\n'
 """, {})))
@@ -296,11 +299,11 @@ def switch_back(target: Target, settings: Settings, previous: str | None, releas
 
 def script_for_remove(settings: Settings, release_id: str) -> str:
     """Shell text of :func:`remove_release`."""
-    return script(settings, *join(ids(release_id), ("""\
+    return script(settings, *join(ids(release_id, meta=True), ("""\
 [ "$id" = "$(dt_live)" ] && dt_refuse "release $id is live; switch to another release first"
-rm_failed=0
-if [ -d "$R" ] || [ -f "$M" ] || [ -f "$S/releases/$id.json" ]; then dt_remove "$id"; fi
-[ "$rm_failed" = 0 ] || dt_fail remove "cannot remove $R"
+if [ -d "$R" ] || [ -f "$M" ] || [ -f "$S/releases/$id.json" ]; then
+  dt_remove "$id" || dt_fail remove "cannot remove $R"
+fi
 """, {})))
 
 
@@ -333,7 +336,7 @@ END {
 
 
 def _cleanup_body(settings: Settings) -> Body:
-    return ('rm_failed=0\nfor id in $(dt_list | sort | awk -v live="$(dt_live)" -v keep="$keep" "$cleanup_awk");'
+    return ('for id in $(dt_list | sort | awk -v live="$(dt_live)" -v keep="$keep" "$cleanup_awk");'
             ' do dt_remove "$id"; done\n', {"keep": int(settings.keep_releases), "cleanup_awk": CLEANUP_AWK})
 
 
