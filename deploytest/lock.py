@@ -11,7 +11,6 @@ earlier deploytest (one line of JSON) is still read, and released by its token.
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import secrets
 import socket
@@ -87,24 +86,13 @@ class LockInfo:
     @classmethod
     def parse(cls, text: str, age: int | None = None) -> LockInfo:
         """A lock from its file content (either format); a damaged file gives a lock held by "unknown"."""
-        data: dict[str, Any]
-        if records.is_legacy(text):
-            try:
-                loaded = json.loads(text.strip().splitlines()[0])
-            except ValueError:
-                loaded = None
-            data = loaded if isinstance(loaded, dict) else {}
-        else:
-            data = dict(records.parse_record(text))
+        data = dict(records.load(text))
         if not data:
             return cls(user="unknown", host="unknown", pid=0, started="unknown", age=age)
-        pid = data.get("pid", 0)
-        if isinstance(pid, str):
-            pid = int(pid) if pid.isdigit() else 0
         return cls(
             user=str(data.get("user", "unknown")),
             host=str(data.get("host", "unknown")),
-            pid=pid if isinstance(pid, int) else 0,
+            pid=records.number(data.get("pid")),
             started=str(data.get("started", "unknown")),
             token=str(data.get("token", "")),
             release=str(data.get("release", "") or ""),
@@ -219,37 +207,15 @@ class Journal:
     @classmethod
     def parse(cls, text: str) -> Journal | None:
         """A journal from its file content (either format); None if it is not one."""
-        data: dict[str, Any]
-        steps: list[str] = []
-        if records.is_legacy(text):
-            lines = text.strip().splitlines()
-            try:
-                loaded = json.loads(lines[0])
-            except ValueError:
-                return None
-            data = loaded if isinstance(loaded, dict) else {}
-            for line in lines[1:]:
-                if line.startswith("{"):  # {"step": "prepared"}, as the earlier deploytest appended them
-                    try:
-                        step = json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(step, dict) and isinstance(step.get("step"), str):
-                        steps.append(step["step"])
-            steps += [v for k, v in records.record_lines(text) if k == "step"]
-        else:
-            pairs = records.record_lines(text)
-            data = dict(pairs)
-            steps = [v for k, v in pairs if k == "step"]
+        pairs = records.load(text)
+        data = dict(pairs)
         if not data.get("rollout"):
             return None
-        pid = data.get("pid", 0)
-        if isinstance(pid, str):
-            pid = int(pid) if pid.isdigit() else 0
         previous = data.get("previous")
-        return cls(str(data["rollout"]), str(data.get("who", "unknown")), pid if isinstance(pid, int) else 0,
+        steps = tuple(str(v).strip() for k, v in pairs if k == "step")
+        return cls(str(data["rollout"]), str(data.get("who", "unknown")), records.number(data.get("pid")),
                    str(data.get("host", "")), str(data.get("release") or ""), str(previous) if previous else None,
-                   str(data.get("started", "unknown")), tuple(s.strip() for s in steps))
+                   str(data.get("started", "unknown")), steps)
 
     @classmethod
     def begin(cls, owner: LockOwner, release: str, previous: str | None) -> Journal:
@@ -265,10 +231,9 @@ def lock_after_inspect_body(owner: LockOwner) -> Body:
     ``lockdeferred`` where deploytest has no state directory yet (a first deploy): a refusal must
     leave such a host untouched, so its lock is taken once every host passed.
     """
+    head = Journal.begin(owner, "", None).to_record().splitlines(keepends=True)
     values = {"token": _check_token(owner.token), "lock_record": owner.to_record(),
-              "journal_head": records.format_record(
-                  {k: v for k, v in records.parse_record(Journal.begin(owner, "", None).to_record()).items()
-                   if k != "previous"})}
+              "journal_head": "".join(line for line in head if not line.startswith("previous="))}
     return """\
 dt_lockfail() { printf '@@dt lockfail\\t%s\\n' "$1"; }
 if [ ! -d "$S" ]; then printf '@@dt lockdeferred\\n'

@@ -12,8 +12,9 @@ they are still read after an upgrade.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Mapping
+from typing import Any, Mapping
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _DECODE = re.compile(r"\\(\\|n|t|r|0[0-7]{0,3})")
@@ -65,3 +66,30 @@ def parse_record(text: str) -> dict[str, str]:
 def is_legacy(text: str) -> bool:
     """True for a file written before this format (one line of JSON)."""
     return text.lstrip().startswith("{")
+
+
+def load(text: str) -> list[tuple[str, Any]]:
+    """Every ``(key, value)`` of a file in either format, in order.
+
+    A line of the earlier format is a JSON object, whose items count as lines of their own (the
+    journal's header, then one ``{"step": ...}`` per step); a damaged JSON line counts for nothing.
+    """
+    pairs: list[tuple[str, Any]] = []
+    for line in text.splitlines():
+        if is_legacy(line):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                pairs += [(str(k), v) for k, v in data.items()]
+        else:
+            pairs += record_lines(line)
+    return pairs
+
+
+def number(value: object) -> int:
+    """An integer field (``pid``) as either format wrote it; 0 if it is none."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else 0

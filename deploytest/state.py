@@ -222,10 +222,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
 
 def _release_info(rid: str, state: str, meta: str) -> ReleaseInfo:
     """A release from the host's word on its state (markers win over the metadata) and its metadata."""
-    data: dict[str, Any] | None
-    if not meta.strip():
-        return ReleaseInfo(rid)
-    data = _json_object(meta.strip().splitlines()[0]) if records.is_legacy(meta) else dict(records.parse_record(meta))
+    data = dict(records.load(meta))
     if not data:
         return ReleaseInfo(rid)
     state = state.strip() or str(data.get("state", UNKNOWN))
