@@ -109,6 +109,11 @@ def inspect_and_lock(target: Target, settings: Settings, owner: LockOwner) -> tu
     return state, marks.get("lockfail", ["the lock could not be taken"])[0]
 
 
+def script_for_current(settings: Settings) -> str:
+    """Shell text printing where ``current`` points ('' if nowhere); read-only, needs no sudo."""
+    return script(settings, 'readlink -- "$D/current" 2>/dev/null || true\n')
+
+
 # -- mark ----------------------------------------------------------------------------------------
 
 

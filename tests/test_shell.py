@@ -70,6 +70,7 @@ RID = "20261125100001"
 #: One builder per script_for_* (and the plan): given settings, every variant of the script.
 BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
     "steps.script_for_inspect": lambda s: iter([steps.script_for_inspect(s)]),
+    "steps.script_for_current": lambda s: iter([steps.script_for_current(s)]),
     "steps.script_for_inspect_and_lock": lambda s: iter([steps.script_for_inspect_and_lock(s, owner())]),
     "steps.script_for_mark_bad": lambda s: iter([steps.script_for_mark_bad(s, RID)]),
     "steps.script_for_mark_verified": lambda s: iter([steps.script_for_mark_verified(s, RID)]),
