@@ -189,3 +189,15 @@ def test_hostile_values_round_trip_over_ssh(ssh_host: testbed.TestBed) -> None:
     finally:
         target.close()
 
+
+
+def test_cleanup_on_a_host_of_the_earlier_format_removes_old_releases_and_their_metadata(tmp_path: Path) -> None:
+    settings = Settings(deploy_to=str(tmp_path / "app"), keep_releases=1)
+    legacy_host(tmp_path / "app", "c" * 32)
+    owner = LockOwner(user="old", host="elsewhere.example", pid=42, started="x", token="c" * 32)
+    done = steps.finish(LocalTarget(), settings, owner, {"event": "deploy", "release": "3"})
+    # kept: the live release (3) and the rollback target (2); removed: the older verified one and the bad one
+    assert done.removed == ("1", "4") and done.unlocked
+    meta = tmp_path / "app" / ".deploytest" / "releases"
+    assert sorted(p.name for p in meta.iterdir()) == ["2.json", "2.verified", "3.json"]
+    assert sorted(os.listdir(tmp_path / "app" / "releases")) == ["2", "3"]
