@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import plan as plans
-from . import release
+from . import steps
 from .checks.runner import HostReport, VerifyReport
 from .config import Settings, VerifySettings, with_suite
 from .console import Console
@@ -34,8 +34,11 @@ from .errors import (
     fab_command,
 )
 from .hosts import Target, in_parallel
-from .lock import HEARTBEAT_SECONDS, heartbeat
+from .lock import HEARTBEAT_SECONDS, Journal, LockOwner, acquire_lock, heartbeat, release_lock
+from .prepare import run_prepare
 from .report_text import explain, result_line
+from .source import Package, pack_source
+from .state import HostState, new_release_id, preflight_hint, preflight_problem
 from .verifiers import Verifier, suite_verifier
 
 T = TypeVar("T")
@@ -48,11 +51,11 @@ class Rollout:
     settings: Settings
     targets: list[Target]
     console: Console
-    owner: release.LockOwner = field(default_factory=release.LockOwner.new)
-    states: dict[str, release.HostState] = field(default_factory=dict)
+    owner: LockOwner = field(default_factory=LockOwner.new)
+    states: dict[str, HostState] = field(default_factory=dict)
     locked: list[str] = field(default_factory=list)
     release_id: str = ""
-    package: Optional[release.Package] = None
+    package: Optional[Package] = None
     switched: dict[str, Optional[str]] = field(default_factory=dict)  # host -> release it left
     failed: dict[str, str] = field(default_factory=dict)  # host -> why
     lost: set[str] = field(default_factory=set)  # hosts that stopped answering: state unknown
@@ -137,7 +140,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     :raises NeedsHuman: a rollback failed or a host's state is unknown (exit 3).
     """
     run.verifying = verify
-    run.package = release.pack_source(run.settings)
+    run.package = pack_source(run.settings)
     if verify:
         collect_tests(run)
     preflight(run)
@@ -172,13 +175,13 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     console.set_hosts(run.names)
     console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
     need_mb = settings.min_free_mb + _package_mb(run.package)
-    refused: list[release.HostState] = []
+    refused: list[HostState] = []
     key_steps: list[str] = []
     taking = [lock]  # the lock goes with the inspection (one round trip) while the first host's was won
     guard = threading.Lock()
     deferred: list[str] = []  # first deploys: locked once every host passed, so a refusal leaves them as they were
 
-    def check(target: Target) -> release.HostState:
+    def check(target: Target) -> HostState:
         try:
             target.open()
         except HostKeyError as error:
@@ -186,13 +189,13 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
             raise
         taken = ""
         if taking[0]:
-            state, taken = release.inspect_and_lock(target, settings, run.owner)
+            state, taken = steps.inspect_and_lock(target, settings, run.owner)
             if taken in ("locked", "deferred"):
                 with guard:
                     (run.locked if taken == "locked" else deferred).append(target.name)
         else:
-            state = release.inspect(target, settings)
-        problem = release.preflight_problem(state, need_mb, resolving=resolving)
+            state = steps.inspect(target, settings)
+        problem = preflight_problem(state, need_mb, resolving=resolving)
         if problem is None and taken == "held" and state.lock is not None:
             problem = f"locked by {state.lock.describe()}: another deploy took it just now"
         elif problem is None and taken not in ("", "locked", "held", "deferred"):
@@ -218,10 +221,10 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
             _lock(run, deferred)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
-    hints = [release.preflight_hint(sorted(refused, key=lambda s: s.host)), *key_steps]
+    hints = [preflight_hint(sorted(refused, key=lambda s: s.host)), *key_steps]
     _refuse_if_failed(run, "; ".join(h for h in hints if h))
     run.states = {n: run.states[n] for n in run.names}  # in the order given
-    run.release_id = release.new_release_id(
+    run.release_id = new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
     )
     run.owner = dataclasses.replace(run.owner, release=run.release_id)
@@ -267,9 +270,9 @@ def _lock(run: Rollout, names: Sequence[str], *, journal: bool = True,
     """Take the named hosts' locks in parallel (with this rollout's journal, unless ``journal`` is
     False); refusals go to ``failed``."""
     def take(target: Target) -> None:
-        started = release.Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
+        started = Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
             if journal else None
-        release.acquire_lock(target, run.settings, run.owner, journal=started,
+        acquire_lock(target, run.settings, run.owner, journal=started,
                              takeover=(takeover or {}).get(target.name, ""))
 
     run.locked += list(run.each(names, "lock", take))
@@ -307,7 +310,7 @@ def prepare(run: Rollout, names: Sequence[str]) -> None:
 
     def build(target: Target) -> None:
         # the journal names the release, then upload, shared links, build hooks and "complete": one round trip
-        release.run_prepare(target, settings, plan.script(target.name, "prepare"), run.release_id, package)
+        run_prepare(target, settings, plan.script(target.name, "prepare"), run.release_id, package)
 
     done = run.each(names, "prepare", build)
     for name in done:
@@ -325,9 +328,9 @@ def go_live(run: Rollout, stage: plans.Stage, *, verify: bool) -> None:
 
     def switch(target: Target) -> None:
         try:
-            run.switched[target.name] = release.run_switch_and_restart(
+            run.switched[target.name] = steps.run_switch_and_restart(
                 target, settings, plan.script(target.name, "switch")).previous
-        except release.RestartFailed as error:
+        except steps.RestartFailed as error:
             run.switched[target.name] = error.previous
             raise
         except UsageError:
@@ -380,15 +383,15 @@ def finish(run: Rollout) -> None:
     event = _event(run, "deploy", run.outcome)
     # the plan's finish: mark it verified and record its suite (when verified), clean up, log, unlock
     done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
-                    lambda t: release.run_finish(t, settings, plan.script(t.name, "finish"), event))
+                    lambda t: steps.run_finish(t, settings, plan.script(t.name, "finish"), event))
     for name, result in done.items():
         run.console.host(name, "finish", f"live on {run.release_id}; {result.describe()}",
                          "green" if result.unlocked and not result.warnings else "yellow")
     back = _event(run, "deploy", "rolled back (within max_fail)", error=", ".join(run.failed.values()))
 
-    def tidy(target: Target) -> release.FinishResult:
-        discard = release.script_for_discard(settings, run.release_id, bad=target.name in run.touched)
-        return release.finish(target, settings, run.owner, back, cleanup=False, first=[discard])
+    def tidy(target: Target) -> steps.FinishResult:
+        discard = steps.script_for_discard(settings, run.release_id, bad=target.name in run.touched)
+        return steps.finish(target, settings, run.owner, back, cleanup=False, first=[discard])
 
     tidied = run.each([n for n in run.locked if n in run.tolerated], "finish", tidy)
     for name, result in tidied.items():
@@ -422,11 +425,11 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         run.outcome = "rolled back"
         stuck: dict[str, str] = {}
 
-        def back(target: Target) -> release.Switched:
+        def back(target: Target) -> steps.Switched:
             if not target.alive(max(settings.connect_timeout, 10.0)):
                 raise HostUnreachable(target.name, "no answer; its state is unknown")
             # back on the previous release and restarted there, or (first deploy) stopped
-            return release.switch_back(target, settings, run.switched[target.name], run.release_id)
+            return steps.switch_back(target, settings, run.switched[target.name], run.release_id)
 
         switched = list(run.switched)
         for target, result in in_parallel(run.pick(switched), back, limit=settings.rollout.parallel):
@@ -459,11 +462,11 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         event = _event(run, "deploy", "rolled back", error=cause)
         # Bad: it went live and is kept (a first deploy that may still run too); else removed.
         keep_bad = {n for n in run.touched if run.switched.get(n) or n in run.unstopped or n in run.tolerated}
-        results: dict[str, release.FinishResult] = {}
+        results: dict[str, steps.FinishResult] = {}
 
-        def tidy(target: Target) -> release.FinishResult:
-            discard = release.script_for_discard(settings, run.release_id, bad=target.name in keep_bad)
-            return release.finish(target, settings, run.owner, event, cleanup=False, first=[discard])
+        def tidy(target: Target) -> steps.FinishResult:
+            discard = steps.script_for_discard(settings, run.release_id, bad=target.name in keep_bad)
+            return steps.finish(target, settings, run.owner, event, cleanup=False, first=[discard])
 
         for target, outcome in in_parallel(run.pick([n for n in run.locked if n not in unreached]), tidy,
                                            limit=settings.rollout.parallel):
@@ -632,7 +635,7 @@ def _tolerate(run: Rollout, name: str) -> None:
         return
     target = run.pick([name])[0]
     previous = run.switched[name]
-    release.switch_back(target, run.settings, previous, run.release_id)  # and restart there
+    steps.switch_back(target, run.settings, previous, run.release_id)  # and restart there
     run.switched.pop(name, None)
     run.console.host(name, "rollback", f"back on {previous or 'nothing'} (within max_fail)", "yellow")
 
@@ -663,7 +666,7 @@ class Heartbeat:
 
 def release_locks(run: Rollout, names: Sequence[str]) -> None:
     """Release this run's locks on the named hosts (best effort: a refusal to change anything)."""
-    for target, _result in in_parallel(run.pick(names), lambda t: release.release_lock(t, run.settings, run.owner),
+    for target, _result in in_parallel(run.pick(names), lambda t: release_lock(t, run.settings, run.owner),
                                        limit=run.settings.rollout.parallel):
         if target.name in run.locked:
             run.locked.remove(target.name)
@@ -693,7 +696,7 @@ def summary(host: HostReport) -> str:
     return f"{len(red)} of {len(host.results)} red: " + ", ".join(red)
 
 
-def _package_mb(package: Optional[release.Package]) -> int:
+def _package_mb(package: Optional[Package]) -> int:
     """Room the release needs on a host: its unpacked size (the archive is streamed, not stored)."""
     if package is None:
         return 0

@@ -9,7 +9,7 @@ import time
 from typing import Optional, Sequence
 
 from . import plan as plans
-from . import release
+from . import steps
 from .checks.runner import VerifyReport
 from .config import Settings
 from .console import Console
@@ -25,10 +25,13 @@ from .errors import (
 )
 from .flow import Rollout
 from .hosts import Target, in_parallel
-from .lock import LockOwner, prelude, run_script, script_for_log_line
+from .lock import LockInfo, LockOwner, force_unlock
+from .remote import run_script
 from .report_json import write_json
 from .report_junit import write_junit
 from .report_text import render, render_transitions
+from .source import pack_source
+from .state import COMPLETE, HostState, new_release_id
 from .verifiers import suite_verifier
 
 
@@ -81,7 +84,7 @@ def verify(targets: Sequence[Target], settings: Settings, console: Console, json
 
 def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyReport) -> None:
     """Append a ``verify`` event to the log of each host that has been deployed to (best effort)."""
-    me = release.LockOwner.new().who
+    me = LockOwner.new().who
 
     def log(target: Target) -> None:
         host = report.host(target.name)
@@ -89,8 +92,7 @@ def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyRep
             return
         event = {"event": "verify", "who": me, "outcome": "green" if host.ok else "red",
                  "red": [r.name for r in host.results if not r.ok]}
-        script = prelude(settings) + 'if [ -d "$S" ]; then\n' + script_for_log_line(event, fatal=False) + "fi\n"
-        run_script(target, settings, script, "log")
+        run_script(target, settings, steps.script_for_log(settings, event), "log")
 
     in_parallel(targets, log, limit=settings.rollout.parallel)
 
@@ -116,7 +118,7 @@ def status(targets: Sequence[Target], settings: Settings, console: Console) -> i
     return _unknown(lost)
 
 
-def _interrupted(targets: Sequence[Target], states: dict[str, release.HostState]) -> None:
+def _interrupted(targets: Sequence[Target], states: dict[str, HostState]) -> None:
     """Exit 3 naming an interrupted rollout, where it left each host, and the ONE command that undoes it."""
     hit = {n: s for n, s in states.items() if s.interrupted and s.journal is not None}
     if not hit:
@@ -146,12 +148,12 @@ def releases(targets: Sequence[Target], settings: Settings, console: Console) ->
 
 
 def _read_states(targets: Sequence[Target], settings: Settings,
-                 console: Console) -> tuple[dict[str, release.HostState], dict[str, BaseException]]:
+                 console: Console) -> tuple[dict[str, HostState], dict[str, BaseException]]:
     """Each host's deploy state, and why the others could not be read (on-call wants what it can get)."""
     console.set_hosts([t.name for t in targets])
-    states: dict[str, release.HostState] = {}
+    states: dict[str, HostState] = {}
     lost: dict[str, BaseException] = {}
-    for target, result in in_parallel(targets, lambda t: release.inspect(t, settings),
+    for target, result in in_parallel(targets, lambda t: steps.inspect(t, settings),
                                       limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
             lost[target.name] = result
@@ -190,11 +192,11 @@ def unlock(targets: Sequence[Target], settings: Settings, console: Console, forc
         raise Refused("a running deploy holds these locks; nothing was removed:\n" + "\n".join(lines),
                       hosts=hosts, next_step=f"wait for it; if it is really dead: "
                       f"{_fab('unlock --force', [t for t in targets if t.name in hosts])}")
-    me = release.LockOwner.new().who
+    me = LockOwner.new().who
 
-    def remove(target: Target) -> Optional[release.LockInfo]:
+    def remove(target: Target) -> Optional[LockInfo]:
         seen = states[target.name].lock
-        return release.force_unlock(target, settings, me, seen=seen) if seen is not None else None
+        return force_unlock(target, settings, me, seen=seen) if seen is not None else None
 
     for target, result in in_parallel(targets, remove, limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
@@ -217,7 +219,7 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     Only read-only commands run (connect, read the deploy state). ``DEPLOYTEST_DEBUG=1`` also prints
     the complete shell script of every step.
     """
-    package = release.pack_source(settings)
+    package = pack_source(settings)
     tests: list[str] = []
     if verify and settings.tests is not None:
         from .pytest_suite import collect
@@ -227,7 +229,7 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     if lost:
         raise Refused(f"cannot read the deploy state of {', '.join(lost)}; nothing was changed.",
                       hosts=list(lost))
-    release_id = release.new_release_id(rid for s in states.values() for rid in s.release_ids)
+    release_id = new_release_id(rid for s in states.values() for rid in s.release_ids)
     console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
                  " nothing will be changed")
     owner = LockOwner.new(release_id)
@@ -241,7 +243,7 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
 def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path: Optional[str],
                   error: Optional[BaseException] = None) -> None:
     """The reports of a rollout (deploy, deploy-and-verify, rollback), whatever its end: JSON (the
-    versioned schema of :mod:`deploytest.report`) and JUnit, with per host what was live before and
+    versioned schema of :mod:`deploytest.report_json`) and JUnit, with per host what was live before and
     after and per check its transition; ``error`` is what ended the run (None: it succeeded)."""
     from datetime import datetime, timedelta, timezone
 
@@ -335,7 +337,7 @@ def describe_event(event: dict[str, object]) -> str:
     return " ".join(w for w in words if w)
 
 
-def release_table(state: release.HostState) -> str:
+def release_table(state: HostState) -> str:
     """The releases of one host, newest first, with live / rollback-target / bad marks."""
     header = ("release", "when", "who", "label", "state")
     rows = []
@@ -345,7 +347,7 @@ def release_table(state: release.HostState) -> str:
             marks.append("live")
         if info.id == state.previous:
             marks.append("rollback target")
-        marks.append("unverified" if info.state == release.COMPLETE else info.state)
+        marks.append("unverified" if info.state == COMPLETE else info.state)
         rows.append((info.id, info.when or "-", info.who or "-", info.label or "-", ", ".join(marks) or "-"))
     if not rows:
         return f"  no releases in {state.deploy_to}"

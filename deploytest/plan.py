@@ -14,10 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from . import release
+from . import steps as step_scripts
 from .config import Settings, plan_batches
 from .lock import LockOwner
+from .prepare import script_for_prepare
+from .shell import chain
 from .source import Package
+from .state import HostState, cleanup_plan
 
 #: The steps a host goes through, in order; ``verify`` runs on this machine, the others on the host.
 STEPS = ("lock", "prepare", "switch", "verify", "finish")
@@ -90,7 +93,7 @@ class Plan:
         return [stage.hosts for stage in self.stages if stage.step == "go live"]
 
 
-def make(settings: Settings, states: Mapping[str, release.HostState], package: Package, owner: LockOwner,
+def make(settings: Settings, states: Mapping[str, HostState], package: Package, owner: LockOwner,
          release_id: str, *, verify: bool, tests: Sequence[str] = (), records_suite: bool = True) -> Plan:
     """The plan of a deploy (``verify`` False) or a deploy-and-verify of ``package`` as ``release_id``
     to the hosts of ``states`` (in rollout order), as ``owner``.
@@ -114,31 +117,31 @@ def make(settings: Settings, states: Mapping[str, release.HostState], package: P
     return Plan(release_id, package, verify, hosts, tuple(stages))
 
 
-def _host_plan(settings: Settings, state: release.HostState, package: Package, owner: LockOwner,
+def _host_plan(settings: Settings, state: HostState, package: Package, owner: LockOwner,
                release_id: str, *, verify: bool, tests: Sequence[str], records_suite: bool) -> HostPlan:
     base = f"{settings.releases_dir}/{release_id}"
     live = state.live
     steps = [Step("lock", (f"lock      {settings.state_dir}/lock",),
-                  release.script_for_inspect_and_lock(settings, owner))]
+                  step_scripts.script_for_inspect_and_lock(settings, owner))]
     says = [f"upload    {package.files} files ({package.size // 1024 + 1} KB) as one archive into {base}"
             if package.data is not None else f"clone     {package.origin} at {package.label} into {base}"]
     says += [f"share     {base}/{path} -> {settings.shared_dir}/{path}" for path in settings.shared]
     says += [f"build     (in {base}) {hook}" for hook in settings.build_hooks]
     steps.append(Step("prepare", tuple(says),
-                      release.script_for_prepare(settings, release_id, package, owner.who, build=True, owner=owner)))
+                      script_for_prepare(settings, release_id, package, owner.who, build=True, owner=owner)))
     says = [f"switch    {settings.current} -> {base}"]
     says += [f"restart   (in {settings.current}) {hook}" for hook in settings.restart_hooks]
-    steps.append(Step("switch", tuple(says), release.script_for_switch_and_restart(settings, release_id)))
+    steps.append(Step("switch", tuple(says), step_scripts.script_for_switch_and_restart(settings, release_id)))
     if verify and (settings.checks or settings.tests is not None):
         what = [f"{len(settings.checks)} checks, one command per attempt"] if settings.checks else []
         what += [f"{len(tests)} pytest tests on the open connection"] if tests else []
         steps.append(Step("verify", (f"verify    {' and '.join(what) or 'the tests'}, up to"
                                      f" {settings.verify.timeout:g}s",)))
-    removed = release.cleanup_plan(state, settings.keep_releases)
-    first = [release.script_for_mark_verified(settings, release_id)] if verify else []
+    removed = cleanup_plan(state, settings.keep_releases)
+    first = [step_scripts.script_for_mark_verified(settings, release_id)] if verify else []
     if verify and records_suite:  # the suite it was verified with goes beside it: a rollback to it is judged by it
-        first.append(release.script_for_record_suite(settings, release_id, settings.suite))
-    finish = release.chain(*first, release.script_for_finish(settings, owner, logs=True, cleanup=True))
+        first.append(step_scripts.script_for_record_suite(settings, release_id, settings.suite))
+    finish = chain(*first, step_scripts.script_for_finish(settings, owner, logs=True, cleanup=True))
     marks = "mark it verified, record its suite, " if records_suite else "mark it verified, "
     steps.append(Step("finish", (f"finish    {marks if verify else ''}"
                                  f"keep {settings.keep_releases} good releases"
@@ -155,11 +158,11 @@ def _host_plan(settings: Settings, state: release.HostState, package: Package, o
     else:
         back = f"on failure: nothing to go back to: remove current and {release_id}, unlock"
     on_failure = Step("rollback", (back,),
-                      release.script_for_switch_back(settings, live, release_id))
+                      step_scripts.script_for_switch_back(settings, live, release_id))
     return HostPlan(state.host, live, tuple(steps), on_failure)
 
 
-def describe(plan: Plan, states: Mapping[str, release.HostState], *,
+def describe(plan: Plan, states: Mapping[str, HostState], *,
              scripts: bool = False) -> list[tuple[str, str]]:
     """The dry run's words for ``plan``, as ``(kind, text)``: kind ``stage`` for each host's heading,
     ``line`` for the rest: the rollout's stages, then each host's steps (with ``scripts``, the

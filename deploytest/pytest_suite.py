@@ -33,7 +33,6 @@ import io
 import json
 import os
 import posixpath
-import shlex
 import sys
 import tarfile
 import tempfile
@@ -581,10 +580,11 @@ def _skipped(report: pytest.TestReport) -> str:
 
 def live_release(settings: Settings) -> Callable[[Target], Optional[str]]:
     """How ``deploytest_release`` learns the release live on a host: read its ``current`` link."""
-    from .release import live_id
+    from .state import live_id
+    from .steps import script_for_current
 
     def read(target: Target) -> Optional[str]:
-        result = target.run(f"readlink -- {shlex.quote(settings.current)} 2>/dev/null || true", timeout=30)
+        result = target.run(script_for_current(settings), timeout=30)
         return live_id(result.stdout.strip(), settings)
 
     return read

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
-from . import release
+from . import steps
 from .checks.runner import VerifyReport
 from .config import with_suite
 from .errors import ConfigError, NeedsHuman, UsageError
@@ -22,6 +22,7 @@ from .flow import Heartbeat, Rollout, preflight, take_locks, way_back
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
 from .report_text import render
+from .state import rollback_target
 from .verifiers import suite_verifier
 
 
@@ -42,7 +43,7 @@ def rollback(run: Rollout, to: Optional[str], *, force: bool = False) -> int:
                              " first (rollback without --to). Nothing was changed.",
                              next_step=run.fab("rollback", sorted(interrupted)))
         return _undo(run, interrupted)
-    picked = {name: release.rollback_target(state, to, force=force) for name, state in run.states.items()}
+    picked = {name: rollback_target(state, to, force=force) for name, state in run.states.items()}
     _one_release(run, picked)
     take_locks(run)
     with Heartbeat(run):
@@ -85,7 +86,7 @@ def _go_back(run: Rollout, picked: dict[str, str], live: dict[str, Optional[str]
     suites: dict[str, Optional[str]] = {}
 
     def back(target: Target) -> None:
-        suites[target.name] = release.switch_and_restart(target, settings, picked[target.name]).suite
+        suites[target.name] = steps.switch_and_restart(target, settings, picked[target.name]).suite
 
     run.each(run.names, "rollback", back)
     for name in suites:
@@ -122,9 +123,9 @@ def _undo(run: Rollout, interrupted: dict[str, Journal]) -> int:
                 raise UsageError(f"{name}: live is {live[name]}, neither {journal.release} nor the release before"
                                  " it; left as is")
             if journal.previous:
-                suites[name] = release.switch_and_restart(target, settings, journal.previous).suite
+                suites[name] = steps.switch_and_restart(target, settings, journal.previous).suite
             else:
-                release.switch_back(target, settings, None, journal.release)  # stop hooks; nothing to go to
+                steps.switch_back(target, settings, None, journal.release)  # stop hooks; nothing to go to
 
         run.each(hosts, "undo", back)
         for name in hosts:
@@ -138,7 +139,7 @@ def _undo(run: Rollout, interrupted: dict[str, Journal]) -> int:
 
         def discard(name: str) -> list[str]:
             journal = interrupted[name]
-            made = [release.script_for_discard(settings, journal.release, bad=name in went_live)] \
+            made = [steps.script_for_discard(settings, journal.release, bad=name in went_live)] \
                 if journal.release else []  # killed before it named (or made) its release
             return made + [script_for_clear_journal(settings, journal.rollout)]
 
@@ -161,21 +162,21 @@ def _verify_and_finish(run: Rollout, picked: dict[str, str], live: dict[str, Opt
         console.line(render(report, color=console.colour))
     red = {h.host for h in report.hosts if not h.ok} if report else set()
 
-    def finish(target: Target) -> release.FinishResult:
+    def finish(target: Target) -> steps.FinishResult:
         name = target.name
         left, to = live.get(name), picked[name]
         first: list[str] = []
         if name not in red:  # only a green way back condemns the release it left
             first += undo(name)
             if left and to and left != to and not first:
-                first.append(release.script_for_mark_bad(settings, left))
+                first.append(steps.script_for_mark_bad(settings, left))
             if to and report is not None:
-                first.append(release.script_for_mark_verified(settings, to))
+                first.append(steps.script_for_mark_verified(settings, to))
                 if suites.get(name) is None:
-                    first.append(release.script_for_record_suite(settings, to, settings.suite))
+                    first.append(steps.script_for_record_suite(settings, to, settings.suite))
         outcome = "failed" if name in run.failed or name in red else "rolled back"
         event = {"event": "rollback", "release": to or None, "from": left, "outcome": outcome, "who": run.owner.who}
-        return release.finish(target, settings, run.owner, event, cleanup=False, first=first)
+        return steps.finish(target, settings, run.owner, event, cleanup=False, first=first)
 
     unfinished = []
     for target, result in in_parallel(run.pick(run.locked), finish, limit=settings.rollout.parallel):

@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from deploytest.records import parse_record
+
 PORT = 8000
 DEPLOY_TO = "/srv/hello"
 
@@ -29,8 +31,8 @@ def releases_on(host: Any) -> List[str]:
 
 
 def metadata(host: Any, release_id: str) -> Dict[str, Any]:
-    out = host.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{release_id}.json").stdout
-    return json.loads(out) if out.strip() else {}
+    out = host.sh(f"cat {DEPLOY_TO}/.deploytest/releases/{release_id}.meta").stdout
+    return dict(parse_record(out))
 
 
 def state_of(host: Any, release_id: str) -> str:

@@ -8,7 +8,6 @@ check on each host. The pipeline file is validated against GitLab's schema by th
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,8 @@ import pytest
 import yaml
 from project import EXAMPLE, REPO, hello_config
 from reports_check import check_json, check_junit
+
+from deploytest.records import parse_record
 
 PIPELINE = REPO / "examples" / "ci" / ".gitlab-ci.yml"
 
@@ -113,8 +114,8 @@ def test_gitlab_pipeline_deploys_green_then_fails_a_broken_release_with_exit_1(m
         [(None, green, "verified")] * 2
     artifact = repo / ".gitlab-ci-local" / "artifacts" / "deploy" / "reports" / "deploytest.xml"
     assert artifact.is_file(), sorted(str(p) for p in (repo / ".gitlab-ci-local").rglob("*.xml"))
-    releases = bed.hosts[0].sh(f"cat /srv/hello/.deploytest/releases/{green}.json").stdout
-    assert json.loads(releases)["label"] == short
+    releases = bed.hosts[0].sh(f"cat /srv/hello/.deploytest/releases/{green}.meta").stdout
+    assert parse_record(releases)["label"] == short
 
     # broken: /health answers 500; the job fails with exit 1 and the JUnit names health on each host
     (repo / "examples" / "hello" / "app" / "BROKEN").write_text("database unreachable\n")

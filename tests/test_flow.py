@@ -13,9 +13,9 @@ import pytest
 from onhost import DEPLOY_TO, PORT, live, locked, releases_on, served, state_of
 from project import Project, finish, hello_bed, hello_config, interrupt_when
 
-from deploytest import release
 from deploytest.config import load
 from deploytest.hosts import connect
+from deploytest.lock import LockOwner, acquire_lock
 
 pytestmark = pytest.mark.testbed
 
@@ -83,10 +83,10 @@ def test_lock_held_on_one_host_refuses_and_changes_nothing(five: Dict[str, Any])
     deploy_good(project, five["hosts"])
     before = {h.name: (live(h), releases_on(h)) for h in bed.hosts}
     # another operator's deploy holds web3's lock, taken over SSH as deploytest itself takes it
-    other = release.LockOwner("alice", "laptop", 4242, "2026-11-25T10:00:01Z", token="a" * 32)
+    other = LockOwner("alice", "laptop", 4242, "2026-11-25T10:00:01Z", token="a" * 32)
     target = connect("web3", bed.fabric_config())
     settings = load(project.config)
-    release.acquire_lock(target, settings, other)
+    acquire_lock(target, settings, other)
     target.close()
     project.set_version("1.1")
     proc = project.fab("deploy-and-verify", hosts=five["hosts"])

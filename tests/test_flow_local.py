@@ -17,6 +17,7 @@ from deploytest.console import Console
 from deploytest.errors import NEEDS_HUMAN, REFUSED, NeedsHuman, Refused, RolledBack
 from deploytest.flow import Rollout, deploy_and_verify
 from deploytest.hosts import LocalTarget
+from deploytest.records import parse_record
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> config_module.Settings:
@@ -50,8 +51,7 @@ def current(tmp_path: Path) -> str:
 
 def states(tmp_path: Path) -> Dict[str, str]:
     meta = tmp_path / "app" / ".deploytest" / "releases"
-    states = {p.stem: json.loads(p.read_text()).get("state", "") for p in meta.glob("*.json")
-              if not p.name.endswith(".suite.json")}
+    states = {p.stem: parse_record(p.read_text()).get("state", "") for p in meta.glob("*.meta")}
     for marker in ("verified", "bad"):  # a marker wins over the metadata, as deploytest reads it
         states.update({p.stem: marker for p in meta.glob(f"*.{marker}") if p.stem in states})
     return states

@@ -17,8 +17,8 @@ from deploytest.flow import Rollout, deploy_and_verify
 from deploytest.hosts import LocalTarget
 from deploytest.lock import LockOwner
 from deploytest.oncall import dry_run
-from deploytest.release import HostState, ReleaseInfo
 from deploytest.source import Package
+from deploytest.state import HostState, ReleaseInfo
 
 PACKAGE = Package(b"x" * 2048, "abc", "directory", "/src", files=3)
 

@@ -5,7 +5,6 @@ serving it, no lock, the failed release marked bad, in at most one on-call comma
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -15,6 +14,8 @@ from typing import Any, Callable, Dict, List
 import pytest
 from onhost import DEPLOY_TO, live, locked, output, releases_on, state_of, wait_served
 from project import Project, hello_bed
+
+from deploytest.records import parse_record
 
 pytestmark = pytest.mark.testbed
 
@@ -37,8 +38,7 @@ def journal(host: Any) -> bool:
 
 def journal_release(host: Any) -> str:
     """The release the rollout in the host's journal was making."""
-    head = host.sh(f"head -n 1 {DEPLOY_TO}/.deploytest/journal").stdout
-    return str(json.loads(head)["release"])
+    return parse_record(host.sh(f"cat {DEPLOY_TO}/.deploytest/journal").stdout)["release"]
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:

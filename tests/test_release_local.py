@@ -14,13 +14,15 @@ from typing import Any
 
 import pytest
 
-from deploytest import release
+from deploytest import steps
 from deploytest.config import GitSource, Settings
 from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
 from deploytest.hosts import LocalTarget, Reply, RunResult
-from deploytest.lock import LockOwner
-from deploytest.release import BAD, COMPLETE, PREPARING, VERIFIED
-from deploytest.source import check_tarball
+from deploytest.lock import LockOwner, acquire_lock, force_unlock, release_lock
+from deploytest.prepare import prepare
+from deploytest.records import parse_record
+from deploytest.source import check_tarball, pack_source
+from deploytest.state import BAD, COMPLETE, PREPARING, VERIFIED, new_release_id, preflight_problem, rollback_target
 
 
 class CountingTarget(LocalTarget):
@@ -61,14 +63,14 @@ def settings_for(tmp_path: Path, **kw: Any) -> Settings:
 
 def deploy(target: LocalTarget, settings: Settings, owner: LockOwner, rid: str | None = None) -> str:
     """The whole happy path on one host, the way the rollout drives it."""
-    state = release.inspect(target, settings)
-    rid = rid or release.new_release_id(state.release_ids)
-    package = release.pack_source(settings)
-    release.acquire_lock(target, settings, owner)
-    release.prepare(target, settings, rid, package, owner.who, build=True)
-    release.switch_and_restart(target, settings, rid)
-    release.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "verified"},
-                   first=[release.script_for_mark_verified(settings, rid)])  # as a green rollout does
+    state = steps.inspect(target, settings)
+    rid = rid or new_release_id(state.release_ids)
+    package = pack_source(settings)
+    acquire_lock(target, settings, owner)
+    prepare(target, settings, rid, package, owner.who, build=True)
+    steps.switch_and_restart(target, settings, rid)
+    steps.finish(target, settings, owner, {"event": "deploy", "release": rid, "outcome": "verified"},
+                   first=[steps.script_for_mark_verified(settings, rid)])  # as a green rollout does
     return rid
 
 
@@ -90,15 +92,15 @@ def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None
     assert live_link(settings) == f"{settings.releases_dir}/{second}"
     assert Path(settings.current, "VERSION").read_text() == "2\n"
 
-    state = release.inspect(target, settings)
+    state = steps.inspect(target, settings)
     assert state.live == second and state.previous == first and state.lock is None
     assert [r.state for r in state.releases] == [VERIFIED, VERIFIED]
     assert state.releases[1].who == owner.who and len(state.releases[1].label) == 12
     assert state.releases[0].label != state.releases[1].label
     assert state.last_event is not None and state.last_event["release"] == second
 
-    to = release.rollback_target(state)
-    assert release.switch(target, settings, to) == second
+    to = rollback_target(state)
+    assert steps.switch(target, settings, to) == second
     assert Path(settings.current, "VERSION").read_text() == "1\n"
     assert os.path.isabs(live_link(settings))
 
@@ -107,13 +109,13 @@ def test_a_deploy_is_four_sessions(tmp_path: Path, target: CountingTarget) -> No
     make_source(tmp_path)
     settings = settings_for(tmp_path, build_hooks=("true",), restart_hooks=("true",))
     owner = LockOwner.new()
-    package = release.pack_source(settings)
+    package = pack_source(settings)
     calls = []
     for step in (
-        lambda: release.inspect_and_lock(target, settings, owner),
-        lambda: release.prepare(target, settings, "20260101000000", package, owner.who, build=True, owner=owner),
-        lambda: release.switch_and_restart(target, settings, "20260101000000"),
-        lambda: release.finish(target, settings, owner, {"event": "deploy"}),
+        lambda: steps.inspect_and_lock(target, settings, owner),
+        lambda: prepare(target, settings, "20260101000000", package, owner.who, build=True, owner=owner),
+        lambda: steps.switch_and_restart(target, settings, "20260101000000"),
+        lambda: steps.finish(target, settings, owner, {"event": "deploy"}),
     ):
         before = target.calls
         step()
@@ -129,29 +131,30 @@ def test_the_journal_is_written_with_the_lock_and_names_the_release_before_it_is
     settings = settings_for(tmp_path)
     first = deploy(target, settings, LockOwner.new())
     owner = LockOwner.new()
-    state, taken = release.inspect_and_lock(target, settings, owner)
+    state, taken = steps.inspect_and_lock(target, settings, owner)
     assert taken == "locked" and state.lock is None and state.live == first
     journal = Path(settings.state_dir, "journal")
-    header = json.loads(journal.read_text().splitlines()[0])
+    header = parse_record(journal.read_text())
     assert (header["rollout"], header["release"], header["previous"]) == (owner.token, "", first)
-    assert release.inspect(target, settings).journal.release == ""  # type: ignore[union-attr]
-    release.prepare(target, settings, "29990101000000", release.pack_source(settings), owner.who, build=True,
+    assert header["pid"] == str(owner.pid) and header["who"] == owner.who
+    assert steps.inspect(target, settings).journal.release == ""  # type: ignore[union-attr]
+    prepare(target, settings, "29990101000000", pack_source(settings), owner.who, build=True,
                     owner=owner)
-    named = release.inspect(target, settings).journal
+    named = steps.inspect(target, settings).journal
     assert named is not None and named.release == "29990101000000" and named.steps == ("prepared",)
     other = LockOwner.new()
-    again, held = release.inspect_and_lock(target, settings, other)
+    again, held = steps.inspect_and_lock(target, settings, other)
     assert held == "held" and again.lock is not None and again.lock.token == owner.token
-    assert json.loads(journal.read_text().splitlines()[0])["rollout"] == owner.token  # untouched
+    assert parse_record(journal.read_text())["rollout"] == owner.token  # untouched
 
 
 def test_prepare_with_build_is_one_session_and_complete(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path, build_hooks=("echo built > BUILT",))
-    package = release.pack_source(settings)
-    release.prepare(target, settings, "1", package, "me", build=True)
+    package = pack_source(settings)
+    prepare(target, settings, "1", package, "me", build=True)
     assert target.calls == 1
-    state = release.inspect(target, settings)
+    state = steps.inspect(target, settings)
     assert state.releases[0].state == COMPLETE
     assert Path(settings.releases_dir, "1", "BUILT").read_text() == "built\n"
 
@@ -162,7 +165,7 @@ def test_session_count_does_not_grow_with_files(tmp_path: Path, target: Counting
     for which in ("small", "big"):
         settings = settings_for(tmp_path / which)
         before = target.calls
-        release.prepare(target, settings, "1", release.pack_source(settings), "me")
+        prepare(target, settings, "1", pack_source(settings), "me")
         assert target.calls - before == 1
     assert len(os.listdir(tmp_path / "big" / "srv" / "app" / "releases" / "1")) == 2003
 
@@ -175,34 +178,34 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
     settings = settings_for(tmp_path, keep_releases=5)
     owner = LockOwner.new()
     ids = [deploy(target, settings, owner) for _ in range(6)]
-    assert release.inspect(target, settings).release_ids == ids[1:]  # each finish cleaned up
+    assert steps.inspect(target, settings).release_ids == ids[1:]  # each finish cleaned up
     # the 7th goes live, fails verification and is rolled back: marked bad
-    seventh = release.new_release_id(ids)
-    package = release.pack_source(settings)
-    release.prepare(target, settings, seventh, package, owner.who, build=True)
-    previous = release.switch(target, settings, seventh)
+    seventh = new_release_id(ids)
+    package = pack_source(settings)
+    prepare(target, settings, seventh, package, owner.who, build=True)
+    previous = steps.switch(target, settings, seventh)
     assert previous == ids[-1]
-    release.switch_back(target, settings, previous, seventh)
-    release.mark_bad(target, settings, seventh)
+    steps.switch_back(target, settings, previous, seventh)
+    steps.mark_bad(target, settings, seventh)
     # and an interrupted prepare left a preparing release behind
-    stale = release.new_release_id(ids + [seventh])
-    release.prepare(target, settings, stale, package, owner.who)
+    stale = new_release_id(ids + [seventh])
+    prepare(target, settings, stale, package, owner.who)
 
-    state = release.inspect(target, settings)
+    state = steps.inspect(target, settings)
     assert [r.state for r in state.releases][-2:] == [BAD, PREPARING]
-    assert release.rollback_target(state) == ids[-2]
+    assert rollback_target(state) == ids[-2]
     with pytest.raises(UsageError, match="is bad"):
-        release.rollback_target(state, seventh)
+        rollback_target(state, seventh)
     with pytest.raises(UsageError, match="is preparing"):
-        release.switch(target, settings, stale)
+        steps.switch(target, settings, stale)
 
-    removed = release.finish(target, settings, owner, None).removed
-    after = release.inspect(target, settings)
+    removed = steps.finish(target, settings, owner, None).removed
+    after = steps.inspect(target, settings)
     assert removed == (seventh, stale)
     assert after.release_ids == ids[1:]
     assert all(r.good for r in after.releases) and len(after.releases) == 5
     assert after.live == ids[-1] and after.previous == ids[-2]
-    assert not Path(settings.state_dir, "releases", f"{seventh}.json").exists()
+    assert not Path(settings.state_dir, "releases", f"{seventh}.meta").exists()
 
 
 def test_cleanup_keeps_old_live_and_its_rollback_target(tmp_path: Path, target: CountingTarget) -> None:
@@ -210,10 +213,10 @@ def test_cleanup_keeps_old_live_and_its_rollback_target(tmp_path: Path, target: 
     owner = LockOwner.new()
     ids = [deploy(target, settings_for(tmp_path), owner) for _ in range(5)]
     settings = settings_for(tmp_path, keep_releases=2)
-    release.switch(target, settings, ids[1])  # rollback --to an old one
-    removed = release.finish(target, settings, owner, None).removed
+    steps.switch(target, settings, ids[1])  # rollback --to an old one
+    removed = steps.finish(target, settings, owner, None).removed
     assert removed == (ids[2],)
-    assert release.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
+    assert steps.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
 
 
 def test_remove_release_refuses_the_live_one(tmp_path: Path, target: CountingTarget) -> None:
@@ -221,7 +224,7 @@ def test_remove_release_refuses_the_live_one(tmp_path: Path, target: CountingTar
     settings = settings_for(tmp_path)
     rid = deploy(target, settings, LockOwner.new())
     with pytest.raises(UsageError, match="is live"):
-        release.remove_release(target, settings, rid)
+        steps.remove_release(target, settings, rid)
     assert Path(settings.releases_dir, rid).is_dir()
 
 
@@ -232,10 +235,10 @@ def test_unknown_directories_are_left_alone(tmp_path: Path, target: CountingTarg
     owner = LockOwner.new()
     for _ in range(3):
         deploy(target, settings, owner)
-    state = release.inspect(target, settings)
+    state = steps.inspect(target, settings)
     assert "handmade" in state.release_ids and state.release("handmade").state == "unknown"  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="unknown"):
-        release.switch(target, settings, "handmade")
+        steps.switch(target, settings, "handmade")
 
 
 # -- failures ------------------------------------------------------------------------------------
@@ -247,14 +250,14 @@ def test_failing_build_hook_leaves_nothing(tmp_path: Path, target: CountingTarge
     first = deploy(target, settings, LockOwner.new())
     hooks = ("echo compiling", "echo oops >&2; exit 3", "touch never")
     bad = dataclasses.replace(settings, build_hooks=hooks)
-    rid = release.new_release_id([first])
+    rid = new_release_id([first])
     with pytest.raises(RemoteCommandFailed) as caught:
-        release.prepare(target, bad, rid, release.pack_source(bad), "me", build=True)
+        prepare(target, bad, rid, pack_source(bad), "me", build=True)
     error = caught.value
     assert error.step == "build hook" and error.exit_code == 1
     assert error.detail.startswith("echo oops >&2; exit 3: exit 3:") and "oops" in error.detail
     assert not Path(settings.releases_dir, rid).exists()
-    assert not Path(settings.state_dir, "releases", f"{rid}.json").exists()
+    assert not Path(settings.state_dir, "releases", f"{rid}.meta").exists()
     assert live_link(settings).endswith(first)
 
 
@@ -262,7 +265,7 @@ def test_failing_build_in_prepare_leaves_nothing(tmp_path: Path, target: Countin
     make_source(tmp_path)
     settings = settings_for(tmp_path, build_hooks=("false",))
     with pytest.raises(RemoteCommandFailed, match="build hook failed: false: exit 1"):
-        release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
+        prepare(target, settings, "1", pack_source(settings), "me", build=True)
     assert os.listdir(settings.releases_dir) == [] and not os.path.lexists(settings.current)
 
 
@@ -271,12 +274,12 @@ def test_failing_restart_hook_says_where_to_go_back(tmp_path: Path, target: Coun
     settings = settings_for(tmp_path)
     first = deploy(target, settings, LockOwner.new())
     bad = dataclasses.replace(settings, restart_hooks=("echo starting", "exit 7"))
-    rid = release.new_release_id([first])
-    release.prepare(target, bad, rid, release.pack_source(bad), "me", build=True)
-    with pytest.raises(release.RestartFailed) as caught:
-        release.switch_and_restart(target, bad, rid)
+    rid = new_release_id([first])
+    prepare(target, bad, rid, pack_source(bad), "me", build=True)
+    with pytest.raises(steps.RestartFailed) as caught:
+        steps.switch_and_restart(target, bad, rid)
     assert caught.value.previous == first and "exit 7" in caught.value.detail
-    release.switch_back(target, settings, first, rid)
+    steps.switch_back(target, settings, first, rid)
     assert live_link(settings).endswith(first)
 
 
@@ -286,11 +289,11 @@ def test_switch_back_restarts_the_release_it_goes_back_to_in_the_same_session(
     settings = settings_for(tmp_path, restart_hooks=('echo "$DEPLOYTEST_RELEASE" >> "$DEPLOYTEST_SHARED/restarts"',))
     owner = LockOwner.new()
     first = deploy(target, settings, owner)
-    rid = release.new_release_id([first])
-    release.prepare(target, settings, rid, release.pack_source(settings), "me", build=True)
-    release.switch_and_restart(target, settings, rid)
+    rid = new_release_id([first])
+    prepare(target, settings, rid, pack_source(settings), "me", build=True)
+    steps.switch_and_restart(target, settings, rid)
     before = target.calls
-    release.switch_back(target, settings, first, rid)
+    steps.switch_back(target, settings, first, rid)
     assert target.calls == before + 1
     assert live_link(settings).endswith(first)
     restarts = (tmp_path / "srv" / "app" / "shared" / "restarts").read_text().split()
@@ -302,21 +305,21 @@ def test_finish_runs_a_discard_first_in_the_same_session(tmp_path: Path, target:
     settings = settings_for(tmp_path)
     owner = LockOwner.new()
     first = deploy(target, settings, owner)
-    rid = release.new_release_id([first])
-    release.acquire_lock(target, settings, owner)
-    release.prepare(target, settings, rid, release.pack_source(settings), "me", build=True)
+    rid = new_release_id([first])
+    acquire_lock(target, settings, owner)
+    prepare(target, settings, rid, pack_source(settings), "me", build=True)
     before = target.calls
-    release.finish(target, settings, owner, {"event": "deploy", "outcome": "rolled back"}, cleanup=False,
-                   first=[release.script_for_discard(settings, rid, bad=False)])
+    steps.finish(target, settings, owner, {"event": "deploy", "outcome": "rolled back"}, cleanup=False,
+                   first=[steps.script_for_discard(settings, rid, bad=False)])
     assert target.calls == before + 1
-    state = release.inspect(target, settings)
+    state = steps.inspect(target, settings)
     assert state.release_ids == [first] and state.lock is None
     # a discard that is refused (the live release) stops the finish: the lock stays, nothing is logged
-    release.acquire_lock(target, settings, owner)
+    acquire_lock(target, settings, owner)
     with pytest.raises(UsageError, match="is live"):
-        release.finish(target, settings, owner, {"event": "deploy", "outcome": "x"}, cleanup=False,
-                       first=[release.script_for_discard(settings, first, bad=False)])
-    state = release.inspect(target, settings)
+        steps.finish(target, settings, owner, {"event": "deploy", "outcome": "x"}, cleanup=False,
+                       first=[steps.script_for_discard(settings, first, bad=False)])
+    state = steps.inspect(target, settings)
     assert state.lock is not None and state.release_ids == [first]
     assert state.last_event is not None and state.last_event.get("outcome") == "rolled back"
 
@@ -324,9 +327,9 @@ def test_finish_runs_a_discard_first_in_the_same_session(tmp_path: Path, target:
 def test_switch_back_after_first_deploy_removes_current(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path)
-    release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
-    assert release.switch(target, settings, "1") is None
-    release.switch_back(target, settings, None, "1")
+    prepare(target, settings, "1", pack_source(settings), "me", build=True)
+    assert steps.switch(target, settings, "1") is None
+    steps.switch_back(target, settings, None, "1")
     assert not os.path.lexists(settings.current)
 
 
@@ -336,14 +339,14 @@ def test_switch_back_leaves_a_host_someone_else_changed(tmp_path: Path, target: 
     owner = LockOwner.new()
     a, b, c = (deploy(target, settings, owner) for _ in range(3))
     with pytest.raises(RemoteCommandFailed, match="current points at"):
-        release.switch_back(target, settings, a, b)
+        steps.switch_back(target, settings, a, b)
     assert live_link(settings).endswith(c)
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     with pytest.raises(ConfigError, match="source build does not exist.*Nothing was changed"):
-        release.pack_source(settings)
+        pack_source(settings)
 
 
 def test_source_file_name_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
@@ -351,18 +354,18 @@ def test_source_file_name_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> N
     with open(os.path.join(os.fsencode(src), b"caf\xe9.txt"), "w") as handle:  # a Latin-1 name
         handle.write("x\n")
     with pytest.raises(ConfigError, match=r"caf\\xe9.txt'?: its name is not UTF-8; rename it. Nothing was changed"):
-        release.pack_source(settings_for(tmp_path))
+        pack_source(settings_for(tmp_path))
 
 
 
 def test_prepare_refuses_an_existing_release(tmp_path: Path, target: CountingTarget) -> None:
     make_source(tmp_path)
     settings = settings_for(tmp_path)
-    package = release.pack_source(settings)
-    release.prepare(target, settings, "1", package, "me", build=True)
+    package = pack_source(settings)
+    prepare(target, settings, "1", package, "me", build=True)
     with pytest.raises(UsageError, match="already exists"):
-        release.prepare(target, settings, "1", package, "me")
-    assert release.inspect(target, settings).releases[0].state == COMPLETE
+        prepare(target, settings, "1", package, "me")
+    assert steps.inspect(target, settings).releases[0].state == COMPLETE
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -379,7 +382,7 @@ def test_lock_race_has_exactly_one_winner(tmp_path: Path) -> None:
                  results: list[str] = results) -> None:
             barrier.wait()
             try:
-                release.acquire_lock(LocalTarget(), settings, owner)
+                acquire_lock(LocalTarget(), settings, owner)
                 results.append("won")
             except LockHeld:
                 results.append("held")
@@ -390,12 +393,12 @@ def test_lock_race_has_exactly_one_winner(tmp_path: Path) -> None:
         for t in threads:
             t.join()
         assert sorted(results) == ["held", "held", "held", "won"]
-        holder = json.loads(Path(settings.state_dir, "lock").read_text())
+        holder = parse_record(Path(settings.state_dir, "lock").read_text())
         winner = next(o for o in owners if o.token == holder["token"])
         others = [o for o in owners if o is not winner]
-        assert all(release.release_lock(LocalTarget(), settings, o) is False for o in others)
+        assert all(release_lock(LocalTarget(), settings, o) is False for o in others)
         assert Path(settings.state_dir, "lock").exists()
-        assert release.release_lock(LocalTarget(), settings, winner) is True
+        assert release_lock(LocalTarget(), settings, winner) is True
         assert not Path(settings.state_dir, "lock").exists()
         assert sorted(os.listdir(settings.state_dir)) == []
 
@@ -404,19 +407,19 @@ def test_lock_held_names_the_holder(tmp_path: Path, target: CountingTarget) -> N
     settings = settings_for(tmp_path)
     alice = dataclasses.replace(LockOwner.new(), user="alice", host="laptop", pid=4242,
                                 started="2026-11-25T10:00:01Z")
-    release.acquire_lock(target, settings, alice)
-    release.acquire_lock(target, settings, alice)  # our own lock again: fine
+    acquire_lock(target, settings, alice)
+    acquire_lock(target, settings, alice)  # our own lock again: fine
     with pytest.raises(LockHeld) as caught:
-        release.acquire_lock(target, settings, LockOwner.new())
+        acquire_lock(target, settings, LockOwner.new())
     assert caught.value.exit_code == 2
     assert str(caught.value) == (
         "local: locked by alice@laptop (pid 4242) since 2026-11-25T10:00:01Z; nothing was changed."
         " If that deploy is dead: fab unlock"
     )
-    assert release.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
-    info = release.force_unlock(target, settings, who="bob@desk", seen=release.inspect(target, settings).lock)
+    assert steps.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
+    info = force_unlock(target, settings, who="bob@desk", seen=steps.inspect(target, settings).lock)
     assert info is not None and info.user == "alice"
-    assert release.force_unlock(target, settings) is None
+    assert force_unlock(target, settings) is None
     last = Path(settings.state_dir, "log.jsonl").read_text().splitlines()[-1]
     assert json.loads(last)["holder"].startswith("alice@laptop") and "token" not in last
 
@@ -426,9 +429,9 @@ def test_dead_local_holder_is_pointed_out(tmp_path: Path, target: CountingTarget
     proc = subprocess.Popen(["true"])
     proc.wait()
     ghost = dataclasses.replace(LockOwner.new(), pid=proc.pid)
-    release.acquire_lock(target, settings, ghost)
+    acquire_lock(target, settings, ghost)
     with pytest.raises(LockHeld, match="no longer running"):
-        release.acquire_lock(target, settings, LockOwner.new())
+        acquire_lock(target, settings, LockOwner.new())
 
 
 def test_finish_cleans_logs_and_unlocks_in_one_session(tmp_path: Path, target: CountingTarget) -> None:
@@ -436,14 +439,14 @@ def test_finish_cleans_logs_and_unlocks_in_one_session(tmp_path: Path, target: C
     settings = settings_for(tmp_path, keep_releases=1)
     owner = LockOwner.new()
     ids = [deploy(target, settings, owner) for _ in range(3)]
-    release.acquire_lock(target, settings, owner)
+    acquire_lock(target, settings, owner)
     before = target.calls
-    result = release.finish(target, settings, owner, {"event": "deploy", "release": ids[-1], "password": "x"})
+    result = steps.finish(target, settings, owner, {"event": "deploy", "release": ids[-1], "password": "x"})
     assert target.calls - before == 1
     assert result.unlocked and result.removed == ()
     events = [json.loads(line) for line in Path(settings.state_dir, "log.jsonl").read_text().splitlines()]
     assert len(events) == 4 and all("when" in e for e in events) and "password" not in events[-1]
-    assert release.inspect(target, settings).release_ids == ids[1:]
+    assert steps.inspect(target, settings).release_ids == ids[1:]
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -455,12 +458,12 @@ def test_tarball_source(tmp_path: Path, target: CountingTarget) -> None:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(src, arcname=".")
     settings = settings_for(tmp_path, source=str(archive))
-    package = release.pack_source(settings)
+    package = pack_source(settings)
     assert package.kind == "tarball"
     assert package.label == hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
     rid = deploy(target, settings, LockOwner.new())
     assert Path(settings.releases_dir, rid, "VERSION").read_text() == "1\n"
-    assert release.inspect(target, settings).releases[0].label == package.label
+    assert steps.inspect(target, settings).releases[0].label == package.label
 
 
 def test_tarball_escaping_the_release_is_refused(tmp_path: Path) -> None:
@@ -470,7 +473,7 @@ def test_tarball_escaping_the_release_is_refused(tmp_path: Path) -> None:
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(payload, arcname="../../x")
     with pytest.raises(ConfigError, match="outside the release"):
-        release.pack_source(settings_for(tmp_path, source=str(evil)))
+        pack_source(settings_for(tmp_path, source=str(evil)))
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -493,18 +496,18 @@ def test_git_source(tmp_path: Path, target: CountingTarget) -> None:
     v1 = git(repo, "rev-parse", "v1^{commit}").strip()
 
     settings = settings_for(tmp_path, source=GitSource(f"file://{repo}", "main"), shared=())
-    package = release.pack_source(settings)
+    package = pack_source(settings)
     assert package.kind == "git" and package.data is None
-    assert release.prepare(target, settings, "1", package, "me", build=True) == head[:12]
+    assert prepare(target, settings, "1", package, "me", build=True) == head[:12]
     tagged = dataclasses.replace(settings, source=GitSource(str(repo), "v1"))
-    assert release.prepare(target, tagged, "2", release.pack_source(tagged), "me", build=True) == v1[:12]
-    state = release.inspect(target, settings)
+    assert prepare(target, tagged, "2", pack_source(tagged), "me", build=True) == v1[:12]
+    state = steps.inspect(target, settings)
     assert [(r.label, r.revision) for r in state.releases] == [(head[:12], head), (v1[:12], v1)]
     assert Path(settings.releases_dir, "2", "VERSION").read_text() == "1\n"
     assert not Path(settings.releases_dir, "2", ".git").exists()
     missing = dataclasses.replace(settings, source=GitSource(str(repo), "nope"))
     with pytest.raises(RemoteCommandFailed, match="git checkout failed: ref nope not found"):
-        release.prepare(target, missing, "3", release.pack_source(missing), "me")
+        prepare(target, missing, "3", pack_source(missing), "me")
     assert not Path(settings.releases_dir, "3").exists()
 
 
@@ -540,7 +543,7 @@ def test_shared_path_through_a_symlink_out_of_the_release_is_refused(tmp_path: P
     (src / "config").symlink_to(outside)
     settings = settings_for(tmp_path, shared=("config/app.env",))
     with pytest.raises(ConfigError, match="source symlink 'config' points outside the release"):
-        release.pack_source(settings)  # refused before anything is uploaded
+        pack_source(settings)  # refused before anything is uploaded
     assert (outside / "app.env").read_text() == "precious"
 
 
@@ -552,12 +555,12 @@ def test_source_links_that_leave_the_release_are_refused(tmp_path: Path) -> None
     (src / "ok").symlink_to("config/app.env")  # inside: fine
     (src / "config" / "up").symlink_to("../VERSION")  # climbs, but stays inside: fine
     settings = settings_for(tmp_path)
-    release.pack_source(settings)
+    pack_source(settings)
     for bad in ("../../etc/passwd", "/etc/passwd"):
         (src / "evil").unlink(missing_ok=True)
         (src / "evil").symlink_to(bad)
         with pytest.raises(ConfigError, match=f"source symlink 'evil' points outside the release .-> '{bad}'"):
-            release.pack_source(settings)
+            pack_source(settings)
     for name, target_path, kind in (("h", "/etc/shadow", tarfile.LNKTYPE), ("h", "../x", tarfile.LNKTYPE),
                                     ("s", "../../x", tarfile.SYMTYPE)):
         buffer = io.BytesIO()
@@ -577,8 +580,8 @@ def test_relative_current_link_from_another_tool_is_understood(tmp_path: Path,
     a, b = deploy(target, settings, owner), deploy(target, settings, owner)
     os.unlink(settings.current)
     os.symlink(f"releases/{a}", settings.current)  # how some tools link
-    assert release.inspect(target, settings).live == a
-    assert release.switch(target, settings, b) == a
+    assert steps.inspect(target, settings).live == a
+    assert steps.switch(target, settings, b) == a
     assert live_link(settings) == f"{settings.releases_dir}/{b}"  # ours are absolute
     # an absolute link keeps working from anywhere, e.g. when deploy_to is reached through a symlink
     alias = tmp_path / "alias"
@@ -590,10 +593,10 @@ def test_current_that_is_a_directory_is_not_replaced(tmp_path: Path, target: Cou
     make_source(tmp_path)
     settings = settings_for(tmp_path)
     Path(settings.current).mkdir(parents=True)
-    release.prepare(target, settings, "1", release.pack_source(settings), "me", build=True)
+    prepare(target, settings, "1", pack_source(settings), "me", build=True)
     with pytest.raises(RemoteCommandFailed, match="not a symlink"):
-        release.switch(target, settings, "1")
-    assert "not a symlink" in (release.preflight_problem(release.inspect(target, settings), 1) or "")
+        steps.switch(target, settings, "1")
+    assert "not a symlink" in (preflight_problem(steps.inspect(target, settings), 1) or "")
 
 
 def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingTarget) -> None:
@@ -602,20 +605,20 @@ def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingT
     nasty = f"$(touch {marker})`touch {marker}`'\"; touch {marker}"
     deploy_to = str(tmp_path / "srv" / "a b$(touch pwned)")
     settings = settings_for(tmp_path, deploy_to=deploy_to, shared=("da ta;x", "conf/$(x).env"))
-    package = dataclasses.replace(release.pack_source(settings), label=nasty)
-    release.prepare(target, settings, "1", package, who=nasty, build=True)
-    release.switch(target, settings, "1")
-    release.finish(target, settings, LockOwner.new(), {"event": nasty})
-    state = release.inspect(target, settings)
+    package = dataclasses.replace(pack_source(settings), label=nasty)
+    prepare(target, settings, "1", package, who=nasty, build=True)
+    steps.switch(target, settings, "1")
+    steps.finish(target, settings, LockOwner.new(), {"event": nasty})
+    state = steps.inspect(target, settings)
     assert state.live == "1" and state.releases[0].who == nasty and state.releases[0].label == nasty
     assert state.last_event is not None and state.last_event["event"] == nasty
     assert not marker.exists() and not Path("pwned").exists()
     assert Path(deploy_to, "shared", "da ta;x").is_dir()
     for to in ("../../etc", "x;rm -rf /", "$(id)"):
         with pytest.raises(UsageError):
-            release.rollback_target(state, to)
+            rollback_target(state, to)
         with pytest.raises(UsageError):
-            release.switch(target, settings, to)
+            steps.switch(target, settings, to)
 
 
 # -- interrupted steps and sudo ---------------------------------------------------------------------
@@ -629,18 +632,18 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     owner = LockOwner.new()
     first = deploy(target, settings, owner)
     slow = dataclasses.replace(settings, build_hooks=("sleep 30",))
-    rid = release.new_release_id([first])
+    rid = new_release_id([first])
     with pytest.raises(CommandTimeout):  # the step's process group is stopped (TERM, then KILL)
-        release.prepare(target, slow, rid, release.pack_source(slow), "me", build=True, timeout=1)
-    state = release.inspect(target, settings)
+        prepare(target, slow, rid, pack_source(slow), "me", build=True, timeout=1)
+    state = steps.inspect(target, settings)
     if state.release(rid) is not None:  # killed before its own clean-up could run
         assert state.release(rid).state == PREPARING  # type: ignore[union-attr]
         with pytest.raises(UsageError, match="preparing"):
-            release.switch(target, settings, rid)
+            steps.switch(target, settings, rid)
         with pytest.raises(UsageError, match="preparing"):
-            release.rollback_target(state, rid)
-        assert release.finish(target, settings, owner, None).removed == (rid,)
-    assert release.inspect(target, settings).release(rid) is None
+            rollback_target(state, rid)
+        assert steps.finish(target, settings, owner, None).removed == (rid,)
+    assert steps.inspect(target, settings).release(rid) is None
     assert live_link(settings).endswith(first)
 
 
@@ -649,16 +652,16 @@ def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     settings = settings_for(tmp_path)
     owner = LockOwner.new()
     first = deploy(target, settings, owner)
-    rid = release.new_release_id([first])
+    rid = new_release_id([first])
     # what a power cut leaves: metadata says preparing, the directory is half there
     killer = dataclasses.replace(settings, build_hooks=("kill -KILL 0",))  # the whole step at once
     with pytest.raises(Exception):  # noqa: B017 - the session dies; what it raises does not matter here
-        release.prepare(target, killer, rid, release.pack_source(killer), "me", build=True, timeout=10)
-    state = release.inspect(target, settings)
+        prepare(target, killer, rid, pack_source(killer), "me", build=True, timeout=10)
+    state = steps.inspect(target, settings)
     assert state.release(rid) is not None and state.release(rid).state == PREPARING  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="preparing"):
-        release.switch(target, settings, rid)
-    assert release.finish(target, settings, owner, None).removed == (rid,)
+        steps.switch(target, settings, rid)
+    assert steps.finish(target, settings, owner, None).removed == (rid,)
     assert live_link(settings).endswith(first)
 
 
@@ -709,10 +712,10 @@ def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     settings = settings_for(tmp_path, sudo=True)
     target = LocalTarget()
     with pytest.raises(RemoteCommandFailed, match="sudo failed: .*password is required"):
-        release.inspect(target, settings)
+        steps.inspect(target, settings)
     target.sudo_password = "wrong"  # type: ignore[attr-defined]
     with pytest.raises(RemoteCommandFailed, match="sudo failed: sudo: 1 incorrect password attempt"):
-        release.inspect(target, settings)
+        steps.inspect(target, settings)
 
 
 @pytest.mark.testbed  # root (or sudo without a password), as in CI

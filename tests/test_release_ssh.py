@@ -10,11 +10,14 @@ from typing import Any, Callable
 import pytest
 import testbed
 
-from deploytest import release
+from deploytest import steps
 from deploytest.config import Settings
 from deploytest.errors import LockHeld, RemoteCommandFailed
 from deploytest.hosts import SSHTarget, connect, in_parallel
-from deploytest.lock import LockOwner
+from deploytest.lock import LockOwner, acquire_lock, release_lock
+from deploytest.prepare import prepare
+from deploytest.source import pack_source
+from deploytest.state import new_release_id
 
 pytestmark = pytest.mark.testbed
 
@@ -53,21 +56,21 @@ def test_rollout_on_three_hosts_uses_one_release_id(make_hosts: MakeHosts, tmp_p
     settings = settings_for(tmp_path)
     hosts = targets(bed)
     owner = LockOwner.new()
-    package = release.pack_source(settings)
+    package = pack_source(settings)
     try:
         # an older release on web2 only: the new id must still be newer on every host
-        release.prepare(hosts[1], settings, "20990101000000", package, "earlier", build=True)
+        prepare(hosts[1], settings, "20990101000000", package, "earlier", build=True)
         before = {h.name: h.sessions() for h in bed.hosts}
-        states = dict(in_parallel(hosts, lambda t: release.inspect(t, settings)))
-        rid = release.new_release_id(i for s in states.values() for i in s.release_ids)  # type: ignore[union-attr]
+        states = dict(in_parallel(hosts, lambda t: steps.inspect(t, settings)))
+        rid = new_release_id(i for s in states.values() for i in s.release_ids)  # type: ignore[union-attr]
         assert rid == "20990101000001"
 
         def roll(target: SSHTarget) -> str | None:
-            release.acquire_lock(target, settings, owner)
-            release.prepare(target, settings, rid, package, owner.who, build=True)
-            previous = release.switch_and_restart(target, settings, rid).previous
+            acquire_lock(target, settings, owner)
+            prepare(target, settings, rid, package, owner.who, build=True)
+            previous = steps.switch_and_restart(target, settings, rid).previous
             event = {"event": "deploy", "release": rid, "outcome": "deployed"}
-            release.finish(target, settings, owner, event)
+            steps.finish(target, settings, owner, event)
             return previous
 
         results = dict(in_parallel(hosts, roll))
@@ -92,9 +95,9 @@ def test_prepare_sessions_do_not_grow_with_file_count(make_hosts: MakeHosts, tmp
             root = tmp_path / str(files)
             make_source(root, files)
             settings = settings_for(root, deploy_to=f"/srv/app{files}", build_hooks=())
-            package = release.pack_source(settings)
+            package = pack_source(settings)
             before = host.sessions()
-            release.prepare(target, settings, "1", package, "me")
+            prepare(target, settings, "1", package, "me")
             counts[files] = host.wait_sessions(before + 1) - before
             listed = host.sh(f"ls /srv/app{files}/releases/1 | wc -l").stdout.strip()
             assert listed == str(files + 2)  # the files, VERSION, the data link
@@ -112,25 +115,25 @@ def test_disk_full_during_upload(make_hosts: MakeHosts, tmp_path: Path) -> None:
     small, big = settings_for(tmp_path / "small"), settings_for(tmp_path / "big")
     (target,) = targets(bed)
     try:
-        release.prepare(target, small, "1", release.pack_source(small), "me", build=True)
-        release.switch(target, small, "1")
+        prepare(target, small, "1", pack_source(small), "me", build=True)
+        steps.switch(target, small, "1")
         with pytest.raises(RemoteCommandFailed) as caught:
-            release.prepare(target, big, "2", release.pack_source(big), "me", build=True)
+            prepare(target, big, "2", pack_source(big), "me", build=True)
         error = caught.value
         assert error.step == "upload" and error.exit_code == 1
         assert "no space left on device under /srv/app" in error.detail
         assert "release 2 was removed and current was not changed" in error.detail
-        state = release.inspect(target, small)  # the connection is fine afterwards
+        state = steps.inspect(target, small)  # the connection is fine afterwards
         # with the disk completely full, finish still releases the lock (the log line is a warning)
         owner = LockOwner.new()
-        release.acquire_lock(target, small, owner)
+        acquire_lock(target, small, owner)
         host.sh("dd if=/dev/zero of=/srv/fill bs=64k; dd if=/dev/zero of=/srv/fill2 bs=1")
-        result = release.finish(target, small, owner, {"event": "deploy", "outcome": "failed"})
+        result = steps.finish(target, small, owner, {"event": "deploy", "outcome": "failed"})
         assert result.unlocked and any("cannot write" in w for w in result.warnings), result
     finally:
         target.close()
     assert state.release_ids == ["1"] and state.live == "1"
-    assert host.sh("ls /srv/app/releases; ls /srv/app/.deploytest/releases").stdout == "1\n1.json\n"
+    assert host.sh("ls /srv/app/releases; ls /srv/app/.deploytest/releases").stdout == "1\n1.meta\n"
     assert host.sh("readlink /srv/app/current").stdout == "/srv/app/releases/1\n"
 
 
@@ -147,7 +150,7 @@ def test_lock_race_over_ssh(make_hosts: MakeHosts, tmp_path: Path) -> None:
         target.open()
         barrier.wait()
         try:
-            release.acquire_lock(target, settings, owner)
+            acquire_lock(target, settings, owner)
             results.append("won")
         except LockHeld as error:
             assert f"{target.name}: locked by " in error.message
@@ -158,7 +161,7 @@ def test_lock_race_over_ssh(make_hosts: MakeHosts, tmp_path: Path) -> None:
         outcome = in_parallel(list(zip(conns, owners)), take)
         assert all(not isinstance(r, BaseException) for _, r in outcome), outcome
         assert sorted(results) == ["held", "held", "won"]
-        released = [release.release_lock(c, settings, o) for c, o in zip(conns, owners)]
+        released = [release_lock(c, settings, o) for c, o in zip(conns, owners)]
         assert released.count(True) == 1
     finally:
         close(conns)

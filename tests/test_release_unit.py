@@ -9,12 +9,31 @@ from datetime import datetime, timezone
 
 import pytest
 
-from deploytest import release
+from deploytest import steps
+from deploytest.audit import log_line
 from deploytest.config import GitSource, Settings
 from deploytest.errors import UsageError
-from deploytest.lock import LockInfo, LockOwner, log_line, parse_marks
-from deploytest.release import BAD, COMPLETE, PREPARING, UNKNOWN, VERIFIED, HostState, ReleaseInfo
+from deploytest.lock import LockInfo, LockOwner
+from deploytest.prepare import script_for_prepare
+from deploytest.remote import parse_marks
 from deploytest.source import GIT, Package, redact_url
+from deploytest.state import (
+    BAD,
+    COMPLETE,
+    PREPARING,
+    UNKNOWN,
+    VERIFIED,
+    HostState,
+    ReleaseInfo,
+    check_release_id,
+    cleanup_plan,
+    live_id,
+    new_release_id,
+    parse_state,
+    preflight_hint,
+    preflight_problem,
+    rollback_target,
+)
 
 NOW = datetime(2026, 11, 25, 10, 0, 1, tzinfo=timezone.utc)
 
@@ -28,20 +47,20 @@ def state(*releases: tuple[str, str], live: str | None = None, host: str = "web1
 
 
 def test_new_release_id_is_utc_timestamp() -> None:
-    assert release.new_release_id([], NOW) == "20261125100001"
+    assert new_release_id([], NOW) == "20261125100001"
 
 
 def test_new_release_id_converts_to_utc() -> None:
     from datetime import timedelta
 
     local = NOW.astimezone(timezone(timedelta(hours=5)))
-    assert release.new_release_id([], local) == "20261125100001"
+    assert new_release_id([], local) == "20261125100001"
 
 
 def test_new_release_id_is_greater_than_every_existing_id() -> None:
-    assert release.new_release_id(["20261125100001"], NOW) == "20261125100002"
-    assert release.new_release_id(["20301231235959", "x", "2026"], NOW) == "20301231235960"
-    assert release.new_release_id(["20200101000000"], NOW) == "20261125100001"
+    assert new_release_id(["20261125100001"], NOW) == "20261125100002"
+    assert new_release_id(["20301231235959", "x", "2026"], NOW) == "20301231235960"
+    assert new_release_id(["20200101000000"], NOW) == "20261125100001"
 
 
 HOSTILE = ["../../etc", "x;rm -rf /", "$(id)", "", ".hidden", "a/b", "-rf", "a b", "é", "a\nb", "a\n"]
@@ -50,7 +69,7 @@ HOSTILE = ["../../etc", "x;rm -rf /", "$(id)", "", ".hidden", "a/b", "-rf", "a b
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_release_names_are_refused(name: str) -> None:
     with pytest.raises(UsageError) as caught:
-        release.check_release_id(name)
+        check_release_id(name)
     assert caught.value.exit_code == 2
 
 
@@ -61,37 +80,37 @@ def test_rollback_goes_to_newest_verified_release_older_than_live() -> None:
     s = state(("1", VERIFIED), ("2", VERIFIED), ("3", BAD), ("4", PREPARING), ("6", COMPLETE), ("7", COMPLETE),
               live="7")
     assert s.previous == "2"  # 6 was built but never verified live: not a rollback target
-    assert release.rollback_target(s) == "2"
+    assert rollback_target(s) == "2"
 
 
 def test_rollback_skips_preparing_unknown_and_unverified() -> None:
     s = state(("1", VERIFIED), ("2", UNKNOWN), ("3", PREPARING), ("4", COMPLETE), ("5", VERIFIED), live="5")
-    assert release.rollback_target(s) == "1"
+    assert rollback_target(s) == "1"
 
 
 def test_rollback_without_previous_is_refused_and_names_an_unverified_one() -> None:
     with pytest.raises(UsageError, match="no previous verified release"):
-        release.rollback_target(state(("1", VERIFIED), live="1"))
+        rollback_target(state(("1", VERIFIED), live="1"))
     with pytest.raises(UsageError, match="1 is older but was never verified live: rollback --to 1 --force"):
-        release.rollback_target(state(("1", COMPLETE), ("2", VERIFIED), live="2"))
+        rollback_target(state(("1", COMPLETE), ("2", VERIFIED), live="2"))
 
 
 @pytest.mark.parametrize("to", ["../../etc", "x;rm -rf /", "$(id)", "1/../2"])
 def test_rollback_to_hostile_name_is_refused(to: str) -> None:
     with pytest.raises(UsageError, match="not a release name"):
-        release.rollback_target(state(("1", COMPLETE), ("2", COMPLETE), live="2"), to)
+        rollback_target(state(("1", COMPLETE), ("2", COMPLETE), live="2"), to)
 
 
 def test_rollback_to_checks_the_release() -> None:
     s = state(("0", COMPLETE), ("1", VERIFIED), ("2", BAD), ("3", PREPARING), ("4", VERIFIED), live="4")
-    assert release.rollback_target(s, "1") == "1"
+    assert rollback_target(s, "1") == "1"
     for to, words in (("2", "is bad"), ("3", "is preparing"), ("9", "does not exist"), ("4", "already live"),
                       ("0", "never verified live")):
         with pytest.raises(UsageError, match=words):
-            release.rollback_target(s, to)
-    assert release.rollback_target(s, "0", force=True) == "0"  # an unverified target with --force
+            rollback_target(s, to)
+    assert rollback_target(s, "0", force=True) == "0"  # an unverified target with --force
     with pytest.raises(UsageError, match="is bad"):
-        release.rollback_target(s, "2", force=True)
+        rollback_target(s, "2", force=True)
 
 
 # -- cleanup selection -------------------------------------------------------------------------
@@ -99,23 +118,23 @@ def test_rollback_to_checks_the_release() -> None:
 
 def test_cleanup_keeps_n_good_and_removes_failed_ones() -> None:
     s = state(*[(str(i), COMPLETE) for i in range(10, 17)], ("17", BAD), ("18", PREPARING), live="16")
-    assert release.cleanup_plan(s, 5) == ["10", "11", "17", "18"]
+    assert cleanup_plan(s, 5) == ["10", "11", "17", "18"]
 
 
 def test_cleanup_failed_releases_do_not_count() -> None:
     # capistrano#2120: failed releases must not push the last good ones out.
     s = state(("10", COMPLETE), ("11", COMPLETE), *[(str(i), BAD) for i in range(12, 20)], live="11")
-    assert release.cleanup_plan(s, 2) == [str(i) for i in range(12, 20)]
+    assert cleanup_plan(s, 2) == [str(i) for i in range(12, 20)]
 
 
 def test_cleanup_keeps_live_and_rollback_target_when_old() -> None:
     s = state(("10", VERIFIED), ("11", COMPLETE), ("12", COMPLETE), ("13", COMPLETE), live="11")
-    assert release.cleanup_plan(s, 1) == ["12"]
+    assert cleanup_plan(s, 1) == ["12"]
 
 
 def test_cleanup_never_touches_unknown_directories() -> None:
     s = state(("10", UNKNOWN), ("11", COMPLETE), live="11")
-    assert release.cleanup_plan(s, 1) == []
+    assert cleanup_plan(s, 1) == []
 
 
 def test_cleanup_awk_rule_matches_python_rule() -> None:
@@ -131,10 +150,10 @@ def test_cleanup_awk_rule_matches_python_rule() -> None:
     for s, keep in cases:
         lines = "".join(f"{r.id} {r.state}\n" for r in s.releases)
         out = subprocess.run(
-            ["awk", "-v", f"live={s.live or ''}", "-v", f"keep={keep}", release._CLEANUP_AWK],
+            ["awk", "-v", f"live={s.live or ''}", "-v", f"keep={keep}", steps.CLEANUP_AWK],
             input=lines, capture_output=True, text=True, check=True, env={"LC_ALL": "C"},
         ).stdout.split()
-        assert out == release.cleanup_plan(s, keep), (s, keep)
+        assert out == cleanup_plan(s, keep), (s, keep)
 
 
 # -- parsing and quoting -----------------------------------------------------------------------
@@ -142,47 +161,47 @@ def test_cleanup_awk_rule_matches_python_rule() -> None:
 
 def test_parse_state_reads_every_line() -> None:
     settings = Settings(deploy_to="/srv/app")
-    lock = LockOwner.new().to_json()
+    lock = [f"@@dt lock\t{line}" for line in LockOwner.new().to_record().splitlines()]
     out = "\n".join([
         "noise", "@@dt exists\t1", "@@dt writable\t0", "@@dt free\t42",
         "@@dt current\tlink\t/srv/app/releases/2", "@@dt release\t1\tunknown\t", "",
         '@@dt release\t2\tverified\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
-        '@@dt release\t3\t\t{"state": "complete", "label": "abc", "who": "a@b", "when": "t"}',
-        "@@dt release\t../x\t\t", f"@@dt lock\t{lock}", '@@dt last\t{"event": "deploy"}',
+        "@@dt release\t3\t", "@@dt meta\tstate=complete", "@@dt meta\tlabel=abc", "@@dt meta\twho=a@b",
+        "@@dt release\t../x\t\t", *lock, '@@dt last\t{"event": "deploy"}',
     ])
-    s = release.parse_state("h", settings, out)
+    s = parse_state("h", settings, out)
     assert (s.exists, s.writable, s.free_mb, s.live) == (True, False, 42, "2")
     assert s.release_ids == ["1", "2", "3"] and s.releases[0].state == UNKNOWN and s.releases[1].label == "abc"
     assert s.releases[1].state == VERIFIED  # the host's marker wins over the metadata's word
-    assert s.releases[2].state == COMPLETE
+    assert s.releases[2].state == COMPLETE and s.releases[2].who == "a@b"
     assert s.lock is not None and s.lock.pid > 0 and s.last_event == {"event": "deploy"}
-    assert "cannot write" in (release.preflight_problem(s, 1) or "")
+    assert "cannot write" in (preflight_problem(s, 1) or "")
 
 
 def test_live_id_accepts_relative_and_absolute_links() -> None:
     settings = Settings(deploy_to="/srv/app")
-    assert release.live_id("/srv/app/releases/20261125100001", settings) == "20261125100001"
-    assert release.live_id("releases/20261125100001/", settings) == "20261125100001"
-    assert release.live_id("/elsewhere", settings) is None
+    assert live_id("/srv/app/releases/20261125100001", settings) == "20261125100001"
+    assert live_id("releases/20261125100001/", settings) == "20261125100001"
+    assert live_id("/elsewhere", settings) is None
 
 
 def test_hostile_values_are_quoted_in_scripts() -> None:
     evil = "x'; touch /tmp/pwned; echo '$(id)`id`"
     settings = Settings(deploy_to="/srv/a b$(id)", shared=("data",), build_hooks=("make",))
     pkg = Package(None, evil, GIT, "u", git=GitSource("https://h/r.git; id", "main$(id)"))
-    script = release.script_for_prepare(settings, "20261125100001", pkg, who=evil)
+    script = script_for_prepare(settings, "20261125100001", pkg, who=evil)
     assert shlex.quote("/srv/a b$(id)") in script
     assert shlex.quote("https://h/r.git; id") in script and shlex.quote("main$(id)") in script
     # the script is valid shell
     subprocess.run(["sh", "-n", "-c", script], check=True)
     with pytest.raises(UsageError):
-        release.script_for_switch(settings, "$(id)")
+        steps.script_for_switch(settings, "$(id)")
 
 
 def test_lock_info_parses_damaged_files() -> None:
     assert LockInfo.parse("garbage").holder == "unknown@unknown (pid 0)"
     owner = LockOwner.new()
-    assert LockInfo.parse(owner.to_json()).token == owner.token
+    assert LockInfo.parse(owner.to_record()).token == owner.token
 
 
 def test_log_line_drops_secrets_and_adds_when() -> None:
@@ -215,12 +234,12 @@ def test_a_lock_is_live_while_it_beats_and_stale_after() -> None:
 
 def test_preflight_hints_carry_no_host_on_the_local_machine() -> None:
     lock = LockInfo(user="alice", host="elsewhere.example", pid=42, started="2026-11-25T10:00:01Z", age=500)
-    state = release.HostState("local", "/srv/app", exists=True, writable=True, lock=lock, local=True)
-    assert "stale (no heartbeat for 8m)" in (release.preflight_problem(state, 1) or "")
-    assert release.preflight_hint([state]) == "fab unlock"  # no -H local
+    state = HostState("local", "/srv/app", exists=True, writable=True, lock=lock, local=True)
+    assert "stale (no heartbeat for 8m)" in (preflight_problem(state, 1) or "")
+    assert preflight_hint([state]) == "fab unlock"  # no -H local
     remote = dataclasses.replace(state, host="web1", local=False, lock=dataclasses.replace(lock, age=2))
     other = dataclasses.replace(remote, host="web3")
-    assert "another deploy is running" in (release.preflight_problem(remote, 1) or "")
-    assert release.preflight_hint([remote, other]).endswith("fab -H web1,web3 unlock --force")  # one command
+    assert "another deploy is running" in (preflight_problem(remote, 1) or "")
+    assert preflight_hint([remote, other]).endswith("fab -H web1,web3 unlock --force")  # one command
     stale = [dataclasses.replace(h, lock=lock) for h in (remote, other)]
-    assert release.preflight_hint(stale) == "fab -H web1,web3 unlock"
+    assert preflight_hint(stale) == "fab -H web1,web3 unlock"

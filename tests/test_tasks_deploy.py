@@ -84,7 +84,7 @@ def test_seven_deploys_keep_five_good_releases(three: Dict[str, Any]) -> None:
         assert live(host) == lives[-1]
         assert all(state_of(host, rid) == "complete" for rid in kept)
         meta = sorted(host.sh(f"ls -1 {DEPLOY_TO}/.deploytest/releases").stdout.split())
-        assert meta == [f"{rid}.json" for rid in kept], (host.name, meta)  # no metadata of removed ones
+        assert meta == [f"{rid}.meta" for rid in kept], (host.name, meta)  # no metadata of removed ones
         assert wait_served(host, "ok 1.6") == "ok 1.6"
         assert not locked(host)
 

@@ -1,0 +1,223 @@
+"""The shell library: every script deploytest can build passes ``sh -n`` and ``shellcheck -s sh``, and a
+script never reaches a host with a helper it calls but does not define."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import subprocess
+from types import ModuleType
+from typing import Callable, Iterator
+
+import pytest
+
+from deploytest import lock, prepare, shell, steps
+from deploytest import plan as plans
+from deploytest.config import GitSource, Settings
+from deploytest.lock import Journal, LockOwner
+from deploytest.remote import wrap_sudo
+from deploytest.source import GIT, Package
+from deploytest.state import HostState, ReleaseInfo
+
+#: Codes excluded from shellcheck, each for a reason that holds for every script:
+EXCLUDED = {
+    # "Expressions don't expand in single quotes": values (an awk program, a hook, a JSON line) are
+    # data, single-quoted on purpose by shell.quote; that they hold "$1" unexpanded is the point.
+    "SC2016",
+    # "A && B || C is not if-then-else": used where C must run when either A or B fails
+    # ("[ -d "$p" ] && [ ! -L "$p" ] || continue", "{ write && mv; } || fail"), which is what it does.
+    "SC2015",
+    # "Use var=$(command) to assign output": a value that happens to be a command's name
+    # (ref=main, kind=directory, a hook "make") is assigned as data, never run.
+    "SC2209",
+    # "Quotes/backslashes will be treated literally" (and its twin, "... in this variable will not be
+    # respected"): a value holding quotes (a deploy_to of "/srv/it's") is data, never a command line.
+    "SC2089",
+    "SC2090",
+}
+
+HOSTILE = "it's \"quoted\" $(touch /tmp/dt-pwned) `id` \\ back\\slash\nnew line\ttab = ünïcödé ; | & *"
+TOKEN = "0123456789abcdef" * 2
+OTHER = "f" * 32
+
+PLAIN = Settings(deploy_to="/srv/app")
+FULL = Settings(
+    deploy_to="/srv/app", shared=("data", "config/app.env", "log"), keep_releases=3,
+    build_hooks=("make", "test -f VERSION"), restart_hooks=("systemctl restart app",), stop_hooks=("pkill app",),
+)
+EVIL = Settings(
+    deploy_to="/srv/" + HOSTILE.replace("\n", " "), shared=("my data/" + "it's $(x)", ".env"), keep_releases=1,
+    build_hooks=(HOSTILE, "echo '$(id)'"), restart_hooks=(HOSTILE,), stop_hooks=(HOSTILE, "exit 0"),
+)
+SUDO = Settings(deploy_to="/srv/sudo app", sudo=True, restart_hooks=("r",), stop_hooks=("s",), build_hooks=("b",))
+SETTINGS = {"plain": PLAIN, "full": FULL, "evil": EVIL, "sudo": SUDO}
+
+
+def owner() -> LockOwner:
+    return LockOwner(user=HOSTILE, host="laptop'$(id)", pid=4242, started="2026-11-25T10:00:01Z", token=TOKEN,
+                     release="20261125100001")
+
+
+def packages() -> dict[str, Package]:
+    return {
+        "archive": Package(b"", HOSTILE, "directory", "/x"),
+        "git": Package(None, "", GIT, "u", git=GitSource("https://h/r.git; $(id) 'x'", "main$(id)\"")),
+    }
+
+
+EVENT = {"event": "deploy", "release": "20261125100001", "who": HOSTILE, "outcome": "verified", "red": [HOSTILE]}
+SUITE = '{"checks": [{"command": {"run": "echo \'$(id)\'"}}]}'
+RID = "20261125100001"
+#: A host with a verified release live, and one deployed to for the first time (a plan for each).
+STATES = {"web1": HostState("web1", "/srv", releases=(ReleaseInfo("20261125100000", "verified"),),
+                            live="20261125100000"),
+          "web2": HostState("web2", "/srv")}
+
+def plan_steps(settings: Settings) -> Iterator[plans.Step]:
+    """Every step with a script of the plans of ``STATES``, for every package, verified or not."""
+    for package in packages().values():
+        for verify in (True, False):
+            for host in plans.make(settings, STATES, package, owner(), RID, verify=verify).hosts.values():
+                yield from (step for step in (*host.steps, host.on_failure) if step.script)
+
+
+#: One builder per script_for_* (and the plan): given settings, every variant of the script.
+BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
+    "steps.script_for_inspect": lambda s: iter([steps.script_for_inspect(s)]),
+    "steps.script_for_current": lambda s: iter([steps.script_for_current(s)]),
+    "steps.script_for_inspect_and_lock": lambda s: iter([steps.script_for_inspect_and_lock(s, owner())]),
+    "steps.script_for_mark_bad": lambda s: iter([steps.script_for_mark_bad(s, RID)]),
+    "steps.script_for_mark_verified": lambda s: iter([steps.script_for_mark_verified(s, RID)]),
+    "steps.script_for_switch": lambda s: iter([steps.script_for_switch(s, RID)]),
+    "steps.script_for_record_suite": lambda s: iter([steps.script_for_record_suite(s, RID, SUITE)]),
+    "steps.script_for_restart": lambda s: iter([steps.script_for_restart(s)]),
+    "steps.script_for_switch_and_restart": lambda s: iter([steps.script_for_switch_and_restart(s, RID)]),
+    "steps.script_for_switch_back": lambda s: iter([steps.script_for_switch_back(s, prev, RID)
+                                                    for prev in (None, "20261125100000")]),
+    "steps.script_for_remove": lambda s: iter([steps.script_for_remove(s, RID)]),
+    "steps.script_for_discard": lambda s: iter([steps.script_for_discard(s, RID, bad=bad) for bad in (True, False)]),
+    "steps.script_for_finish": lambda s: iter([steps.script_for_finish(s, owner(), logs=logs, cleanup=cleanup)
+                                               for logs in (True, False) for cleanup in (True, False)]),
+    "steps.script_for_log": lambda s: iter([steps.script_for_log(s, EVENT)]),
+    "prepare.script_for_prepare": lambda s: iter([
+        prepare.script_for_prepare(s, RID, package, HOSTILE, build=build, owner=who)
+        for package in packages().values() for build in (True, False) for who in (owner(), None)]),
+    "lock.script_for_acquire_lock": lambda s: iter([
+        lock.script_for_acquire_lock(s, owner(), journal, takeover)
+        for journal in (None, Journal.begin(owner(), RID, None), Journal.begin(owner(), RID, "20261125100000"))
+        for takeover in ("", OTHER)]),
+    "lock.script_for_release_lock": lambda s: iter([lock.script_for_release_lock(s, owner())]),
+    "lock.script_for_clear_journal": lambda s: iter([lock.script_for_clear_journal(s, OTHER)]),
+    "lock.script_for_heartbeat": lambda s: iter([lock.script_for_heartbeat(s, owner())]),
+    "lock.script_for_force_unlock": lambda s: iter([lock.script_for_force_unlock(s, token, event)
+                                                    for token in ("", OTHER) for event in (None, EVENT)]),
+    "plan.make": lambda s: iter([step.script for step in plan_steps(s) if step.name != "finish"]),
+    "plan.make finish (chained)": lambda s: iter([step.script for step in plan_steps(s) if step.name == "finish"]),
+    "steps.finish (chained)": lambda s: iter([shell.chain(steps.script_for_discard(s, RID, bad=True),
+                                                          steps.script_for_finish(s, owner()))]),
+}
+
+
+def every_script() -> Iterator[tuple[str, str]]:
+    """``(name, script)`` of every script deploytest can build, for every settings variant; with sudo,
+    the script as it is sent (wrapped) too."""
+    for variant, settings in SETTINGS.items():
+        for name, build in BUILDERS.items():
+            for n, text in enumerate(build(settings)):
+                yield f"{variant}:{name}#{n}", text
+                if settings.sudo:
+                    yield f"{variant}:{name}#{n}:sudo", wrap_sudo(text)
+
+
+SCRIPTS = dict(every_script())
+
+
+def test_every_script_builder_is_covered() -> None:
+    modules: dict[str, ModuleType] = {"steps": steps, "prepare": prepare, "lock": lock}
+    found = {f"{prefix}.{name}" for prefix, module in modules.items()
+             for name, fn in inspect.getmembers(module, inspect.isfunction)
+             if name.startswith("script_for_") and fn.__module__ == module.__name__}
+    assert found | {"plan.make", "plan.make finish (chained)", "steps.finish (chained)"} == set(BUILDERS)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_script_is_valid_sh(name: str) -> None:
+    result = subprocess.run(["sh", "-n"], input=SCRIPTS[name], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_scripts_pass_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is not installed (apt-get install -y shellcheck; scripts/test.sh does it)"
+    problems = []
+    for name, text in SCRIPTS.items():
+        result = subprocess.run([shellcheck, "-s", "sh", "-f", "gcc", "-e", ",".join(sorted(EXCLUDED)), "-"],
+                                input=text, capture_output=True, text=True)
+        if result.returncode != 0 or result.stdout.strip():
+            problems.append(f"{name}:\n{result.stdout}{result.stderr}")
+    assert not problems, "\n".join(problems[:5])
+
+
+def test_hostile_values_reach_scripts_only_quoted() -> None:
+    text = prepare.script_for_prepare(EVIL, RID, packages()["git"], HOSTILE, build=True, owner=owner())
+    assert f"D={shell.quote(EVIL.deploy_to)}\n" in text
+    for hook in EVIL.build_hooks:
+        assert f"={shell.quote(hook)}\n" in text
+    assert f"url={shell.quote(packages()['git'].git.url)}\n" in text  # type: ignore[union-attr]
+    # values are assigned before the helpers; helpers and body name variables only
+    code = text[text.index("\ndt_clean() {"):]
+    assert "dt-pwned" not in code and "laptop" not in code and "h/r.git" not in code
+
+
+# -- the builder ---------------------------------------------------------------------------------
+
+
+def test_a_script_has_the_prelude_and_exactly_the_helpers_its_body_calls() -> None:
+    text = shell.script(PLAIN, 'dt_fail step "went wrong"\n')
+    assert text.startswith("set -u\n")
+    assert "dt_fail() {" in text and "dt_clean() {" in text  # dt_fail calls dt_clean
+    assert text.index("dt_clean() {") < text.index("dt_fail() {")  # dependencies first
+    assert "dt_list() {" not in text and "dt_refuse() {" not in text
+    # transitively: dt_list -> dt_state -> dt_get
+    assert shell.helpers_for("dt_list\n") == ["dt_get", "dt_state", "dt_list"]
+    # a helper is included once however often it is called
+    assert shell.script(PLAIN, "dt_live\ndt_live\n").count("dt_live() {") == 1
+
+
+def test_a_helper_used_but_defined_nowhere_fails_in_python() -> None:
+    with pytest.raises(shell.UnknownHelper, match="dt_nonesuch"):
+        shell.script(PLAIN, 'dt_nonesuch "$x"\n')
+    with pytest.raises(shell.UnknownHelper, match="dt_hook"):
+        shell.script(PLAIN, "dt_hook_typo\ndt_hook\n")
+
+
+def test_a_helper_calling_an_undefined_helper_fails_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(shell.HELPERS, "dt_broken", "dt_broken() { dt_missing; }\n")
+    with pytest.raises(shell.UnknownHelper, match="helper dt_broken calls dt_missing"):
+        shell.script(PLAIN, "dt_broken\n")
+
+
+def test_a_function_the_body_defines_itself_is_no_helper() -> None:
+    text = shell.script(PLAIN, "dt_mine() { dt_live; }\ndt_mine\n")
+    assert "dt_live() {" in text and text.count("dt_mine()") == 1
+
+
+def test_every_helper_is_used_by_some_script_and_is_valid() -> None:
+    used = {name for text in SCRIPTS.values() for name in shell.HELPERS if f"{name}() {{" in text}
+    assert used == set(shell.HELPERS)
+
+
+def test_values_need_plain_names() -> None:
+    for bad in ("D", "S", "dt_x", "a b", "x;y", ""):
+        with pytest.raises(ValueError):
+            shell.script(PLAIN, "true\n", {bad: 1})
+    with pytest.raises(ValueError, match="twice"):
+        shell.join(("", {"id": "1"}), ("", {"id": "2"}))
+
+
+def test_no_script_is_cut_or_hand_assembled() -> None:
+    # every script starts with the prelude once: none is two scripts glued together
+    for name, text in SCRIPTS.items():
+        if ":sudo" in name or "chained" in name:
+            continue
+        assert text.startswith(shell.PRELUDE) and text.count(shell.PRELUDE) == 1, name
