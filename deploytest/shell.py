@@ -80,7 +80,9 @@ HELPERS: dict[str, str] = {
   live_=''
   if [ -L "$D/current" ]; then
     l=$(readlink -- "$D/current"); l=${l%/}
-    case $l in */releases/*|releases/*) live_=${l##*/};; esac
+    case $l in /*) ;; *) l="$D/$l";; esac
+    case $l in "$D"/releases/?*) l=${l#"$D"/releases/}; live_=${l%%/*};; esac
+    case $live_ in [!0-9A-Za-z]*|*[!0-9A-Za-z._-]*) live_='';; esac
   fi
   printf '%s\n' "$live_"
 }

@@ -22,7 +22,6 @@ removed by the next cleanup.
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -204,12 +203,20 @@ def parse_state(host: str, settings: Settings, stdout: str) -> HostState:
 
 
 def live_id(link: str, settings: Settings) -> str | None:
-    """The release id a ``current`` link target names (absolute or relative), or None."""
+    """The release a ``current`` link target lies in (absolute, or relative to ``deploy_to``), or None.
+
+    A link into a release's subdirectory (``releases/<id>/public``) names ``<id>``: that release is
+    what serves, and must not be taken for removable. A link outside ``<deploy_to>/releases`` names
+    none. The shell's ``dt_live`` reads a link the same way.
+    """
     link = link.rstrip("/")
-    parent, name = posixpath.split(link)
-    if posixpath.basename(parent) != "releases" or not RELEASE_ID.fullmatch(name):
+    if not link.startswith("/"):
+        link = f"{settings.deploy_to}/{link}"
+    prefix = f"{settings.releases_dir}/"
+    if not link.startswith(prefix):
         return None
-    return name
+    name = link[len(prefix):].split("/", 1)[0]
+    return name if RELEASE_ID.fullmatch(name) else None
 
 
 def _json_object(text: str) -> dict[str, Any] | None:

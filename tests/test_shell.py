@@ -4,8 +4,10 @@ script never reaches a host with a helper it calls but does not define."""
 from __future__ import annotations
 
 import inspect
+import os
 import shutil
 import subprocess
+from pathlib import Path
 from types import ModuleType
 from typing import Callable, Iterator
 
@@ -221,3 +223,26 @@ def test_no_script_is_cut_or_hand_assembled() -> None:
         if ":sudo" in name or "chained" in name:
             continue
         assert text.startswith(shell.PRELUDE) and text.count(shell.PRELUDE) == 1, name
+
+
+@pytest.mark.parametrize("link", [
+    "/srv/app/releases/20261125100000", "/srv/app/releases/20261125100000/", "releases/20261125100000",
+    "/srv/app/releases/20261125100000/public", "releases/20261125100000/public/",
+    "/elsewhere/releases/20261125100000", "/srv/app/other/20261125100000", "/srv/app/releases/",
+    "/srv/app/releases/bad id", "/srv/app/releases-x/1",
+])
+def test_the_shell_and_python_read_a_current_link_alike(tmp_path: Path, link: str) -> None:
+    """What ``dt_live`` says is live is what ``live_id`` says: cleanup on the host and the plan here
+    must never disagree about which release serves (a link into releases/<id>/public is <id>)."""
+    from deploytest.state import live_id
+
+    deploy_to = tmp_path / "srv" / "app"
+    deploy_to.mkdir(parents=True)
+    local = link.replace("/srv/app", str(deploy_to), 1) if link.startswith("/srv/app") else link
+    os.symlink(local, deploy_to / "current")
+    settings = Settings(deploy_to=str(deploy_to))
+    out = subprocess.run(["sh", "-c", shell.script(settings, "dt_live\n")], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert (out or None) == live_id(local, settings)
+    expected = "20261125100000" if local.rstrip("/").startswith((f"{deploy_to}/releases/2", "releases/2")) else None
+    assert live_id(local, settings) == expected, link
