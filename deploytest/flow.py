@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from . import release
+from . import analysis, release
 from .checks import HostReport, VerifyReport
 from .config import Settings, VerifySettings, plan_batches, with_suite
 from .console import Console
@@ -339,7 +339,9 @@ def go_live(run: Rollout, batch: list[str], number: int, *, verify: bool) -> Non
         run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
     if verify and run.verifies:
         live = [name for name in batch if name not in run.failed]
-        report = run.verify(live, settings.verify)
+        unswitched = [n for n in run.names if n not in run.switched and n not in run.tolerated]
+        with analysis.comparing(run.pick(unswitched)):  # what metric checks' compare holds the batch to
+            report = run.verify(live, settings.verify)
         run.after = report if run.after is None else VerifyReport(run.after.hosts + report.hosts)
         for host in report.hosts:
             if host.error:

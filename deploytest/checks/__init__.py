@@ -11,6 +11,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .base import Check, ProbeOutput, Verdict, redact
 from .database import DatabaseCheck
+from .metric import MetricCheck
 from .network import HttpCheck, PortCheck, TcpCheck
 from .runner import CheckResult, HostReport, VerifyReport, run_checks
 from .schema import Field, validate
@@ -40,6 +41,7 @@ CATALOG: dict[str, type[Check]] = {
         GroupCheck,
         DatabaseCheck,
         DiskCheck,
+        MetricCheck,
     )
 }
 
