@@ -45,6 +45,11 @@ class RolloutSettings:
     max_fail: int = 0
     parallel: int = 50
     prepare: str = "all"  # or "per_batch": each batch is uploaded and built just before it goes live
+    # gates (see deploytest.gates): re-verify a green batch this long; "after_canary": ask before going on
+    soak: float = 0.0
+    confirm: str = ""
+    confirm_url: str | None = None
+    confirm_timeout: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class Settings:
     step_timeout: float = 900.0
     base_dir: str = "."
     label: str | None = None  # this run's release label (--label), instead of the source's content hash
+    notify: tuple[Any, ...] = ()  # webhooks told of the rollout's events (see deploytest.notify)
 
     @property
     def releases_dir(self) -> str:
@@ -132,6 +138,7 @@ _TOP_KEYS = {
     "step_timeout",
     "tests",
     "pytest_args",
+    "notify",
 }
 
 
@@ -254,6 +261,8 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     :raises ConfigError: with one line naming the bad key and what was expected.
     """
     from .checks import parse_checks  # the check catalog owns its own schema
+    from .gates import GATE_KEYS, parse_gates
+    from .notify import parse_notify
 
     if data is None or (hasattr(data, "__len__") and len(data) == 0):
         raise ConfigError(
@@ -299,7 +308,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     rollout_data = data.get("rollout") or {}
     if not isinstance(rollout_data, Mapping):
         raise _fail("rollout", "a mapping like {batches: [1, \"50%\"], max_fail: 0, parallel: 10}", rollout_data)
-    _check_keys(rollout_data, {"batches", "max_fail", "parallel", "prepare"}, "rollout.")
+    _check_keys(rollout_data, {"batches", "max_fail", "parallel", "prepare", *GATE_KEYS}, "rollout.")
     prepare_mode = rollout_data.get("prepare", "all")
     if prepare_mode not in ("all", "per_batch"):
         raise _fail("rollout.prepare", '"all" (every host before the canary) or "per_batch"', prepare_mode)
@@ -308,6 +317,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         max_fail=int(_number(rollout_data, "max_fail", "rollout.", 0, integer=True)),
         parallel=int(_number(rollout_data, "parallel", "rollout.", 50, minimum=1, integer=True)),
         prepare=str(prepare_mode),
+        **parse_gates(rollout_data),
     )
 
     sudo = data.get("sudo", False)
@@ -335,6 +345,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         step_timeout=float(_number(data, "step_timeout", "", 900.0, minimum=1)),
         base_dir=base_dir,
         label=label,
+        notify=parse_notify(data.get("notify")),
     )
 
 

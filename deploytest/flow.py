@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from . import analysis, release
+from . import analysis, gates, notify, release
 from .checks import HostReport, VerifyReport
 from .config import Settings, VerifySettings, plan_batches, with_suite
 from .console import Console
@@ -66,6 +66,7 @@ class Rollout:
     touched: set[str] = field(default_factory=set)  # hosts the new release went live on, even for a moment
     suites: dict[str, Optional[str]] = field(default_factory=dict)  # host -> suite of the release it went back to
     stopped: list[str] = field(default_factory=list)  # first deploy failed: its stop hooks ran there
+    notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
     unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:
@@ -138,6 +139,8 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     if verify:
         collect_tests(run)
     preflight(run)
+    if run.notifier is not None:
+        run.notifier.event("started", notify.started_body(run))
     with Heartbeat(run):
         try:
             if verify:
@@ -145,10 +148,12 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
             per_batch = run.settings.rollout.prepare == "per_batch"
             if not per_batch:
                 prepare(run, run.names)
-            for number, batch in enumerate(plan_batches(run.names, run.settings.rollout.batches), 1):
+            batches = plan_batches(run.names, run.settings.rollout.batches)
+            for number, batch in enumerate(batches, 1):
                 if per_batch:  # a failed canary then costs one upload, not one per host
                     prepare(run, batch)
                 go_live(run, batch, number, verify=verify)
+                gates.after_batch(run, batch, number, len(batches))  # rollout.soak, rollout.confirm
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)

@@ -25,7 +25,7 @@ from .errors import (
 from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import prelude, run_script, script_for_log_line
-from .report import render, render_transitions, write_json, write_junit
+from .report import RunReport, render, render_transitions, write_json, write_junit
 from .verifiers import suite_verifier
 
 
@@ -256,6 +256,10 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
             for step, script in release.plan(settings, release_id, package, release.LockOwner.new(release_id)):
                 console.line(f"# --- {step} ---")
                 console.line(script.rstrip())
+    from .gates import describe  # metric checks, gates and notifications: once for the whole rollout
+
+    for line in describe(settings, verify=verify):
+        console.line(f"  {line}")
     return OK
 
 
@@ -264,13 +268,24 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
     """The reports of a rollout (deploy, deploy-and-verify, rollback), whatever its end: JSON (the
     versioned schema of :mod:`deploytest.report`) and JUnit, with per host what was live before and
     after and per check its transition; ``error`` is what ended the run (None: it succeeded)."""
-    from datetime import datetime, timedelta, timezone
-
-    from .errors import DeploytestError, exit_code_for
-    from .report import OUTCOME_FOR_CODE, HostFacts, RunReport, write_document, write_run_junit
+    from .report import write_document, write_run_junit
 
     if not json_path and not junit_path:
         return
+    facts = run_facts(run, task, error)
+    if json_path:
+        write_document(json_path, facts)
+    if junit_path:
+        write_run_junit(junit_path, facts)
+
+
+def run_facts(run: Rollout, task: str, error: Optional[BaseException] = None) -> RunReport:
+    """What the reports of a rollout say (see :func:`write_reports`); ``error``: what ended it."""
+    from datetime import datetime, timedelta, timezone
+
+    from .errors import DeploytestError, exit_code_for
+    from .report import OUTCOME_FOR_CODE, HostFacts
+
     code = exit_code_for(error) if error is not None else OK
     message = (error.message if isinstance(error, DeploytestError) else
                "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
@@ -317,10 +332,7 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
         error=message, next_step=getattr(error, "next_step", "") or "",
         started=started.isoformat(timespec="seconds"), seconds=seconds,
     )
-    if json_path:
-        write_document(json_path, facts)
-    if junit_path:
-        write_run_junit(junit_path, facts)
+    return facts
 
 
 def print_transitions(run: Rollout) -> None:
