@@ -97,6 +97,13 @@ def test_rising_error_rate_is_rolled_back_by_the_metric_check_alone(fleet: Dict[
     assert after[f"{canary}/error rate"]["kind"] == "metric"
     assert checks_of(report, "baseline")[f"{canary}/error rate"]["ok"]  # one look at the live release
     assert "error rate" in junit.read_text()
+    assert checks_of(report, "rollback")[f"{canary}/error rate"]["kind"] == "metric"  # the way back, judged too
+
+    verify_path = fleet["tmp"] / "verify.json"
+    verified = project.fab("verify", "--json", str(verify_path), hosts=fleet["hosts"])
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    now = checks_of(json.loads(verify_path.read_text()))
+    assert {k for k in now if k.endswith("/error rate")} == {f"{h}/error rate" for h in fleet["hosts"]}
     print(f"metric rollout: first deploy {first_seconds:.1f}s, rolled back in {second_seconds:.1f}s")
 
 
