@@ -231,3 +231,48 @@ def test_compare_measures_the_unswitched_hosts_at_the_same_time(json_endpoint: D
     assert not result.ok and "0.4 (unswitched hosts: 0.2)" in result.verdict.observed
     alone = run_checks([LocalTarget("canary")], [check], settings).hosts[0].results[0]
     assert alone.ok and "not compared" in alone.verdict.detail
+
+
+PAUSE_SCRIPT = """
+import json, sys
+from deploytest.checks import make_check, run_checks
+from deploytest.config import VerifySettings
+from deploytest.hosts import LocalTarget
+check = make_check("metric", http_json={"url": sys.argv[1], "path": "missing"}, max=1, name="quiet metric")
+result = run_checks([LocalTarget()], [check], VerifySettings(timeout=0.5, interval=0.2)).hosts[0].results[0]
+print("RESULT", json.dumps([result.ok, result.verdict.detail]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("answer, ok", [("y", True), ("n", False)])
+def test_inconclusive_pause_asks_at_a_terminal(json_endpoint: Dict[str, Any], answer: str, ok: bool) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    json_endpoint["answers"]["/q"] = {"other": 1}
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    proc = subprocess.Popen([sys.executable, "-c", PAUSE_SCRIPT, json_endpoint["url"] + "/q"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 20
+    answered = False
+    while b"RESULT" not in seen or not seen.rstrip().endswith(b"]"):
+        assert time.monotonic() < deadline, seen
+        try:
+            seen += os.read(master, 4096)
+        except OSError:
+            break
+        if not answered and b"[y/N]" in seen:
+            assert b"quiet metric: inconclusive (no value (empty result or NaN))" in seen
+            os.write(master, answer.encode() + b"\n")
+            answered = True
+    proc.wait(10)
+    os.close(master)
+    assert answered, seen
+    verdict = json.loads(seen.split(b"RESULT", 1)[1].strip().splitlines()[0])
+    assert verdict[0] is ok
+    assert ("accepted at the terminal" if ok else "refused at the terminal") in verdict[1]
