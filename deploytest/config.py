@@ -50,6 +50,7 @@ class RolloutSettings:
     confirm: str = ""
     confirm_url: str | None = None
     confirm_timeout: float = 600.0
+    analysis: str = ""  # "background": keep verifying switched batches while later ones go live
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Rollout:
     suites: dict[str, Optional[str]] = field(default_factory=dict)  # host -> suite of the release it went back to
     stopped: list[str] = field(default_factory=list)  # first deploy failed: its stop hooks ran there
     notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
+    background: Optional[Any] = None  # rollout.analysis: background (deploytest.gates.Background)
     unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
+from .checks import HostReport
 from .config import VerifySettings
 from .errors import ChecksFailed, ConfigError
 
 if TYPE_CHECKING:
     from .flow import Rollout
 
-GATE_KEYS = ("soak", "confirm", "confirm_url", "confirm_timeout")
+GATE_KEYS = ("soak", "confirm", "confirm_url", "confirm_timeout", "analysis")
 #: How often ``confirm_url`` is asked.
 POLL_SECONDS = 2.0
 
@@ -52,8 +54,12 @@ def parse_gates(rollout: Mapping[str, Any]) -> dict[str, Any]:
     if url is not None and not confirm:
         raise ConfigError("config deploytest.rollout.confirm_url: given without confirm: after_canary."
                           " Nothing was changed.")
+    analysis = rollout.get("analysis") or ""
+    if analysis not in ("", "background"):
+        raise ConfigError(f"config deploytest.rollout.analysis: expected background, got {analysis!r}."
+                          " Nothing was changed.")
     return {"soak": number("soak", 0, 0), "confirm": str(confirm), "confirm_url": url,
-            "confirm_timeout": number("confirm_timeout", 600, 1)}
+            "confirm_timeout": number("confirm_timeout", 600, 1), "analysis": str(analysis)}
 
 
 def after_batch(run: Rollout, batch: list[str], number: int, batches: int) -> None:
@@ -63,10 +69,77 @@ def after_batch(run: Rollout, batch: list[str], number: int, batches: int) -> No
     """
     rollout = run.settings.rollout
     live = [n for n in batch if n not in run.failed and n not in run.tolerated]
+    if run.background is not None:
+        run.background.check()  # red on a batch switched before: abort before going on
     if rollout.soak > 0 and run.verifying and run.verifies and live:
         soak(run, live, rollout.soak)
     if rollout.confirm == "after_canary" and number == 1 and batches > 1:
         confirm(run)
+    if rollout.analysis == "background" and run.verifying and run.settings.checks and number < batches:
+        if run.background is None:
+            run.background = Background(run)
+        run.background.add(live)
+
+
+class Background:
+    """``rollout.analysis: background``: the checks of the batches already green, one look every
+    ``verify.interval`` while later batches go live. A red look is kept and raised (as ChecksFailed)
+    at the next gate, between batches, so the flow rolls back everything switched so far; the thread
+    ends once the run is no longer pending."""
+
+    def __init__(self, run: Rollout) -> None:
+        self.run = run
+        self.names: list[str] = []
+        self.red: Optional[str] = None
+        self.red_hosts: dict[str, str] = {}
+        self.red_reports: list[HostReport] = []
+        self.looks = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="deploytest-analysis", daemon=True)
+        self._thread.start()
+
+    def add(self, names: list[str]) -> None:
+        """Watch these hosts too (a batch that just turned green)."""
+        with self._lock:
+            self.names += [n for n in names if n not in self.names]
+
+    def _watch(self) -> None:
+        run = self.run
+        interval = max(run.settings.verify.interval, 0.5)
+        only = [c.name for c in run.settings.checks]
+        while not self._stop.wait(interval) and run.outcome == "pending":
+            with self._lock:
+                names = list(self.names)
+            try:
+                report = run.verify(names, VerifySettings(0, interval), only)
+            except Exception as error:  # noqa: BLE001 - the watcher must not die silently
+                self.red = f"could not verify {', '.join(names)}: {error}"
+                return
+            self.looks += 1
+            red = [h for h in report.hosts if not h.ok]
+            if red and run.outcome == "pending":
+                self.red_reports = red
+                self.red_hosts = {h.host: h.error or "; ".join(f"{r.name}: {r.verdict.observed}"
+                                                               for r in h.results if not r.ok) for h in red}
+                self.red = "; ".join(f"{host} (background analysis: {why})" for host, why in self.red_hosts.items())
+                return
+
+    def check(self) -> None:
+        """:raises ChecksFailed: a look at an earlier batch was red (its hosts then count as failed)."""
+        if self.red is not None:
+            self._stop.set()
+            run = self.run
+            if run.after is not None:  # the background's results are those hosts' last word in the reports
+                run.after.hosts = [h for h in run.after.hosts if h.host not in self.red_hosts] + self.red_reports
+            for host, why in self.red_hosts.items():  # from this (the flow's) thread: run.failed is the flow's
+                self.run.failed.setdefault(host, f"background analysis: {why}")
+                self.run.console.host(host, "analysis", why, "red")
+            raise ChecksFailed(f"background analysis after {self.looks} look(s): {self.red}")
+
+    def stop(self) -> None:
+        """No more looks (the run is ending)."""
+        self._stop.set()
 
 
 def soak(run: Rollout, names: list[str], seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -147,6 +220,8 @@ def describe(settings: Any, *, verify: bool = True) -> list[str]:
             compare = " compared with the unswitched hosts," if check.params.get("compare") else ""
             lines.append(f"metric    {check.name}: {check.expectation()};{compare} measured from this machine"
                          f" ({check.source})")
+    if rollout.analysis and verify:
+        lines.append("analysis  keep verifying switched batches while later ones go live; red: roll back all")
     if rollout.soak and verify:
         lines.append(f"soak      re-verify each batch for {rollout.soak:g}s after it turned green")
     if rollout.confirm:

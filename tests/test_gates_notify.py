@@ -24,7 +24,7 @@ pytestmark = pytest.mark.testbed
 @pytest.fixture
 def receiver() -> Iterator[Dict[str, Any]]:
     """A real HTTP server on 127.0.0.1: records POSTed JSON events; GET /confirm/yes 200, /confirm/no 403;
-    GET /value/<host> answers {"v": 0} for its first three requests per host, then {"v": 1}."""
+    GET /value/<n>/<host> answers {"v": 0} for its first n requests per host, then {"v": 1}."""
     state: Dict[str, Any] = {"events": [], "gets": {}, "lock": threading.Lock()}
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -48,7 +48,7 @@ def receiver() -> Iterator[Dict[str, Any]]:
             if self.path.startswith("/confirm/"):
                 self.answer(200 if self.path == "/confirm/yes" else 403, {})
             else:
-                self.answer(200, {"v": 0 if seen <= 3 else 1})
+                self.answer(200, {"v": 0 if seen <= int(self.path.split("/")[2]) else 1})
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -165,7 +165,7 @@ def test_a_batch_that_turns_red_while_soaking_is_rolled_back(fleet: Dict[str, An
     assert first.returncode == 0, first.stdout + first.stderr
     before = {h.name: live(h) for h in bed.hosts}
     # green for its first three looks on each host, red after: the canary's verify looks once, the soak more
-    project.config["checks"].append({"metric": {"http_json": {"url": receiver["url"] + "/value/{host}", "path": "v"},
+    project.config["checks"].append({"metric": {"http_json": {"url": receiver["url"] + "/value/3/{host}", "path": "v"},
                                                 "max": 0.5, "name": "late failure"}})
     project.config["rollout"] = {"batches": [1, "100%"], "soak": 10}
     project.config["verify"] = {"timeout": 5, "interval": 0.5}
@@ -176,6 +176,26 @@ def test_a_batch_that_turns_red_while_soaking_is_rolled_back(fleet: Dict[str, An
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "red while soaking" in out and "late failure" in out
-    assert receiver["gets"].get(f"/value/{hosts[1]}", 0) <= 1  # the next batch never went live
+    assert receiver["gets"].get(f"/value/3/{hosts[1]}", 0) <= 1  # the next batch never went live
+    for host in bed.hosts:
+        assert live(host) == before[host.name] and not locked(host)
+
+
+def test_background_analysis_rolls_back_everything_switched(fleet: Dict[str, Any], receiver: Dict[str, Any]) -> None:
+    project, hosts, bed = fleet["project"], fleet["hosts"], fleet["bed"]
+    first = project.fab("deploy-and-verify", hosts=hosts)
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = {h.name: live(h) for h in bed.hosts}
+    # two green looks per host (the baseline's and its batch's verify), red after: only the background sees it
+    project.config["checks"].append({"metric": {"http_json": {"url": receiver["url"] + "/value/2/{host}", "path": "v"},
+                                                "max": 0.5, "name": "late failure"}})
+    project.config["rollout"] = {"batches": [1], "analysis": "background"}
+    project.config["verify"] = {"timeout": 5, "interval": 0.5}
+    project.set_version("1.1")
+    proc = project.fab("deploy-and-verify", hosts=hosts)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "background analysis after" in out and "late failure" in out
+    assert receiver["gets"][f"/value/2/{hosts[0]}"] >= 3  # the canary was looked at again, in the background
     for host in bed.hosts:
         assert live(host) == before[host.name] and not locked(host)
