@@ -203,6 +203,19 @@ def test_http_json_metric_through_the_runner(json_endpoint: Dict[str, Any]) -> N
     assert run_checks([LocalTarget()], [check], VerifySettings(timeout=1, interval=0.2)).ok
 
 
+def test_header_tokens_can_come_from_the_environment(json_endpoint: Dict[str, Any], monkeypatch: Any) -> None:
+    json_endpoint["answers"]["/v"] = {"v": "token is env-t0ken"}
+    check = make_check("metric", http_json={"url": json_endpoint["url"] + "/v", "path": "v"}, max=1,
+                       headers={"Authorization": "Bearer {env:METRIC_TOKEN}"})
+    unset = run_checks([LocalTarget()], [check], VerifySettings(timeout=0, interval=0.1)).hosts[0].results[0]
+    assert not unset.ok and "environment variable METRIC_TOKEN (in headers) is not set" in unset.verdict.observed
+    monkeypatch.setenv("METRIC_TOKEN", "env-t0ken")
+    result = run_checks([LocalTarget()], [check], VerifySettings(timeout=0, interval=0.1)).hosts[0].results[0]
+    assert json_endpoint["headers"][-1]["Authorization"] == "Bearer env-t0ken"
+    assert "env-t0ken" not in json.dumps(result.to_dict())  # the value is redacted wherever it shows up
+    assert "could not convert string to float: 'token is ***'" in result.verdict.observed
+
+
 def test_a_metric_runs_beside_the_probes_in_the_same_attempt(json_endpoint: Dict[str, Any]) -> None:
     json_endpoint["answers"]["/v"] = {"v": 1}
     checks = [make_check("metric", http_json={"url": json_endpoint["url"] + "/v", "path": "v"}, min=1),

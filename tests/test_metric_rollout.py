@@ -121,6 +121,18 @@ def test_inconclusive_query_fails_in_ci(fleet: Dict[str, Any]) -> None:
     assert "no terminal to ask (CI)" in result["detail"]
 
 
+def test_a_bad_query_is_an_error_that_says_why(fleet: Dict[str, Any]) -> None:
+    from deploytest.checks import make_check, run_checks
+    from deploytest.config import VerifySettings
+    from deploytest.hosts import LocalTarget
+
+    check = make_check("metric", prometheus={"url": fleet["prometheus"].url, "query": "sum(rate(x[1m]"}, max=1,
+                       max_errors=1)
+    result = run_checks([LocalTarget()], [check], VerifySettings(timeout=5, interval=0.1)).hosts[0].results[0]
+    assert not result.ok and result.attempts == 2
+    assert "query failed: HTTP 400: " in result.verdict.observed and "parse error" in result.verdict.observed
+
+
 def test_canary_twice_as_slow_as_the_rest_is_rolled_back_by_compare(fleet: Dict[str, Any]) -> None:
     prometheus: Prometheus = fleet["prometheus"]
     latency = {"metric": {"prometheus": {"url": prometheus.url, "query": LATENCY},

@@ -22,6 +22,7 @@ import ast
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -152,6 +153,24 @@ def _promql_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+_ENV = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def with_env(text: str, *, strict: bool = True) -> str:
+    """``text`` with each ``{env:NAME}`` replaced by this machine's environment variable NAME, so a token
+    stays out of fabric.yaml (and out of the suite recorded on the hosts).
+
+    :raises ValueError: a variable is not set (with ``strict``; else it is left empty).
+    """
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ and strict:
+            raise ValueError(f"environment variable {name} (in headers) is not set on this machine")
+        return os.environ.get(name, "")
+
+    return _ENV.sub(value, text)
+
+
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -261,6 +280,8 @@ class MetricCheck(Check):
 
     def secret_values(self) -> list[str]:
         values = [str(v) for v in (self.params.get("headers") or {}).values() if v]
+        values += [v for v in (with_env(str(h), strict=False) for h in values) if v]
+        values += [os.environ.get(n, "") for h in values for n in _ENV.findall(h) if os.environ.get(n)]
         password = urllib.parse.urlsplit(str(self.params[self.source]["url"])).password
         return values + ([password] if password else [])
 
@@ -272,7 +293,7 @@ class MetricCheck(Check):
         :raises OSError: or ValueError: the query failed.
         """
         body = self.params[self.source]
-        headers = {str(k): str(v) for k, v in (self.params.get("headers") or {}).items()}
+        headers = {str(k): with_env(str(v)) for k, v in (self.params.get("headers") or {}).items()}
         headers.setdefault("Accept", "application/json")
         if self.source == "prometheus":
             query = fill_promql(str(body["query"]), host, address)
@@ -429,8 +450,17 @@ def prometheus_value(document: Any) -> Optional[float]:
 
 def _get_json(url: str, headers: Mapping[str, str]) -> Any:
     request = urllib.request.Request(url, headers=dict(headers))
-    with urllib.request.urlopen(request, timeout=QUERY_SECONDS) as response:  # noqa: S310 - http(s) only
-        return json.loads(response.read(16 * 1024 * 1024))
+    try:
+        with urllib.request.urlopen(request, timeout=QUERY_SECONDS) as response:  # noqa: S310 - http(s) only
+            return json.loads(response.read(16 * 1024 * 1024))
+    except urllib.error.HTTPError as error:
+        try:  # Prometheus says what is wrong with a query in its JSON answer
+            said = json.loads(error.read(64 * 1024)).get("error")
+        except Exception:  # noqa: BLE001 - no JSON: the status alone
+            said = None
+        if said:
+            raise ValueError(f"HTTP {error.code}: {snippet(str(said), 160)}") from None
+        raise
 
 
 def _why(error: BaseException) -> str:
