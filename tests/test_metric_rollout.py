@@ -18,8 +18,9 @@ pytestmark = [pytest.mark.testbed, pytest.mark.slow]
 
 ERROR_RATE = ('sum(rate(hello_http_errors_total{host="{host}"}[5s]))'
               ' / sum(rate(hello_http_requests_total{host="{host}"}[5s]))')
-LATENCY = ('sum(rate(hello_http_request_duration_seconds_sum{host="{host}"}[3s]))'
-           ' / sum(rate(hello_http_request_duration_seconds_count{host="{host}"}[3s]))')
+# by address: {address} is the host's HostName from ssh_config, as Prometheus' instance label has it
+LATENCY = ('sum(rate(hello_http_request_duration_seconds_sum{instance="{address}:8000"}[3s]))'
+           ' / sum(rate(hello_http_request_duration_seconds_count{instance="{address}:8000"}[3s]))')
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def checks_of(report: Dict[str, Any], phase: str = "result") -> Dict[str, Dict[s
 
 def test_rising_error_rate_is_rolled_back_by_the_metric_check_alone(fleet: Dict[str, Any]) -> None:
     prometheus: Prometheus = fleet["prometheus"]
-    metric = {"metric": {"prometheus": {"url": prometheus.url, "query": ERROR_RATE}, "max": 0.05, "count": 3,
+    metric = {"metric": {"prometheus": {"url": prometheus.url, "query": ERROR_RATE}, "max": 0.05, "count": 4,
                          "name": "error rate"}}
     info = urllib.parse.quote('hello_info{host="', safe="") + "{host}" + urllib.parse.quote('"}', safe="")
     version = {"metric": {"http_json": {"url": prometheus.url + "/api/v1/query?query=" + info,
@@ -94,6 +95,7 @@ def test_rising_error_rate_is_rolled_back_by_the_metric_check_alone(fleet: Dict[
     assert after[f"{canary}/health"]["ok"] and after[f"{canary}/port 8000"]["ok"]  # only the metric is red
     assert not after[f"{canary}/error rate"]["ok"]
     assert "above max 0.05" in after[f"{canary}/error rate"]["observed"]
+    assert after[f"{canary}/error rate"]["expected"] == "<= 0.05 (4 times in a row)"
     assert after[f"{canary}/error rate"]["kind"] == "metric"
     assert checks_of(report, "baseline")[f"{canary}/error rate"]["ok"]  # one look at the live release
     assert "error rate" in junit.read_text()
@@ -136,7 +138,7 @@ def test_a_bad_query_is_an_error_that_says_why(fleet: Dict[str, Any]) -> None:
 def test_canary_twice_as_slow_as_the_rest_is_rolled_back_by_compare(fleet: Dict[str, Any]) -> None:
     prometheus: Prometheus = fleet["prometheus"]
     latency = {"metric": {"prometheus": {"url": prometheus.url, "query": LATENCY},
-                          "compare": {"max_ratio": 1.5}, "count": 3, "name": "latency"}}
+                          "compare": {"max_ratio": 1.5}, "count": 5, "name": "latency"}}  # the window is new
     project = project_for(fleet, latency)
     release_with(project, SLOW="0.05")
     first = project.fab("deploy-and-verify", hosts=fleet["hosts"])
