@@ -202,3 +202,43 @@ def test_background_analysis_rolls_back_everything_switched(fleet: Dict[str, Any
     assert receiver["gets"][f"/value/2/{hosts[0]}"] >= 3  # the canary was looked at again, in the background
     for host in bed.hosts:
         assert live(host) == before[host.name] and not locked(host)
+
+
+def test_inconclusive_metric_pauses_for_the_person_at_the_terminal(make_hosts: Callable[..., Any], tmp_path: Path,
+                                                                   receiver: Dict[str, Any]) -> None:
+    import os
+    import pty
+    import subprocess
+
+    one = hello_bed(make_hosts, tmp_path, 1)
+    project = one["project"]
+    project.config["checks"].append({"metric": {"http_json": {"url": receiver["url"] + "/value/9/{host}",
+                                                              "path": "absent"}, "max": 1, "name": "quiet"}})
+    project.config["verify"] = {"timeout": 2, "interval": 0.5}
+    project.write(project.config)
+    master, slave = pty.openpty()
+    env = {k: v for k, v in project.env.items() if k != "CI"}
+    proc = subprocess.Popen(project.command("deploy-and-verify", hosts=one["hosts"]), cwd=project.root, env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 120
+    answered = False
+    while proc.poll() is None or not seen.endswith(b"\n"):
+        assert time.monotonic() < deadline, seen.decode(errors="replace")
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+        if not answered and b"Go on as if green? [y/N]" in seen:
+            os.write(master, b"y\n")
+            answered = True
+    proc.wait(30)
+    os.close(master)
+    out = seen.decode(errors="replace")
+    assert answered, out
+    assert proc.returncode == 0, out
+    assert "quiet: inconclusive (no value (empty result or NaN))" in out
