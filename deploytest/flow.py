@@ -66,9 +66,9 @@ class Rollout:
     touched: set[str] = field(default_factory=set)  # hosts the new release went live on, even for a moment
     suites: dict[str, Optional[str]] = field(default_factory=dict)  # host -> suite of the release it went back to
     stopped: list[str] = field(default_factory=list)  # first deploy failed: its stop hooks ran there
+    unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
     notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
     background: Optional[Any] = None  # rollout.analysis: background (deploytest.gates.Background)
-    unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:
         """The command an operator types to run ``task`` on ``hosts`` of this run."""
@@ -154,7 +154,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
                 if per_batch:  # a failed canary then costs one upload, not one per host
                     prepare(run, batch)
                 go_live(run, batch, number, verify=verify)
-                gates.after_batch(run, batch, number, len(batches))  # rollout.soak, rollout.confirm
+                gates.after_batch(run, batch, number, len(batches))  # rollout.soak, .confirm, .analysis
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)

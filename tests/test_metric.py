@@ -136,6 +136,8 @@ def test_inconclusive_fail_is_final_red_and_pause_fails_without_a_terminal(monke
     assert steps[0][1] is False  # re-measured while time is left
     verdict, final = steps[1]
     assert final and not verdict.ok and "no terminal to ask (CI)" in verdict.detail
+    verdict, final = run_conclude(metric(prometheus=PROM, max=1), [measured(None)], last_at=1)[0]
+    assert final and not verdict.ok and verdict.detail == "inconclusive at a single look"  # baseline: nobody asked
 
 
 def test_count_needs_greens_in_a_row_except_in_a_one_shot_verification() -> None:

@@ -9,8 +9,8 @@ attempt has one of four outcomes:
 * red: it does not (re-measured until the check's deadline, like every red check);
 * error: the query failed; tolerated up to ``max_errors`` times in a row, then red at once;
 * inconclusive: no value (an empty result, NaN); what then is ``inconclusive``: ``pause`` (re-measured
-  until the deadline, then a terminal asks; without one, as in CI, red), ``red`` (like a red value) or
-  ``fail`` (red at once).
+  until the deadline, then a terminal asks; without one, as in CI, red; a single look, as in the
+  baseline, asks nobody and is red), ``red`` (like a red value) or ``fail`` (red at once).
 
 ``{host}`` and ``{address}`` in a query name the host under test: URL-encoded in URLs, escaped as a
 PromQL string in a Prometheus query.
@@ -398,6 +398,8 @@ class MetricCheck(Check):
             if mode == "fail":
                 return _verdict("red", latest.expected, latest.observed,
                                 "inconclusive: failed (inconclusive: fail)"), True
+            if mode == "pause" and last and len(verdicts) == 1:  # one look (baseline, soak): nobody is asked
+                return _verdict("red", latest.expected, latest.observed, "inconclusive at a single look"), True
             if mode == "pause" and last:
                 return self._ask(latest), True
             return latest, False
