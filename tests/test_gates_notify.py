@@ -242,3 +242,21 @@ def test_inconclusive_metric_pauses_for_the_person_at_the_terminal(make_hosts: C
     assert answered, out
     assert proc.returncode == 0, out
     assert "quiet: inconclusive (no value (empty result or NaN))" in out
+
+
+def test_confirm_at_the_prompt_goes_on_only_on_yes(tmp_path: Path) -> None:
+    from deploytest import gates
+    from deploytest.console import Console
+    from deploytest.errors import ChecksFailed
+    from deploytest.flow import Rollout
+    from deploytest.hosts import LocalTarget
+
+    settings = load({"deploy_to": str(tmp_path / "srv"),
+                     "rollout": {"batches": [1, "100%"], "confirm": "after_canary"}})
+    run = Rollout(settings, [LocalTarget("a"), LocalTarget("b")], Console())
+    run.switched["a"] = None
+    asked: List[str] = []
+    gates.confirm(run, ask=lambda prompt: asked.append(prompt) or "yes")
+    assert asked == ["Go on with the other 1 host(s)? [y/N] "]
+    with pytest.raises(ChecksFailed, match="not confirmed after the canary \\(answered 'nothing'\\)"):
+        gates.confirm(run, ask=lambda prompt: "\n")
