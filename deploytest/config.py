@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence, Union
 from .checks import parse_checks
 from .checks.base import Check
 from .errors import ConfigError
+from .gate_keys import GATE_KEYS, parse_gates
+from .notify import parse_notify
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -47,6 +49,12 @@ class RolloutSettings:
     max_fail: int = 0
     parallel: int = 50
     prepare: str = "all"  # or "per_batch": each batch is uploaded and built just before it goes live
+    # gates (see deploytest.gates): re-verify a green batch this long; "after_canary": ask before going on
+    soak: float = 0.0
+    confirm: str = ""
+    confirm_url: str | None = None
+    confirm_timeout: float = 600.0
+    analysis: str = ""  # "background": keep verifying switched batches while later ones go live
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class Settings:
     step_timeout: float = 900.0
     base_dir: str = "."
     label: str | None = None  # this run's release label (--label), instead of the source's content hash
+    notify: tuple[Any, ...] = ()  # webhooks told of the rollout's events (see deploytest.notify)
 
     @property
     def releases_dir(self) -> str:
@@ -134,6 +143,7 @@ _TOP_KEYS = {
     "step_timeout",
     "tests",
     "pytest_args",
+    "notify",
 }
 
 
@@ -299,7 +309,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
     rollout_data = data.get("rollout") or {}
     if not isinstance(rollout_data, Mapping):
         raise _fail("rollout", "a mapping like {batches: [1, \"50%\"], max_fail: 0, parallel: 10}", rollout_data)
-    _check_keys(rollout_data, {"batches", "max_fail", "parallel", "prepare"}, "rollout.")
+    _check_keys(rollout_data, {"batches", "max_fail", "parallel", "prepare", *GATE_KEYS}, "rollout.")
     prepare_mode = rollout_data.get("prepare", "all")
     if prepare_mode not in ("all", "per_batch"):
         raise _fail("rollout.prepare", '"all" (every host before the canary) or "per_batch"', prepare_mode)
@@ -308,6 +318,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         max_fail=int(_number(rollout_data, "max_fail", "rollout.", 0, integer=True)),
         parallel=int(_number(rollout_data, "parallel", "rollout.", 50, minimum=1, integer=True)),
         prepare=str(prepare_mode),
+        **parse_gates(rollout_data),
     )
 
     sudo = data.get("sudo", False)
@@ -335,6 +346,7 @@ def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bo
         step_timeout=float(_number(data, "step_timeout", "", 900.0, minimum=1)),
         base_dir=base_dir,
         label=label,
+        notify=parse_notify(data.get("notify")),
     )
 
 

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from . import analysis, gates, notify, steps
 from . import plan as plans
-from . import steps
 from .checks.runner import HostReport, VerifyReport
 from .config import Settings, VerifySettings, with_suite
 from .console import Console
@@ -73,6 +73,8 @@ class Rollout:
     unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
     tests: list[str] = field(default_factory=list)  # ids of the pytest tests collected
     plan: Optional[plans.Plan] = None  # made once the preflight has read every host
+    notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
+    background: Optional[Any] = None  # rollout.analysis: background (deploytest.gates.Background)
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:
         """The command an operator types to run ``task`` on ``hosts`` of this run."""
@@ -147,6 +149,8 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     run.plan = plans.make(run.settings, run.states, run.package, run.owner, run.release_id,
                           verify=verify and run.verifies,
                           tests=run.tests, records_suite=run.verifier is None)
+    if run.notifier is not None:
+        run.notifier.event("started", notify.started_body(run))
     with Heartbeat(run):
         try:
             if verify:
@@ -156,6 +160,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
                     prepare(run, stage.hosts)
                 else:
                     go_live(run, stage, verify=verify)
+                    gates.after_batch(run, list(stage.hosts), stage.number, stage.of)  # soak, confirm, analysis
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)
@@ -348,7 +353,9 @@ def go_live(run: Rollout, stage: plans.Stage, *, verify: bool) -> None:
         run.console.host(name, "switch", f"live on {run.release_id}, restarted", "green")
     if verify and run.verifies:
         live = [name for name in batch if name not in run.failed]
-        report = run.verify(live, settings.verify)
+        unswitched = [n for n in run.names if n not in run.switched and n not in run.tolerated]
+        with analysis.comparing(run.pick(unswitched)):  # what metric checks' compare holds the batch to
+            report = run.verify(live, settings.verify)
         run.after = report if run.after is None else VerifyReport(run.after.hosts + report.hosts)
         for host in report.hosts:
             if host.error:

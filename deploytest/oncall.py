@@ -27,8 +27,9 @@ from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import LockInfo, LockOwner, force_unlock
 from .remote import run_script
-from .report_json import write_json
-from .report_junit import write_junit
+from .report import RunReport
+from .report_json import write_document, write_json
+from .report_junit import write_junit, write_run_junit
 from .report_text import render, render_transitions
 from .source import pack_source
 from .state import COMPLETE, HostState, new_release_id
@@ -237,6 +238,10 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
                       verify=verify and (bool(settings.checks) or settings.tests is not None))
     for kind, text in plans.describe(plan, states, scripts=bool(os.environ.get("DEPLOYTEST_DEBUG"))):
         (console.stage if kind == "stage" else console.line)(text)
+    from .gates import describe  # metric checks, gates and notifications: once for the whole rollout
+
+    for line in describe(settings, verify=verify):
+        console.line(f"  {line}")
     return OK
 
 
@@ -245,15 +250,23 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
     """The reports of a rollout (deploy, deploy-and-verify, rollback), whatever its end: JSON (the
     versioned schema of :mod:`deploytest.report_json`) and JUnit, with per host what was live before and
     after and per check its transition; ``error`` is what ended the run (None: it succeeded)."""
-    from datetime import datetime, timedelta, timezone
-
-    from .errors import DeploytestError, exit_code_for
-    from .report import OUTCOME_FOR_CODE, HostFacts, RunReport
-    from .report_json import write_document
-    from .report_junit import write_run_junit
 
     if not json_path and not junit_path:
         return
+    facts = run_facts(run, task, error)
+    if json_path:
+        write_document(json_path, facts)
+    if junit_path:
+        write_run_junit(junit_path, facts)
+
+
+def run_facts(run: Rollout, task: str, error: Optional[BaseException] = None) -> RunReport:
+    """What the reports of a rollout say (see :func:`write_reports`); ``error``: what ended it."""
+    from datetime import datetime, timedelta, timezone
+
+    from .errors import DeploytestError, exit_code_for
+    from .report import OUTCOME_FOR_CODE, HostFacts
+
     code = exit_code_for(error) if error is not None else OK
     message = (error.message if isinstance(error, DeploytestError) else
                "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
@@ -300,10 +313,7 @@ def write_reports(run: Rollout, task: str, json_path: Optional[str], junit_path:
         error=message, next_step=getattr(error, "next_step", "") or "",
         started=started.isoformat(timespec="seconds"), seconds=seconds,
     )
-    if json_path:
-        write_document(json_path, facts)
-    if junit_path:
-        write_run_junit(junit_path, facts)
+    return facts
 
 
 def print_transitions(run: Rollout) -> None:

@@ -21,7 +21,7 @@ from invoke.exceptions import Exit
 from invoke.tasks import task
 
 from . import config as config_module
-from . import oncall
+from . import notify, oncall
 from .config import Settings
 from .console import Console
 from .errors import DeploytestError, Refused, UsageError, exit_code_for
@@ -161,6 +161,8 @@ def reported(run: Rollout, task: str, json_path: Optional[str], junit_path: Opti
              action: Callable[[], int]) -> int:
     """Run ``action`` and write the run's reports whatever its end: exit 0, 1, 2, 3, Ctrl-C or a bug."""
     error: Optional[BaseException] = None
+    if run.settings.notify and task in ("deploy", "deploy-and-verify"):
+        run.notifier = notify.Notifier(run.settings.notify)
     try:
         return action()
     except BaseException as caught:
@@ -171,6 +173,8 @@ def reported(run: Rollout, task: str, json_path: Optional[str], junit_path: Opti
             oncall.write_reports(run, task, json_path, junit_path, error)
         except OSError as problem:
             run.console.error(f"deploytest: could not write the reports: {problem}")
+        if run.notifier is not None:
+            notify.finish(run, task, error)
 
 
 _REPORTS = {

@@ -12,7 +12,7 @@ VENV=${VENV:-$REPO/.venv}
 PYTHON=${PYTHON:-python3}
 
 PACKAGES=(openssh-server openssh-client iproute2 supervisor postgresql postgresql-client sqlite3 curl git
-          sudo util-linux procps mount passwd rsync shellcheck)
+          sudo util-linux procps mount passwd rsync shellcheck prometheus)
 # The GitLab pipeline test runs gitlab-ci-local (npm; it needs git and rsync, and Node >= 18).
 GITLAB_CI_LOCAL_VERSION=4.56.0
 if ! command -v npm >/dev/null 2>&1; then

@@ -16,6 +16,7 @@ from .command import CommandCheck
 from .database import DatabaseCheck
 from .files import DiskCheck, FileCheck
 from .http import HttpCheck
+from .metric import MetricCheck
 from .network import PortCheck, TcpCheck
 from .package import PackageCheck
 from .process import ProcessCheck
@@ -36,6 +37,7 @@ CATALOG: dict[str, type[Check]] = {
         GroupCheck,
         DatabaseCheck,
         DiskCheck,
+        MetricCheck,
     )
 }
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import secrets
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
 from .schema import Field, validate
+
+if TYPE_CHECKING:
+    from ..hosts import Target
 
 REDACTED = "***"
 #: Output past a probe's cap is read and dropped on the host up to this many bytes per stream; a probe
@@ -133,6 +136,8 @@ class Check(ABC):
     #: The most output of its probe a check keeps (per stream); ``max_output`` overrides it where allowed.
     output_cap: ClassVar[int] = 64 * 1024
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: True for a check measured from this machine (:meth:`measure`), not by a probe on the host.
+    local: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -198,6 +203,20 @@ class Check(ABC):
                 snippet(output.error_text) if output.stderr else "",
             )
         return self.judge(output)
+
+    def measure(self, target: Target) -> ProbeOutput:
+        """A local check's measurement about ``target``, taken from this machine (see :attr:`local`)."""
+        raise NotImplementedError(f"{self.kind} checks run on the host")
+
+    def conclude(self, verdicts: Sequence[Verdict], *, last: bool) -> tuple[Verdict, bool]:
+        """The verdict of the latest attempt on one host given those before it, and whether it is final
+        (no use trying again before the deadline).
+
+        :param verdicts: this host's verdicts so far, oldest first (at least one).
+        :param last: the deadline comes before another attempt.
+        """
+        del last
+        return verdicts[-1], False
 
     def capture_bytes(self) -> int:
         """How many bytes of its probe's stdout and stderr this check keeps and judges."""

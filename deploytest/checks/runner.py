@@ -151,6 +151,36 @@ OnResult = Callable[[str, CheckResult], None]
 
 
 def run_attempt(target: Target, checks: Sequence[Check], limits: Sequence[float]) -> list[ProbeOutput]:
+    """One attempt of ``checks`` about ``target``: the probes as one script on the host (one session),
+    and the local checks (``metric``) measured from this machine at the same time; outputs in order.
+
+    :param limits: per-check time limits on the host, in seconds.
+    :raises HostUnreachable: the host could not be reached.
+    """
+    local = {i: c for i, c in enumerate(checks) if c.local}
+    if not local:
+        return run_probes(target, checks, limits)
+    measured: dict[int, ProbeOutput] = {}
+
+    def measure(index: int, check: Check) -> None:
+        try:
+            measured[index] = check.measure(target)
+        except Exception as exc:  # noqa: BLE001 - a measuring bug is that check's red, not the host's
+            measured[index] = ProbeOutput(1, stderr=f"could not measure ({exc})".encode())
+
+    threads = [threading.Thread(target=measure, args=item, daemon=True) for item in local.items()]
+    for thread in threads:
+        thread.start()
+    remote = [(i, c, limit) for i, (c, limit) in enumerate(zip(checks, limits)) if i not in local]
+    probed = run_probes(target, [c for _i, c, _l in remote], [lim for _i, _c, lim in remote]) if remote else []
+    outputs: dict[int, ProbeOutput] = {i: out for (i, _c, _l), out in zip(remote, probed)}
+    for thread in threads:
+        thread.join()
+    outputs.update(measured)
+    return [outputs[i] for i in range(len(checks))]
+
+
+def run_probes(target: Target, checks: Sequence[Check], limits: Sequence[float]) -> list[ProbeOutput]:
     """Run the probes of ``checks`` on ``target`` as one script (one session); outputs in order.
 
     :param limits: per-check time limits on the host, in seconds.
@@ -201,6 +231,7 @@ def verify_host(
     attempts = {id(c): 0 for c in checks}
     final: dict[int, CheckResult] = {}
     last: dict[int, Verdict] = {}
+    history: dict[int, list[Verdict]] = {id(c): [] for c in checks}
     pending = list(checks)
 
     def settle(check: Check, verdict: Verdict) -> None:
@@ -217,15 +248,19 @@ def verify_host(
         except HostUnreachable as exc:
             report.error = redact(exc.reason, secret_values)
             break
-        report.sessions += 1
+        report.sessions += 1 if any(not c.local for c in pending) else 0
         still_red: list[Check] = []
         for check, output in zip(pending, outputs):
             attempts[id(check)] += 1
+            given_up = False
             try:
-                verdict = check.evaluate(output).redacted(secret_values)
+                history[id(check)].append(check.evaluate(output))
+                at_deadline = time.monotonic() + settings.interval >= deadline[id(check)]
+                concluded, given_up = check.conclude(history[id(check)], last=at_deadline)
+                verdict = concluded.redacted(secret_values)
             except Exception as exc:  # noqa: BLE001 - a judge bug must not hide the other checks
                 verdict = Verdict(False, check.expectation(), f"could not judge the output ({exc})")
-            if verdict.ok:
+            if verdict.ok or given_up:
                 settle(check, verdict)
             else:
                 last[id(check)] = verdict

@@ -113,6 +113,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], bool], str]] = {
     "env_map": (_env_map, "a mapping of environment variable names to single-line values"),
     "json_map": (_json_map, "a mapping of JSON paths (like data.items.0.id or /a.b/0) to expected values"),
     "str_list": (_str_list, "a string or a list of strings"),
+    "mapping": (lambda v: isinstance(v, Mapping) and bool(v), "a mapping"),
     "octal": (
         lambda v: isinstance(v, str) and re.fullmatch(r"0?[0-7]{3,4}", v) is not None,
         'a quoted octal mode like "0644"',
