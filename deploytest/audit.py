@@ -41,3 +41,13 @@ def log_body(event: Mapping[str, Any] | None, *, fatal: bool = True) -> tuple[st
 def stdin_line(event: Mapping[str, Any] | None) -> bytes | None:
     """The stdin of a script whose log body reads ``event`` from it (None: nothing to log)."""
     return None if event is None else (log_line(event) + "\n").encode()
+
+
+def answered_log_body() -> tuple[str, dict[str, object]]:
+    """Shell body that logs the line this machine answers with in the same session (see
+    :class:`deploytest.hosts.Reply`), on a host deploytest has deployed to; an empty answer logs
+    nothing (an attempt that was not the last)."""
+    return ("IFS= read -r event_line || true\n"
+            'if [ -n "$event_line" ] && [ -d "$S" ]; then\n'
+            "  printf '%s\\n' \"$event_line\" 2>/dev/null >> \"$S/log.jsonl\" ||"
+            " printf '@@dt warn\\tcannot write %s\\n' \"$S/log.jsonl\"\nfi\n"), {}

@@ -18,7 +18,9 @@ from typing import Any, Callable, Optional, Sequence, TypeVar
 
 from . import analysis, gates, notify, steps
 from . import plan as plans
-from .checks.runner import HostReport, VerifyReport
+from .checks.attempt import Probes
+from .checks.base import ProbeOutput
+from .checks.runner import HostReport, VerifyReport, run_checks
 from .config import Settings, VerifySettings, with_suite
 from .console import Console
 from .errors import (
@@ -73,6 +75,8 @@ class Rollout:
     unstopped: list[str] = field(default_factory=list)  # first deploy failed, no stop hook: it may still run
     tests: list[str] = field(default_factory=list)  # ids of the pytest tests collected
     plan: Optional[plans.Plan] = None  # made once the preflight has read every host
+    baseline_probes: Optional[Probes] = None  # the baseline's probes, sent with the preflight's inspection
+    probed: dict[str, list[ProbeOutput]] = field(default_factory=dict)  # their outputs, by host
     notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
     background: Optional[Any] = None  # rollout.analysis: background (deploytest.gates.Background)
 
@@ -145,10 +149,12 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     run.package = pack_source(run.settings)
     if verify:
         collect_tests(run)
-    preflight(run)
+    run.baseline_probes = plans.baseline_probes(run.settings, own_verifier=run.verifier is not None) \
+        if verify else None
+    preflight(run, baseline=verify)
     run.plan = plans.make(run.settings, run.states, run.package, run.owner, run.release_id,
-                          verify=verify and run.verifies,
-                          tests=run.tests, records_suite=run.verifier is None)
+                          verify=verify and run.verifies, tests=run.tests, records_suite=run.verifier is None,
+                          baseline=run.baseline_probes)
     if run.notifier is not None:
         run.notifier.event("started", notify.started_body(run))
     with Heartbeat(run):
@@ -167,7 +173,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
     return run
 
 
-def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> None:
+def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, baseline: bool = False) -> None:
     """Every host reachable with a known key, config sane, disk room, then every lock taken (with the
     rollout's journal, written before anything else changes on a host).
 
@@ -175,6 +181,8 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
 
     :param resolving: a rollback that may undo an interrupted rollout (its journal and dead lock are
         then no refusal).
+    :param baseline: the checks' one look at what is live goes with each host's inspection (see
+        :func:`record_baseline`), where it can.
     """
     console, settings = run.console, run.settings
     console.set_hosts(run.names)
@@ -185,6 +193,7 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
     taking = [lock]  # the lock goes with the inspection (one round trip) while the first host's was won
     guard = threading.Lock()
     deferred: list[str] = []  # first deploys: locked once every host passed, so a refusal leaves them as they were
+    probes = run.baseline_probes if baseline else None
 
     def check(target: Target) -> HostState:
         try:
@@ -193,13 +202,19 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False) -> No
             key_steps.append(f"{target.name}: {error.next_step}")
             raise
         taken = ""
-        if taking[0]:
-            state, taken = steps.inspect_and_lock(target, settings, run.owner)
-            if taken in ("locked", "deferred"):
+        if probes is not None:  # the baseline's look goes with the inspection: one round trip
+            state, taken, probed = steps.probe_and_inspect(target, settings, run.owner if taking[0] else None,
+                                                           probes)
+            if probed is not None:
                 with guard:
-                    (run.locked if taken == "locked" else deferred).append(target.name)
+                    run.probed[target.name] = probed
+        elif taking[0]:
+            state, taken = steps.inspect_and_lock(target, settings, run.owner)
         else:
             state = steps.inspect(target, settings)
+        if taken in ("locked", "deferred"):
+            with guard:
+                (run.locked if taken == "locked" else deferred).append(target.name)
         problem = preflight_problem(state, need_mb, resolving=resolving)
         if problem is None and taken == "held" and state.lock is not None:
             problem = f"locked by {state.lock.describe()}: another deploy took it just now"
@@ -301,7 +316,12 @@ def record_baseline(run: Rollout) -> None:
     if not run.verifies or not live:
         return
     run.console.stage("baseline: checks against what is live now")
-    run.baseline = run.verify(live, VerifySettings(0, settings.verify.interval))
+    once = VerifySettings(0, settings.verify.interval)
+    if run.probed:  # the probes went with the preflight: only what they could not take is looked at now
+        run.baseline = run_checks(run.pick(live), list(settings.checks), once, parallel=settings.rollout.parallel,
+                                  first=run.probed)
+    else:
+        run.baseline = run.verify(live, once)
     for host in run.baseline.hosts:
         run.console.host(host.host, "baseline", summary(host), "green" if host.ok else "yellow")
 

@@ -10,7 +10,8 @@ from typing import Optional, Sequence
 
 from . import plan as plans
 from . import steps
-from .checks.runner import VerifyReport
+from .audit import log_line
+from .checks.runner import Audit, HostReport, run_checks
 from .config import Settings
 from .console import Console
 from .errors import (
@@ -69,13 +70,17 @@ def verify(targets: Sequence[Target], settings: Settings, console: Console, json
 
         collect(settings)  # a test file that does not collect: refused, nothing run
     _connect_all(targets, settings, console)
-    report = suite_verifier(settings, parallel=settings.rollout.parallel)(list(targets), settings.verify, [])
+    if settings.tests is None and not settings.sudo:  # each host logs its verdict in its last attempt's session
+        report = run_checks(list(targets), list(settings.checks), settings.verify,
+                            parallel=settings.rollout.parallel, audit=_audit(settings))
+    else:
+        report = suite_verifier(settings, parallel=settings.rollout.parallel)(list(targets), settings.verify, [])
+        in_parallel(targets, lambda t: _log_verify(t, settings, report.host(t.name)), limit=settings.rollout.parallel)
     console.line(render(report, color=console.colour))
     if json_path:
         write_json(json_path, report, extra={"task": "verify"})
     if junit_path:
         write_junit(junit_path, report, name="deploytest verify")
-    _log_verify(targets, settings, report)
     unreachable = [h.host for h in report.hosts if h.error]
     if unreachable:
         raise NeedsHuman(f"lost {', '.join(unreachable)} while verifying", hosts=unreachable,
@@ -83,19 +88,27 @@ def verify(targets: Sequence[Target], settings: Settings, console: Console, json
     return OK if report.ok else ChecksFailed.exit_code
 
 
-def _log_verify(targets: Sequence[Target], settings: Settings, report: VerifyReport) -> None:
-    """Append a ``verify`` event to the log of each host that has been deployed to (best effort)."""
-    me = LockOwner.new().who
+def _verify_event(host: HostReport) -> dict[str, object]:
+    return {"event": "verify", "who": LockOwner.new().who, "outcome": "green" if host.ok else "red",
+            "red": [r.name for r in host.results if not r.ok]}
 
-    def log(target: Target) -> None:
-        host = report.host(target.name)
-        if host is None or host.error:
-            return
-        event = {"event": "verify", "who": me, "outcome": "green" if host.ok else "red",
-                 "red": [r.name for r in host.results if not r.ok]}
-        run_script(target, settings, steps.script_for_log(settings, event), "log")
 
-    in_parallel(targets, log, limit=settings.rollout.parallel)
+def _audit(settings: Settings) -> Audit:
+    """``verify``'s audit line, written in the session of each host's last attempt."""
+    return Audit(steps.script_for_answered_log(settings),
+                 lambda host: (log_line(_verify_event(host)) + "\n").encode(),
+                 lambda target, host: _log_verify(target, settings, host))
+
+
+def _log_verify(target: Target, settings: Settings, host: Optional[HostReport]) -> None:
+    """Append a ``verify`` event to the log of a host that has been deployed to (best effort: a host
+    that cannot take it keeps its verdict all the same)."""
+    if host is None or host.error:
+        return
+    try:
+        run_script(target, settings, steps.script_for_log(settings, _verify_event(host)), "log")
+    except Exception:  # noqa: BLE001 - best effort, as ever: the verdict stands without its log line
+        pass
 
 
 def status(targets: Sequence[Target], settings: Settings, console: Console) -> int:
@@ -234,8 +247,9 @@ def dry_run(targets: Sequence[Target], settings: Settings, console: Console, *, 
     console.line(f"dry run: release {release_id} ({package.label}, {package.kind} from {package.origin});"
                  " nothing will be changed")
     owner = LockOwner.new(release_id)
-    plan = plans.make(settings, states, package, owner, release_id, tests=tests,
-                      verify=verify and (bool(settings.checks) or settings.tests is not None))
+    verifies = verify and (bool(settings.checks) or settings.tests is not None)
+    plan = plans.make(settings, states, package, owner, release_id, tests=tests, verify=verifies,
+                      baseline=plans.baseline_probes(settings) if verifies else None)
     for kind, text in plans.describe(plan, states, scripts=bool(os.environ.get("DEPLOYTEST_DEBUG"))):
         (console.stage if kind == "stage" else console.line)(text)
     from .gates import describe  # metric checks, gates and notifications: once for the whole rollout

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 from . import steps as step_scripts
-from .config import Settings, plan_batches
+from .checks.attempt import Probes
+from .checks.runner import first_limits
+from .config import Settings, VerifySettings, plan_batches
 from .lock import LockOwner
 from .prepare import script_for_prepare
 from .shell import chain
@@ -93,18 +95,31 @@ class Plan:
         return [stage.hosts for stage in self.stages if stage.step == "go live"]
 
 
+def baseline_probes(settings: Settings, *, own_verifier: bool = False) -> Optional[Probes]:
+    """The probes of the baseline's one look at what is live, sent with the preflight's inspection
+    (one round trip for both); None when the baseline needs a session of its own: a verifier of one's
+    own, pytest tests, sudo (probes run as the login user), or no check that probes the host."""
+    remote = [c for c in settings.checks if not c.local]
+    if own_verifier or settings.tests is not None or settings.sudo or not remote:
+        return None
+    return Probes.of(remote, first_limits(remote, VerifySettings(0, settings.verify.interval)))
+
+
 def make(settings: Settings, states: Mapping[str, HostState], package: Package, owner: LockOwner,
-         release_id: str, *, verify: bool, tests: Sequence[str] = (), records_suite: bool = True) -> Plan:
+         release_id: str, *, verify: bool, tests: Sequence[str] = (), records_suite: bool = True,
+         baseline: Optional[Probes] = None) -> Plan:
     """The plan of a deploy (``verify`` False) or a deploy-and-verify of ``package`` as ``release_id``
     to the hosts of ``states`` (in rollout order), as ``owner``.
 
     :param tests: the ids of the pytest tests that will run, if any (for the words of ``verify``).
     :param records_suite: a verified release gets the suite it was verified with beside it (not when
         the run verifies with a verifier of its own, which has no suite to record).
+    :param baseline: the baseline's probes, when they go with the preflight's inspection and lock
+        (see :func:`baseline_probes`).
     """
     names = list(states)
     hosts = {name: _host_plan(settings, state, package, owner, release_id, verify=verify, tests=tests,
-                              records_suite=records_suite)
+                              records_suite=records_suite, baseline=baseline)
              for name, state in states.items()}
     batches = [tuple(batch) for batch in plan_batches(names, settings.rollout.batches)]
     stages: list[Stage] = []
@@ -118,11 +133,17 @@ def make(settings: Settings, states: Mapping[str, HostState], package: Package, 
 
 
 def _host_plan(settings: Settings, state: HostState, package: Package, owner: LockOwner,
-               release_id: str, *, verify: bool, tests: Sequence[str], records_suite: bool) -> HostPlan:
+               release_id: str, *, verify: bool, tests: Sequence[str], records_suite: bool,
+               baseline: Optional[Probes]) -> HostPlan:
     base = f"{settings.releases_dir}/{release_id}"
     live = state.live
-    steps = [Step("lock", (f"lock      {settings.state_dir}/lock",),
-                  step_scripts.script_for_inspect_and_lock(settings, owner))]
+    if baseline is not None:
+        steps = [Step("lock", (f"lock      {settings.state_dir}/lock, in one session with the baseline:"
+                               f" {len(baseline.jobs)} checks against what is live",),
+                      step_scripts.script_for_probe_and_inspect(settings, owner, baseline))]
+    else:
+        steps = [Step("lock", (f"lock      {settings.state_dir}/lock",),
+                      step_scripts.script_for_inspect_and_lock(settings, owner))]
     says = [f"upload    {package.files} files ({package.size // 1024 + 1} KB) as one archive into {base}"
             if package.data is not None else f"clone     {package.origin} at {package.label} into {base}"]
     says += [f"share     {base}/{path} -> {settings.shared_dir}/{path}" for path in settings.shared]

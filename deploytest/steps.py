@@ -12,12 +12,14 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .audit import log_body, stdin_line
+from .audit import answered_log_body, log_body, stdin_line
+from .checks.attempt import Probes, after_frames, probes_first
+from .checks.base import ProbeOutput
 from .config import Settings
 from .errors import RemoteCommandFailed
 from .hosts import Target
 from .lock import LockInfo, LockOwner, lock_after_inspect_body, release_lock_body
-from .remote import execute, raise_for, run_script
+from .remote import execute, parse_marks, raise_for, run_script
 from .shell import Body, chain, join, script
 from .state import BAD, VERIFIED, HostState, check_release_id, live_id, parse_state
 
@@ -99,7 +101,36 @@ def inspect_and_lock(target: Target, settings: Settings, owner: LockOwner) -> tu
         deploy: the lock is taken after the preflight) or why the lock could not be written.
     """
     result, marks = run_script(target, settings, script_for_inspect_and_lock(settings, owner), "inspect")
-    state = dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
+    return _inspected_and_locked(target, settings, result.stdout, marks)
+
+
+def script_for_probe_and_inspect(settings: Settings, owner: LockOwner | None, probes: Probes) -> str:
+    """Shell text of :func:`probe_and_inspect`."""
+    rest = script_for_inspect(settings) if owner is None else script_for_inspect_and_lock(settings, owner)
+    return probes_first(probes, settings.current, rest)
+
+
+def probe_and_inspect(target: Target, settings: Settings, owner: LockOwner | None,
+                      probes: Probes) -> tuple[HostState, str, list[ProbeOutput] | None]:
+    """``probes`` against what is live (the baseline's one look; nothing where nothing is live), then
+    :func:`inspect_and_lock` (``owner`` None: :func:`inspect`), in ONE round trip. Not through sudo:
+    the probes run as the login user, as they always do.
+
+    :returns: as :func:`inspect_and_lock` (``""`` for an inspection alone), and the probes' outputs
+        (None where nothing was live).
+    """
+    result = target.run(script_for_probe_and_inspect(settings, owner, probes), stdin=probes.stdin)
+    rest = after_frames(result.stdout, probes)
+    marks = parse_marks(rest)
+    raise_for(target, settings, result, marks, "inspect")
+    state, taken = _inspected_and_locked(target, settings, rest, marks)
+    return state, taken if owner is not None else "", (probes.outputs(result.stdout, "no frame came back")
+                                                       if rest != result.stdout else None)
+
+
+def _inspected_and_locked(target: Target, settings: Settings, stdout: str,
+                          marks: dict[str, list[str]]) -> tuple[HostState, str]:
+    state = dataclasses.replace(parse_state(target.name, settings, stdout), local=target.is_local)
     if "locked" in marks:
         return state, "locked"
     if "lockdeferred" in marks:
@@ -399,6 +430,11 @@ def run_finish(target: Target, settings: Settings, text: str, event: Mapping[str
         warnings.append("the lock there now belongs to another deploy (left alone)")
     unlocked = bool({"released", "lockgone", "lockother"} & set(marks))
     return FinishResult(tuple(marks.get("removed", [])), unlocked, tuple(warnings))
+
+
+def script_for_answered_log(settings: Settings) -> str:
+    """Shell text that logs the line a running verify answers with (empty: nothing), where deployed."""
+    return script(settings, *answered_log_body())
 
 
 def script_for_log(settings: Settings, event: Mapping[str, Any]) -> str:

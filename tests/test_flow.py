@@ -211,13 +211,13 @@ def test_prepare_per_batch_costs_a_failed_canary_one_upload(five: Dict[str, Any]
 
 
 def test_remote_sessions_per_host_are_counted(make_hosts: Callable[..., Any], tmp_path: Path) -> None:
-    """Round trips, counted in each host's sshd log: a green deploy-and-verify with a restart hook is 6
-    sessions per host (inspect and lock, baseline, prepare, switch and restart, verify, finish);
-    one verify attempt is 2 (its checks, its audit line)."""
+    """Round trips, counted in each host's sshd log: a green deploy-and-verify with a restart hook is 5
+    sessions per host (the baseline's probes with the inspection and lock, prepare, switch and restart,
+    verify, finish); one verify attempt is 1, its audit line included."""
     setup = hello_bed(make_hosts, tmp_path, 2)
     project, bed, hosts = setup["project"], setup["bed"], setup["hosts"]
     deploy_good(project, hosts)
-    expected = {"deploy-and-verify": 6, "verify": 2}
+    expected = {"deploy-and-verify": 5, "verify": 1}
     counts = {}
     project.set_version("2.0")
     for task, sessions in expected.items():
@@ -227,3 +227,6 @@ def test_remote_sessions_per_host_are_counted(make_hosts: Callable[..., Any], tm
         # sshd logs a session as it starts; one more than expected shows up as a larger count
         counts[task] = {h.name: h.wait_sessions(before[h.name] + sessions) - before[h.name] for h in bed.hosts}
     assert counts == {task: {h: n for h in hosts} for task, n in expected.items()}, counts
+    for host in bed.hosts:  # the verify's audit line went in its one session
+        last = json.loads(host.sh(f"tail -n 1 {DEPLOY_TO}/.deploytest/log.jsonl").stdout)
+        assert (last["event"], last["outcome"], last["red"]) == ("verify", "green", []), last

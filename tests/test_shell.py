@@ -15,6 +15,8 @@ import pytest
 
 from deploytest import lock, prepare, shell, steps
 from deploytest import plan as plans
+from deploytest.checks import parse_checks
+from deploytest.checks.attempt import Probes
 from deploytest.config import GitSource, Settings
 from deploytest.lock import Journal, LockOwner
 from deploytest.remote import wrap_sudo
@@ -46,10 +48,13 @@ PLAIN = Settings(deploy_to="/srv/app")
 FULL = Settings(
     deploy_to="/srv/app", shared=("data", "config/app.env", "log"), keep_releases=3,
     build_hooks=("make", "test -f VERSION"), restart_hooks=("systemctl restart app",), stop_hooks=("pkill app",),
+    checks=tuple(parse_checks([{"port": 8000}, {"http": {"url": "http://127.0.0.1:8000/health", "status": 200}},
+                               {"file": {"path": "/srv/app/current/VERSION", "contains": "2.0"}}])),
 )
 EVIL = Settings(
     deploy_to="/srv/" + HOSTILE.replace("\n", " "), shared=("my data/" + "it's $(x)", ".env"), keep_releases=1,
     build_hooks=(HOSTILE, "echo '$(id)'"), restart_hooks=(HOSTILE,), stop_hooks=(HOSTILE, "exit 0"),
+    checks=tuple(parse_checks([{"command": {"run": HOSTILE, "stdout": HOSTILE}}])),
 )
 SUDO = Settings(deploy_to="/srv/sudo app", sudo=True, restart_hooks=("r",), stop_hooks=("s",), build_hooks=("b",))
 SETTINGS = {"plain": PLAIN, "full": FULL, "evil": EVIL, "sudo": SUDO}
@@ -70,6 +75,7 @@ def packages() -> dict[str, Package]:
 EVENT = {"event": "deploy", "release": "20261125100001", "who": HOSTILE, "outcome": "verified", "red": [HOSTILE]}
 SUITE = '{"checks": [{"command": {"run": "echo \'$(id)\'"}}]}'
 RID = "20261125100001"
+PROBED = parse_checks([{"command": {"run": HOSTILE, "stdout": HOSTILE}}, {"port": 8000}])
 #: A host with a verified release live, and one deployed to for the first time (a plan for each).
 STATES = {"web1": HostState("web1", "/srv", releases=(ReleaseInfo("20261125100000", "verified"),),
                             live="20261125100000"),
@@ -79,8 +85,15 @@ def plan_steps(settings: Settings) -> Iterator[plans.Step]:
     """Every step with a script of the plans of ``STATES``, for every package, verified or not."""
     for package in packages().values():
         for verify in (True, False):
-            for host in plans.make(settings, STATES, package, owner(), RID, verify=verify).hosts.values():
+            baseline = plans.baseline_probes(settings) if verify else None
+            for host in plans.make(settings, STATES, package, owner(), RID, verify=verify,
+                                   baseline=baseline).hosts.values():
                 yield from (step for step in (*host.steps, host.on_failure) if step.script)
+
+
+def _composed(step: plans.Step) -> bool:
+    """A step whose script is several put together: the finish (a chain), a lock with the baseline's probes."""
+    return step.name == "finish" or (step.name == "lock" and not step.script.startswith(shell.PRELUDE))
 
 
 #: One builder per script_for_* (and the plan): given settings, every variant of the script.
@@ -101,6 +114,10 @@ BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
     "steps.script_for_finish": lambda s: iter([steps.script_for_finish(s, owner(), logs=logs, cleanup=cleanup)
                                                for logs in (True, False) for cleanup in (True, False)]),
     "steps.script_for_log": lambda s: iter([steps.script_for_log(s, EVENT)]),
+    "steps.script_for_answered_log": lambda s: iter([steps.script_for_answered_log(s)]),
+    "steps.script_for_probe_and_inspect": lambda s: iter([  # the probes' own script, then one of the library
+        steps.script_for_probe_and_inspect(s, who, Probes.of(PROBED, [10.0] * len(PROBED)))
+        for who in (owner(), None)]),
     "prepare.script_for_prepare": lambda s: iter([
         prepare.script_for_prepare(s, RID, package, HOSTILE, build=build, owner=who)
         for package in packages().values() for build in (True, False) for who in (owner(), None)]),
@@ -113,8 +130,9 @@ BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
     "lock.script_for_heartbeat": lambda s: iter([lock.script_for_heartbeat(s, owner())]),
     "lock.script_for_force_unlock": lambda s: iter([lock.script_for_force_unlock(s, token, event)
                                                     for token in ("", OTHER) for event in (None, EVENT)]),
-    "plan.make": lambda s: iter([step.script for step in plan_steps(s) if step.name != "finish"]),
-    "plan.make finish (chained)": lambda s: iter([step.script for step in plan_steps(s) if step.name == "finish"]),
+    "plan.make": lambda s: iter([step.script for step in plan_steps(s) if not _composed(step)]),
+    "plan.make finish, lock with the baseline (chained)": lambda s: iter([
+        step.script for step in plan_steps(s) if _composed(step)]),
     "steps.finish (chained)": lambda s: iter([shell.chain(steps.script_for_discard(s, RID, bad=True),
                                                           steps.script_for_finish(s, owner()))]),
 }
@@ -139,7 +157,8 @@ def test_every_script_builder_is_covered() -> None:
     found = {f"{prefix}.{name}" for prefix, module in modules.items()
              for name, fn in inspect.getmembers(module, inspect.isfunction)
              if name.startswith("script_for_") and fn.__module__ == module.__name__}
-    assert found | {"plan.make", "plan.make finish (chained)", "steps.finish (chained)"} == set(BUILDERS)
+    assert found | {"plan.make", "plan.make finish, lock with the baseline (chained)",
+                    "steps.finish (chained)"} == set(BUILDERS)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -222,6 +241,8 @@ def test_no_script_is_cut_or_hand_assembled() -> None:
     for name, text in SCRIPTS.items():
         if ":sudo" in name or "chained" in name:
             continue
+        if "probe_and_inspect" in name:  # the probes' own script (in a subshell), then one of the library
+            text = text.split("\n); fi\n", 1)[1]
         assert text.startswith(shell.PRELUDE) and text.count(shell.PRELUDE) == 1, name
 
 

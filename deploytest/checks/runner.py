@@ -12,19 +12,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..config import VerifySettings
 from ..errors import HostUnreachable
-from ..hosts import CommandTimeout, Target, in_parallel
+from ..hosts import Target, in_parallel
+from .attempt import MIN_PROBE_SECONDS, run_attempt
 from .base import Check, ProbeOutput, Verdict, redact
-from .script import NO_TMPDIR, ProbeJob, build_script, new_nonce, parse_frames, secret_stdin
-
-#: The shortest time a probe is given on the host when its check sets no ``timeout`` of its own,
-#: even when the suite's deadline is closer (a suite timeout of 0 means "check once").
-MIN_PROBE_SECONDS = 10.0
-#: Slack for the whole session beyond the longest probe (connection, start-up, framing).
-SESSION_SLACK_SECONDS = 15.0
 
 
 @dataclass
@@ -150,69 +144,19 @@ class VerifyReport:
 OnResult = Callable[[str, CheckResult], None]
 
 
-def run_attempt(target: Target, checks: Sequence[Check], limits: Sequence[float]) -> list[ProbeOutput]:
-    """One attempt of ``checks`` about ``target``: the probes as one script on the host (one session),
-    and the local checks (``metric``) measured from this machine at the same time; outputs in order.
+@dataclass(frozen=True)
+class Audit:
+    """A verification that logs its verdict on the host in the session of its last attempt.
 
-    :param limits: per-check time limits on the host, in seconds.
-    :raises HostUnreachable: the host could not be reached.
+    ``tail`` (shell run after the probes' frames) reads one line from stdin and logs it; ``line`` is
+    that line for a host's final report (empty: log nothing). When the last attempt's session could
+    not carry it (it broke off, or the host has no probes to run), ``alone`` logs it in a session of
+    its own.
     """
-    local = {i: c for i, c in enumerate(checks) if c.local}
-    if not local:
-        return run_probes(target, checks, limits)
-    measured: dict[int, ProbeOutput] = {}
 
-    def measure(index: int, check: Check) -> None:
-        try:
-            measured[index] = check.measure(target)
-        except Exception as exc:  # noqa: BLE001 - a measuring bug is that check's red, not the host's
-            measured[index] = ProbeOutput(1, stderr=f"could not measure ({exc})".encode())
-
-    threads = [threading.Thread(target=measure, args=item, daemon=True) for item in local.items()]
-    for thread in threads:
-        thread.start()
-    remote = [(i, c, limit) for i, (c, limit) in enumerate(zip(checks, limits)) if i not in local]
-    probed = run_probes(target, [c for _i, c, _l in remote], [lim for _i, _c, lim in remote]) if remote else []
-    outputs: dict[int, ProbeOutput] = {i: out for (i, _c, _l), out in zip(remote, probed)}
-    for thread in threads:
-        thread.join()
-    outputs.update(measured)
-    return [outputs[i] for i in range(len(checks))]
-
-
-def run_probes(target: Target, checks: Sequence[Check], limits: Sequence[float]) -> list[ProbeOutput]:
-    """Run the probes of ``checks`` on ``target`` as one script (one session); outputs in order.
-
-    :param limits: per-check time limits on the host, in seconds.
-    :raises HostUnreachable: the host could not be reached.
-    """
-    jobs = [ProbeJob(i, c.probe(), limit, c.capture_bytes(), tuple(c.secret_env()))  # probe() names them
-            for i, (c, limit) in enumerate(zip(checks, limits))]
-    secret_env: dict[str, str] = {}
-    for check in checks:
-        secret_env.update(check.secret_env())
-    nonce = new_nonce()
-    script = build_script(jobs, secret_env, nonce)
-    session_limit = max(limits, default=MIN_PROBE_SECONDS) + SESSION_SLACK_SECONDS
-    try:
-        result = target.run(script, stdin=secret_stdin(secret_env), timeout=session_limit)
-    except CommandTimeout:
-        return [
-            ProbeOutput(
-                -1,
-                stderr=f"the check session ran past {session_limit:g}s".encode(),
-                timed_out=True,
-                seconds_limit=session_limit,
-            )
-            for _ in checks
-        ]
-    frames = parse_frames(result.stdout, nonce, jobs)
-    missing_reason = (
-        "no usable temporary directory on the host"
-        if result.exit_code == NO_TMPDIR
-        else (result.stderr.strip().splitlines() or [f"the check script exited {result.exit_code}"])[-1]
-    )
-    return [frames.get(i) or ProbeOutput(-1, stderr=missing_reason.encode()) for i in range(len(checks))]
+    tail: str
+    line: Callable[[HostReport], bytes]
+    alone: Callable[[Target, HostReport], None]
 
 
 def verify_host(
@@ -222,8 +166,15 @@ def verify_host(
     on_result: OnResult | None = None,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    first: Sequence[ProbeOutput] | None = None,
+    audit: Audit | None = None,
 ) -> HostReport:
-    """Verify one host "eventually"; never raises for an unreachable host (see ``HostReport.error``)."""
+    """Verify one host "eventually"; never raises for an unreachable host (see ``HostReport.error``).
+
+    :param first: the outputs of the first attempt's probes, taken already in another session (the
+        preflight's): the first attempt then opens none.
+    :param audit: log the verdict on the host, in the last attempt's session where it can.
+    """
     started = time.monotonic()
     report = HostReport(target.name)
     secret_values = [v for c in checks for v in c.secret_values()]
@@ -240,17 +191,12 @@ def verify_host(
         if on_result is not None:
             on_result(target.name, result)
 
-    while pending:
-        now = time.monotonic()
-        limits = [max(deadline[id(c)] - now, 1.0 if c.timeout else MIN_PROBE_SECONDS) for c in pending]
-        try:
-            outputs = run_attempt(target, pending, limits)
-        except HostUnreachable as exc:
-            report.error = redact(exc.reason, secret_values)
-            break
-        report.sessions += 1 if any(not c.local for c in pending) else 0
+    logged = False
+
+    def judge(attempt: list[Check], outputs: Sequence[ProbeOutput]) -> list[Check]:
+        """Settle what this attempt decided; the checks to try again."""
         still_red: list[Check] = []
-        for check, output in zip(pending, outputs):
+        for check, output in zip(attempt, outputs):
             attempts[id(check)] += 1
             given_up = False
             try:
@@ -266,17 +212,61 @@ def verify_host(
                 last[id(check)] = verdict
                 still_red.append(check)
         now = time.monotonic()
-        pending = []
+        again = []
         for check in still_red:
             if now + settings.interval < deadline[id(check)]:
-                pending.append(check)
+                again.append(check)
             else:
                 settle(check, last[id(check)])
+        return again
+
+    def done() -> HostReport:
+        report.results = [final[id(c)] for c in checks if id(c) in final]
+        report.seconds = time.monotonic() - started
+        return report
+
+    while pending:
+        limits = _limits(pending, deadline)
+        attempt, judged = list(pending), [False]
+
+        def answer(outputs: list[ProbeOutput], attempt: list[Check] = attempt, judged: list[bool] = judged) -> bytes:
+            nonlocal pending, logged
+            pending, judged[0] = judge(attempt, outputs), True
+            if pending or audit is None:
+                return b"\n"
+            logged = True
+            return audit.line(done())
+
+        probed, first = first, None  # the first attempt's probes, if taken already
+        # the verdict goes back in the session, unless a metric check may stop to ask a human meanwhile
+        asks = audit is not None and probed is None and not any(c.local for c in attempt)
+        try:
+            outputs = run_attempt(target, attempt, limits, probed=probed, answer=answer if asks else None,
+                                  tail=audit.tail if asks and audit is not None else "")
+        except HostUnreachable as exc:
+            report.error = redact(exc.reason, secret_values)
+            break
+        report.sessions += 1 if probed is None and any(not c.local for c in attempt) else 0
+        if not judged[0]:
+            pending = judge(attempt, outputs)
         if pending:
             sleep(settings.interval)
-    report.results = [final[id(c)] for c in checks if id(c) in final]
-    report.seconds = time.monotonic() - started
+    done()
+    if audit is not None and not logged and not report.error:
+        audit.alone(target, report)
     return report
+
+
+def _limits(checks: Sequence[Check], deadline: Mapping[int, float]) -> list[float]:
+    now = time.monotonic()
+    return [max(deadline[id(c)] - now, 1.0 if c.timeout else MIN_PROBE_SECONDS) for c in checks]
+
+
+def first_limits(checks: Sequence[Check], settings: VerifySettings) -> list[float]:
+    """The time limits of the probes of a first attempt under ``settings`` (as :func:`verify_host`
+    gives them), for probes taken ahead of it."""
+    now = time.monotonic()
+    return _limits(checks, {id(c): now + (c.timeout if c.timeout is not None else settings.timeout) for c in checks})
 
 
 def unverified(host: str, error: BaseException) -> HostReport:
@@ -292,12 +282,16 @@ def run_checks(
     *,
     parallel: int = 10,
     on_result: OnResult | None = None,
+    first: Mapping[str, Sequence[ProbeOutput]] | None = None,
+    audit: Audit | None = None,
 ) -> VerifyReport:
     """Verify ``checks`` on every target, hosts in parallel; one session per host per attempt.
 
     :param settings: the suite's ``timeout`` and ``interval`` (default: 30s, every 1s).
     :param parallel: how many hosts are verified at once.
     :param on_result: called as ``on_result(host, result)`` as each check settles (serialised).
+    :param first: by host, the first attempt's probe outputs, already taken (see :func:`verify_host`).
+    :param audit: each host logs its verdict, in its last attempt's session where it can.
     """
     settings = settings or VerifySettings()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -310,7 +304,7 @@ def run_checks(
                 on_result(host, result)
 
     def verify(target: Target) -> HostReport:
-        return verify_host(target, checks, settings, report_one)
+        return verify_host(target, checks, settings, report_one, first=(first or {}).get(target.name), audit=audit)
 
     hosts: list[HostReport] = []
     for target, outcome in in_parallel(list(targets), verify, limit=parallel):
