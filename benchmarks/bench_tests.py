@@ -30,7 +30,8 @@ import common
 from common import ROOT, simple_table, testbed, write_fabric_project
 
 from deploytest.config import VerifySettings, load  # noqa: E402
-from deploytest.hosts import Target, connect, in_parallel  # noqa: E402
+from deploytest.hosts import Target, in_parallel  # noqa: E402
+from deploytest.ssh import connect  # noqa: E402
 from deploytest.verifiers import checks_verifier, python_verifier, suite_verifier  # noqa: E402
 
 #: 20 assertions, each as a ``checks`` entry and as a call of ``deploytest.assertions``.

@@ -26,7 +26,7 @@ from common import simple_table, testbed  # noqa: E402 - also puts the repositor
 from deploytest.checks import parse_checks  # noqa: E402
 from deploytest.checks.runner import run_checks  # noqa: E402
 from deploytest.config import VerifySettings  # noqa: E402
-from deploytest.hosts import connect  # noqa: E402
+from deploytest.ssh import connect  # noqa: E402
 
 VERSION = "1.0\n"
 

@@ -24,8 +24,10 @@ from .checks import make_check, parse_check
 from .checks.base import Check
 from .checks.runner import CheckResult, HostReport, run_checks
 from .config import VerifySettings
-from .hosts import LocalTarget, SSHTarget, Target, secure
+from .host_keys import secure
+from .hosts import LocalTarget, Target
 from .report_text import host_error_line, result_line
+from .ssh import SSHTarget
 
 Where = Union[Target, Connection, Context]
 CheckSpec = Union[Check, Mapping[str, Any]]

@@ -1,7 +1,8 @@
 """Reading and validating the ``deploytest`` key of Fabric's config: pure, no host needed.
 
 Everything a user wrote is checked here, before any host is touched: unknown keys, wrong types and
-missing required keys are refused with one line naming the key and what was expected.
+missing required keys are refused with one line naming the key and what was expected (one value's
+checks are :mod:`deploytest.config_values`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from typing import Any, Mapping, Sequence, Union
 
 from .checks import parse_checks
 from .checks.base import Check
+from .config_values import (
+    _batches,
+    _check_keys,
+    _deploy_to,
+    _fail,
+    _number,
+    _string,
+    _string_list,
+    clean_relative_path,
+)
 from .errors import ConfigError
 from .gate_keys import GATE_KEYS, parse_gates
 from .notify import parse_notify
@@ -64,7 +75,7 @@ class DeploymentTests:
     :ivar paths: files, directories or node ids, relative to the fabfile's directory.
     :ivar args: extra pytest arguments.
     :ivar archive: the test files as recorded with a release (base64 of a tar.gz, see
-        :mod:`deploytest.pytest_suite`); None: today's files, read from the fabfile's directory.
+        :mod:`deploytest.suite_files`); None: today's files, read from the fabfile's directory.
     """
 
     paths: tuple[str, ...]
@@ -147,79 +158,6 @@ _TOP_KEYS = {
 }
 
 
-def _type_name(value: object) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "true/false", list: "a list",
-            dict: "a mapping", type(None): "nothing"}.get(type(value), type(value).__name__)
-
-
-def _fail(key: str, expected: str, value: object = ...) -> ConfigError:
-    got = "" if value is ... else f", got {_type_name(value)} {value!r}"[:120]
-    return ConfigError(f"config deploytest.{key}: expected {expected}{got}. Nothing was changed.")
-
-
-def _string(data: Mapping[str, Any], key: str, where: str, *, required: bool = False,
-            default: str | None = None) -> str | None:
-    if key not in data or data[key] is None:
-        if required:
-            raise ConfigError(f"config deploytest.{where}{key}: missing (required). Nothing was changed.")
-        return default
-    value = data[key]
-    if not isinstance(value, str) or not value.strip():
-        raise _fail(where + key, "a non-empty string", value)
-    if "\x00" in value or "\n" in value:
-        raise _fail(where + key, "a single line of text", value)
-    return value
-
-
-def _number(data: Mapping[str, Any], key: str, where: str, default: float, *, minimum: float = 0,
-            integer: bool = False) -> float:
-    if key not in data or data[key] is None:
-        return default
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise _fail(where + key, "a whole number" if integer else "a number", value)
-    if value < minimum:
-        raise _fail(where + key, f"a number >= {minimum:g}", value)
-    return value
-
-
-def _string_list(data: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = data.get(key)
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-        raise _fail(where + key, "a list of strings", value)
-    return tuple(value)
-
-
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    for key in data:
-        if key not in allowed:
-            names = ", ".join(sorted(allowed))
-            raise ConfigError(
-                f"config deploytest.{where}{key}: unknown key (expected one of: {names}). Nothing was changed."
-            )
-
-
-def clean_relative_path(path: str, key: str) -> str:
-    """A path that stays inside its base directory (no absolute path, no ``..``)."""
-    normal = posixpath.normpath(path)
-    if posixpath.isabs(path) or normal == "." or normal.startswith("..") or "\x00" in path or "\n" in path:
-        raise _fail(key, "a relative path inside the release (no '..', not absolute)", path)
-    return normal
-
-
-def _deploy_to(value: str) -> str:
-    normal = posixpath.normpath(value)
-    if not posixpath.isabs(value) or "\x00" in value or "\n" in value or normal == "/":
-        raise _fail("deploy_to", "an absolute directory path other than /", value)
-    if ".." in value.split("/"):
-        raise _fail("deploy_to", "a path without '..'", value)
-    return normal
-
-
 def _source(value: object) -> Source | None:
     if value is None:
         return None
@@ -234,23 +172,6 @@ def _source(value: object) -> Source | None:
             raise _fail("source.git", "a git URL and ref that do not start with '-'", value)
         return GitSource(url, ref)
     raise _fail("source", "a local directory, a .tar.gz file, or {git: URL, ref: REF}", value)
-
-
-def _batches(value: object) -> tuple[Union[int, str], ...]:
-    if not isinstance(value, list) or not value:
-        raise _fail("rollout.batches", 'a non-empty list of host counts or percentages like [1, "50%"]', value)
-    out: list[Union[int, str]] = []
-    for item in value:
-        if isinstance(item, bool):
-            raise _fail("rollout.batches", "host counts (1) or percentages (\"50%\")", item)
-        if isinstance(item, int) and item >= 1:
-            out.append(item)
-        elif isinstance(item, str) and re.fullmatch(r"\d{1,3}(\.\d+)?%", item.strip()) and \
-                0 < float(item.strip()[:-1]) <= 100:
-            out.append(item.strip())
-        else:
-            raise _fail("rollout.batches", 'host counts >= 1 or percentages like "50%"', item)
-    return tuple(out)
 
 
 def load(data: Mapping[str, Any] | None, *, base_dir: str = ".", need_source: bool = False,

@@ -259,7 +259,8 @@ def collect_tests(run: Rollout) -> None:
     tests = run.settings.tests
     if tests is None or run.verifier is not None:
         return
-    from .pytest_suite import collect, snapshot
+    from .pytest_suite import collect
+    from .suite_files import snapshot
 
     run.tests = ids = collect(run.settings)
     run.settings = snapshot(run.settings)

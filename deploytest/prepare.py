@@ -11,7 +11,8 @@ import re
 
 from . import records
 from .audit import utc_now
-from .config import Settings, clean_relative_path
+from .config import Settings
+from .config_values import clean_relative_path
 from .errors import RemoteCommandFailed
 from .hosts import Target
 from .lock import LockOwner, name_release_body

@@ -14,7 +14,7 @@ The same files run in every verification of ``fab deploy-and-verify`` when ``dep
 names them (see :mod:`deploytest.pytest_suite`): there each session is lent the rollout's own target
 for one host, and ``deploytest_release`` reads what is live on it.
 
-Host keys are checked against known_hosts as OpenSSH does (see :func:`deploytest.hosts.connect`).
+Host keys are checked against known_hosts as OpenSSH does (see :func:`deploytest.ssh.connect`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any, Callable, Optional
 import pytest
 from fabric import Config
 
-from .hosts import LOCAL, LocalTarget, Target, connect, host_list
+from .hosts import LOCAL, LocalTarget, Target, host_list
+from .ssh import connect
 
 _TARGETS = pytest.StashKey[dict[str, Target]]()
 _LENT = pytest.StashKey[tuple[Target, Callable[[Target], Optional[str]]]]()

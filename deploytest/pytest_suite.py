@@ -13,34 +13,20 @@ rollout's own :class:`~deploytest.hosts.Target` (its already-open connection: no
 per attempt), ``deploytest_release`` the release live there. Why one session per host: pytest's
 fixtures and setup state are not safe to share between threads, and a session per host keeps every
 fixture (``conftest.py``, scope="session" included) exactly as pytest makes it, with hosts in parallel.
-pytest's process-wide helpers that threads would fight over are off in these sessions (output capture
-is deploytest's own: what a test prints is kept off the console; see :data:`_OFF` for the plugins not
-loaded), and the module globals where pytest keeps "the current session" are put back afterwards.
+How the sessions share this process is :mod:`deploytest.pytest_sessions`.
 
-The files are recorded with each verified release (:func:`snapshot`: a tar.gz, base64, bounded by
-:data:`MAX_ARCHIVE`); a rollback to that release runs them from a temporary directory (:func:`workspace`).
+The files are recorded with each verified release and a rollback to it runs them from there
+(:mod:`deploytest.suite_files`).
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import dataclasses
-import gc
-import gzip
 import hashlib
-import io
-import json
-import os
-import posixpath
-import sys
-import tarfile
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 
 import pytest
 
@@ -48,16 +34,12 @@ from . import pytest_plugin
 from .checks.base import Check, ProbeOutput, Verdict
 from .checks.runner import CheckResult, HostReport, VerifyReport, unverified
 from .checks.schema import Field
-from .config import DeploymentTests, Settings, VerifySettings
+from .config import Settings, VerifySettings
 from .errors import ConfigError, HostUnreachable
 from .hosts import Cancelled, Target, in_parallel
+from .pytest_sessions import _args, _ctrl_c, _imports_undone, _keep, _one_line, _reason_of, _sessions_quiet
+from .suite_files import workspace
 
-#: The most the recorded test files may take in a release's suite (base64 of their tar.gz): the suite
-#: travels to each host inside one remote command, which the kernel bounds at 128 KiB.
-MAX_ARCHIVE = 48 * 1024
-#: Plugins these sessions never load: process-wide state that parallel sessions would fight over.
-_OFF = ("deploytest", "cacheprovider", "warnings", "faulthandler", "unraisableexception", "threadexception",
-        "debugging", "pastebin", "junitxml", "doctest", "stepwise", "setuponly", "setupplan")
 _EXPECTED = "pass"
 
 
@@ -96,237 +78,6 @@ class TestCheck(Check):
         return Verdict(True, _EXPECTED, "passed")
 
 
-# -- the files: today's, or recorded with a release ----------------------------------------------
-
-
-def files_of(tests: DeploymentTests, base_dir: str) -> list[str]:
-    """The files the tests need, relative to ``base_dir``: everything under the named directories and
-    the named files, with the ``conftest.py`` and ``__init__.py`` files above them (sorted)."""
-    found: set[str] = set()
-    for path in tests.paths:
-        rel = posixpath.normpath(path.split("::", 1)[0])
-        full = os.path.join(base_dir, rel)
-        if os.path.isdir(full):
-            for root, dirs, files in os.walk(full):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-                for name in files:
-                    if not name.startswith(".") and not name.endswith((".pyc", ".pyo")):
-                        candidate = os.path.join(root, name)
-                        if os.path.isfile(candidate) and not os.path.islink(candidate):
-                            found.add(os.path.relpath(candidate, base_dir))
-        elif os.path.isfile(full):
-            found.add(rel)
-        parent = posixpath.dirname(rel) if not os.path.isdir(full) else rel
-        while True:
-            for name in ("conftest.py", "__init__.py"):
-                candidate = posixpath.join(parent, name) if parent else name
-                if os.path.isfile(os.path.join(base_dir, candidate)):
-                    found.add(candidate)
-            if not parent:
-                break
-            parent = posixpath.dirname(parent)
-    return sorted(found)
-
-
-def pack(tests: DeploymentTests, base_dir: str) -> str:
-    """The test files as base64 of a reproducible tar.gz (same files, same text)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for rel in files_of(tests, base_dir):
-            with open(os.path.join(base_dir, rel), "rb") as handle:
-                data = handle.read()
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    return base64.b64encode(gzip.compress(raw.getvalue(), mtime=0)).decode("ascii")
-
-
-def unpack(archive: str, into: str) -> None:
-    """Write recorded test files under ``into`` (regular files with relative paths only)."""
-    data = gzip.decompress(base64.b64decode(archive.encode("ascii")))
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for member in tar.getmembers():
-            name = posixpath.normpath(member.name)
-            if not member.isreg() or posixpath.isabs(name) or name.startswith(".."):
-                continue
-            source = tar.extractfile(member)
-            if source is None:
-                continue
-            path = os.path.join(into, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(source.read())
-
-
-def snapshot(settings: Settings) -> Settings:
-    """``settings`` whose suite records today's test files (to go with each verified release).
-
-    :raises ConfigError: the files are past :data:`MAX_ARCHIVE` or cannot be read (exit 2).
-    """
-    tests = settings.tests
-    if tests is None or tests.archive is not None:
-        return settings
-    try:
-        archive = pack(tests, settings.base_dir)
-    except OSError as error:
-        raise ConfigError(f"config deploytest.tests: cannot read the test files ({error})."
-                          " Nothing was changed.") from None
-    if len(archive) > MAX_ARCHIVE:
-        raise ConfigError(f"config deploytest.tests: the test files take {len(archive) // 1024} KiB packed; at most"
-                          f" {MAX_ARCHIVE // 1024} KiB are recorded with a release (its rollback runs them)."
-                          " Nothing was changed.")
-    suite = json.loads(settings.suite)
-    recorded = dataclasses.replace(tests, archive=archive)
-    suite["tests"] = recorded.to_dict()
-    return dataclasses.replace(settings, tests=recorded,
-                               suite=json.dumps(suite, sort_keys=True, separators=(",", ":")))
-
-
-@dataclass
-class Workspace:
-    """Where a session runs: its rootdir, the paths to hand pytest, and the directories whose modules
-    are the tests' own (imported anew by each verification)."""
-
-    rootdir: str
-    paths: list[str]
-    own: list[str]
-
-
-@contextlib.contextmanager
-def workspace(tests: DeploymentTests, base_dir: str) -> Iterator[Workspace]:
-    """Today's files in ``base_dir``, or the recorded ones unpacked into a temporary directory."""
-    if tests.archive is None:
-        own = []
-        for path in tests.paths:
-            full = os.path.join(base_dir, path.split("::", 1)[0])
-            own.append(full if os.path.isdir(full) else os.path.dirname(full))
-        yield Workspace(base_dir, [_arg(base_dir, p) for p in tests.paths], own)
-        return
-    with tempfile.TemporaryDirectory(prefix="deploytest-tests-") as tmp:
-        unpack(tests.archive, tmp)
-        yield Workspace(tmp, [_arg(tmp, p) for p in tests.paths], [tmp])
-
-
-def _arg(root: str, path: str) -> str:
-    """A path (or node id) for pytest: relative to the current directory when under it, as pytest's
-    own messages then read."""
-    file_part, sep, rest = path.partition("::")
-    full = os.path.join(root, file_part)
-    cwd = os.getcwd()
-    shown = os.path.relpath(full, cwd) if (full + os.sep).startswith(cwd + os.sep) or full == cwd else full
-    return shown + sep + rest
-
-
-def _args(tests: DeploymentTests, space: Workspace, *extra: str) -> list[str]:
-    off = [arg for name in _OFF for arg in ("-p", f"no:{name}")]
-    return [*off, "--rootdir", space.rootdir, "-q", *tests.args, "--capture=no", *extra, *space.paths]
-
-
-# -- the process-wide state sessions touch ------------------------------------------------------------
-
-
-class _Routed(io.TextIOBase):
-    """sys.stdout / sys.stderr while sessions run: what a session's thread writes is kept off the console."""
-
-    def __init__(self, original: Any) -> None:
-        self.original = original
-        self.kept: dict[int, list[str]] = {}
-
-    def write(self, text: str) -> int:
-        kept = self.kept.get(threading.get_ident())
-        if kept is None:
-            return int(self.original.write(text))
-        if sum(map(len, kept)) < 64 * 1024:
-            kept.append(text)
-        return len(text)
-
-    def flush(self) -> None:
-        if threading.get_ident() not in self.kept:
-            self.original.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        return int(self.original.fileno())
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return str(getattr(self.original, "encoding", "utf-8") or "utf-8")
-
-
-_ROUTE_LOCK = threading.Lock()
-_ACTIVE = [0]
-_SAVED: list[Any] = []
-
-
-@contextlib.contextmanager
-def _sessions_quiet() -> Iterator[None]:
-    """Route the sessions' threads' output away (see :class:`_Routed`), keep pytest from setting
-    ``PYTEST_CURRENT_TEST`` from many threads at once (one environment for the whole process), and put
-    back afterwards the module globals where pytest keeps its current session (sessions side by side
-    would leave them pointing at one another: every session kept alive)."""
-    import _pytest.assertion.util as assertion_util
-    import _pytest.runner as runner
-    from _pytest.mark import MARK_GEN
-
-    globals_ = ((MARK_GEN, "_config"), (assertion_util, "_reprcompare"), (assertion_util, "_assertion_pass"),
-                (assertion_util, "_config"))
-    with _ROUTE_LOCK:
-        if _ACTIVE[0] == 0:
-            _SAVED[:] = [sys.stdout, sys.stderr, runner._update_current_test_var,
-                         [(owner, name, getattr(owner, name, None)) for owner, name in globals_]]
-            sys.stdout, sys.stderr = _Routed(sys.stdout), _Routed(sys.stderr)
-            runner._update_current_test_var = _no_current_test_var
-        _ACTIVE[0] += 1
-    try:
-        yield
-    finally:
-        with _ROUTE_LOCK:
-            _ACTIVE[0] -= 1
-            if _ACTIVE[0] == 0:
-                sys.stdout, sys.stderr, runner._update_current_test_var, saved = _SAVED
-                for owner, name, value in saved:
-                    setattr(owner, name, value)
-                gc.collect()  # the sessions' cycles, at once: memory stays flat from one verification to the next
-
-
-def _no_current_test_var(item: Any, when: Any) -> None:
-    del item, when
-
-
-@contextlib.contextmanager
-def _keep() -> Iterator[list[str]]:
-    """Within :func:`_sessions_quiet`: this thread's output is kept (returned), not shown."""
-    kept: list[str] = []
-    streams = [s for s in (sys.stdout, sys.stderr) if isinstance(s, _Routed)]
-    for stream in streams:
-        stream.kept[threading.get_ident()] = kept
-    try:
-        yield kept
-    finally:
-        for stream in streams:
-            stream.kept.pop(threading.get_ident(), None)
-
-
-@contextlib.contextmanager
-def _imports_undone(space: Workspace) -> Iterator[None]:
-    """The test modules (and conftest.py files) imported and the ``sys.path`` entries added while
-    sessions ran are dropped afterwards: the next verification, maybe with a release's recorded files,
-    imports its own. Other modules the tests imported stay."""
-    modules, path = set(sys.modules), list(sys.path)
-    own = tuple(os.path.realpath(d) + os.sep for d in space.own)
-    root = os.path.realpath(space.rootdir) + os.sep
-    try:
-        yield
-    finally:
-        for name in [n for n in list(sys.modules) if n not in modules]:
-            where = os.path.realpath(getattr(sys.modules.get(name), "__file__", None) or "/")
-            if where.startswith(own) or (where.startswith(root) and os.path.basename(where) == "conftest.py"):
-                sys.modules.pop(name, None)
-        sys.path[:] = [p for p in sys.path if p in path] + [p for p in path if p not in sys.path]
-
-
 # -- preflight: collect once, refuse what pytest would refuse ---------------------------------------
 
 
@@ -354,11 +105,6 @@ class _Collector:
             if missing and not self.problem:
                 self.problem = f"{item.nodeid}: fixture '{missing[0]}' not found"
             self.ids.append(item.nodeid)
-
-
-def _ctrl_c(excinfo: pytest.ExceptionInfo[BaseException]) -> bool:
-    """Ctrl-C, not pytest's own stop (``Interrupted: 1 error during collection``, ``pytest.exit()``)."""
-    return excinfo.errisinstance(KeyboardInterrupt) and not excinfo.errisinstance(pytest.Session.Interrupted)
 
 
 def _missing_fixtures(item: pytest.Item) -> list[str]:
@@ -393,24 +139,6 @@ def collect(settings: Settings) -> list[str]:
     if problem:
         raise ConfigError(f"config deploytest.tests: {_one_line(problem)}. Nothing was changed.")
     return collector.ids
-
-
-def _reason_of(longrepr: Any) -> str:
-    """pytest's one line for a failure: its ``E`` line (``SyntaxError: ...``), else its last line."""
-    crash = getattr(longrepr, "reprcrash", None)
-    text = str(longrepr)
-    lines = [line for line in text.splitlines() if line.strip()]
-    errors = [line[1:].strip() for line in lines if line.startswith("E ")]
-    if errors:
-        return errors[-1]
-    if crash is not None and getattr(crash, "message", None):
-        return str(crash.message).splitlines()[0]
-    return lines[-1].strip() if lines else "failed"
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 # -- a verification: one session per host, side by side ------------------------------------------------

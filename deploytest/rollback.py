@@ -55,7 +55,7 @@ def _record_todays_tests(run: Rollout) -> None:
     no reason to refuse a rollback (it is then recorded without them)."""
     if run.settings.tests is None:
         return
-    from .pytest_suite import snapshot
+    from .suite_files import snapshot
 
     try:
         run.settings = snapshot(run.settings)

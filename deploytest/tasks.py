@@ -28,11 +28,12 @@ from .errors import DeploytestError, Refused, UsageError, exit_code_for
 from .executor import CoordinatedTask, HostsContext, split_refusal
 from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
-from .hosts import LocalTarget, Target, targets_for
+from .hosts import LocalTarget, Target
 from .report import RunReport, refused_run
 from .report_json import write_document
 from .report_junit import write_run_junit
 from .rollback import rollback as rollback_task
+from .ssh import targets_for
 
 
 def targets_of(c: Context, settings: Settings, task_name: str = "this task") -> List[Target]:

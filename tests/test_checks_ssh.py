@@ -23,7 +23,7 @@ from deploytest.assertions import CheckFailed, assert_command, assert_file, chec
 from deploytest.checks import parse_checks
 from deploytest.checks.runner import run_checks
 from deploytest.config import VerifySettings
-from deploytest.hosts import SSHTarget, connect
+from deploytest.ssh import SSHTarget, connect
 
 pytestmark = pytest.mark.testbed
 ROOT = Path(__file__).resolve().parent.parent

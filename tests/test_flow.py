@@ -14,8 +14,8 @@ from onhost import DEPLOY_TO, PORT, live, locked, releases_on, served, state_of
 from project import Project, finish, hello_bed, hello_config, interrupt_when
 
 from deploytest.config import load
-from deploytest.hosts import connect
 from deploytest.lock import LockOwner, acquire_lock
+from deploytest.ssh import connect
 
 pytestmark = pytest.mark.testbed
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from deploytest.errors import UsageError
-from deploytest.hosts import LocalTarget, host_list, targets_for
+from deploytest.hosts import LocalTarget, host_list
+from deploytest.ssh import targets_for
 
 
 def test_a_comma_separated_list_in_order_without_blanks_or_repeats() -> None:

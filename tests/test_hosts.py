@@ -13,7 +13,8 @@ import testbed
 from project import hello_bed
 
 from deploytest.errors import HostKeyError, HostUnreachable
-from deploytest.hosts import Reply, connect
+from deploytest.hosts import Reply
+from deploytest.ssh import connect
 
 pytestmark = pytest.mark.testbed
 
@@ -167,7 +168,7 @@ def test_a_fleets_worth_of_open_descriptors_does_not_break_a_session(ssh_host: A
 
 
 def test_known_hosts_is_parsed_once_per_version_of_the_file(tmp_path: Path) -> None:
-    from deploytest.hosts import _known_hosts
+    from deploytest.host_keys import _known_hosts
 
     path = tmp_path / "known_hosts"
     other = testbed._write_key(tmp_path / "k", "x")
@@ -224,14 +225,14 @@ class _DroppingFront:
 
 
 def test_a_handshake_dropped_by_a_busy_sshd_is_tried_again(make_hosts: Callable[..., Any], tmp_path: Path) -> None:
-    from deploytest import hosts
+    from deploytest import ssh
 
     bed = make_hosts(1)
     host = bed.hosts[0]
     known = tmp_path / "known_hosts"
     keytype, blob = host.public_key.split()[:2]
     known.write_text(f"web-alias {keytype} {blob}\n")
-    front = _DroppingFront(host.address, host.port, drop=hosts.HANDSHAKE_TRIES - 1)
+    front = _DroppingFront(host.address, host.port, drop=ssh.HANDSHAKE_TRIES - 1)
     path = tmp_path / "ssh_config"
     path.write_text(f"Host busy\n    HostName 127.0.0.1\n    Port {front.port}\n    User root\n"
                     f"    IdentityFile {bed.client_key}\n    IdentitiesOnly yes\n    UserKnownHostsFile {known}\n"
@@ -241,15 +242,15 @@ def test_a_handshake_dropped_by_a_busy_sshd_is_tried_again(make_hosts: Callable[
         assert target.run("hostname").stdout.strip() == host.name
     finally:
         target.close()
-    assert front.accepted == hosts.HANDSHAKE_TRIES  # dropped twice, through on the last try
+    assert front.accepted == ssh.HANDSHAKE_TRIES  # dropped twice, through on the last try
 
-    front = _DroppingFront(host.address, host.port, drop=hosts.HANDSHAKE_TRIES)
+    front = _DroppingFront(host.address, host.port, drop=ssh.HANDSHAKE_TRIES)
     path.write_text(re.sub(r"Port \d+", f"Port {front.port}", path.read_text()))
     target = connect("busy", fabric.Config(runtime_ssh_path=str(path)))
     with pytest.raises(HostUnreachable):
         target.run("true")
     target.close()
-    assert front.accepted == hosts.HANDSHAKE_TRIES  # and no more: then it is unreachable
+    assert front.accepted == ssh.HANDSHAKE_TRIES  # and no more: then it is unreachable
 
 
 def test_a_refused_connection_is_not_tried_again(tmp_path: Path) -> None:

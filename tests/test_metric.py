@@ -14,7 +14,8 @@ import pytest
 from deploytest import analysis
 from deploytest.checks import make_check, parse_check
 from deploytest.checks.base import ProbeOutput, Verdict
-from deploytest.checks.metric import fill_promql, fill_url, parse_condition, prometheus_value
+from deploytest.checks.metric_condition import parse_condition
+from deploytest.checks.metric_sources import fill_promql, fill_url, prometheus_value
 from deploytest.checks.runner import run_checks
 from deploytest.config import VerifySettings
 from deploytest.errors import ConfigError
@@ -67,7 +68,7 @@ def test_placeholders_are_encoded_for_urls_and_escaped_for_promql() -> None:
 
 
 def test_conditions_are_a_small_safe_language() -> None:
-    from deploytest.checks.metric import evaluate_condition
+    from deploytest.checks.metric_condition import evaluate_condition
 
     assert evaluate_condition(parse_condition("result < 0.05 and result >= 0"), 0.01)
     assert not evaluate_condition(parse_condition("abs(result - 1) < 0.1"), 0.5)

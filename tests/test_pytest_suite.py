@@ -12,7 +12,8 @@ import pytest
 from deploytest.config import VerifySettings, load, with_suite
 from deploytest.errors import ConfigError
 from deploytest.hosts import LocalTarget
-from deploytest.pytest_suite import collect, deployment_tests_verifier, snapshot
+from deploytest.pytest_suite import collect, deployment_tests_verifier
+from deploytest.suite_files import snapshot
 from deploytest.verifiers import suite_verifier
 
 

@@ -13,7 +13,7 @@ import testbed
 
 from deploytest import records, shell, steps
 from deploytest.config import Settings
-from deploytest.hosts import LocalTarget, SSHTarget, connect
+from deploytest.hosts import LocalTarget
 from deploytest.lock import (
     Journal,
     LockInfo,
@@ -24,6 +24,7 @@ from deploytest.lock import (
     script_for_clear_journal,
 )
 from deploytest.remote import run_script
+from deploytest.ssh import SSHTarget, connect
 from deploytest.state import BAD, COMPLETE, VERIFIED, rollback_target
 
 HOSTILE = [

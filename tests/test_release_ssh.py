@@ -13,10 +13,11 @@ import testbed
 from deploytest import steps
 from deploytest.config import Settings
 from deploytest.errors import LockHeld, RemoteCommandFailed
-from deploytest.hosts import SSHTarget, connect, in_parallel
+from deploytest.hosts import in_parallel
 from deploytest.lock import LockOwner, acquire_lock, release_lock
 from deploytest.prepare import prepare
 from deploytest.source import pack_source
+from deploytest.ssh import SSHTarget, connect
 from deploytest.state import new_release_id
 
 pytestmark = pytest.mark.testbed

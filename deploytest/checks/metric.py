@@ -12,33 +12,29 @@ attempt has one of four outcomes:
   until the deadline, then a terminal asks; without one, as in CI, red; a single look, as in the
   baseline, asks nobody and is red), ``red`` (like a red value) or ``fail`` (red at once).
 
-``{host}`` and ``{address}`` in a query name the host under test: URL-encoded in URLs, escaped as a
-PromQL string in a Prometheus query.
+The condition language is :mod:`deploytest.checks.metric_condition`; fetching the number and filling
+in the host is :mod:`deploytest.checks.metric_sources`.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
-import re
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 from ..errors import ConfigError
 from .base import Check, ProbeOutput, Verdict, snippet
 from .http import json_path
+from .metric_condition import evaluate_condition, parse_condition
+from .metric_sources import _ENV, _get_json, _why, fill_promql, fill_url, prometheus_value, with_env
 from .schema import Field
 
-#: How long one query may take.
-QUERY_SECONDS = 5.0
 OUTCOMES = ("green", "red", "error", "inconclusive")
 _ask_lock = threading.Lock()
 
@@ -57,118 +53,6 @@ class MetricVerdict(Verdict):
 
 def _verdict(outcome: str, expected: str, observed: str, detail: str = "") -> MetricVerdict:
     return MetricVerdict(outcome == "green", expected, observed, detail, outcome)
-
-
-# -- a safe condition over ``result`` -----------------------------------------------------------
-
-_ALLOWED = (ast.Expression, ast.Compare, ast.BoolOp, ast.And, ast.Or, ast.UnaryOp, ast.Not, ast.USub,
-            ast.UAdd, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Name, ast.Load, ast.Constant,
-            ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Eq, ast.NotEq, ast.Call)
-_FUNCTIONS = {"abs": abs, "min": min, "max": max}
-
-
-def parse_condition(text: str) -> ast.Expression:
-    """``result < 0.05 and result >= 0``: comparisons, and/or/not, + - * /, numbers, ``result``,
-    ``abs``, ``min``, ``max``. Nothing else is accepted (no attribute, no other name, no eval).
-
-    :raises ValueError: naming what is not allowed.
-    """
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as error:
-        raise ValueError(f"not an expression ({error.msg})") from None
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED):
-            raise ValueError(f"{type(node).__name__} is not allowed")
-        if isinstance(node, ast.Name) and node.id != "result" and node.id not in _FUNCTIONS:
-            raise ValueError(f"unknown name {node.id!r} (only result, abs, min, max)")
-        if isinstance(node, ast.Call) and (not isinstance(node.func, ast.Name) or node.func.id not in _FUNCTIONS
-                                           or node.keywords):
-            raise ValueError("only abs(), min() and max() may be called")
-        if isinstance(node, ast.Constant) and (isinstance(node.value, bool)
-                                               or not isinstance(node.value, (int, float))):
-            raise ValueError(f"only numbers, got {node.value!r}")
-    return tree
-
-
-def evaluate_condition(tree: ast.Expression, result: float) -> bool:
-    """The condition's truth for ``result``."""
-
-    def value(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return value(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return result if node.id == "result" else _FUNCTIONS[node.id]
-        if isinstance(node, ast.UnaryOp):
-            operand = value(node.operand)
-            return not operand if isinstance(node.op, ast.Not) else (-operand if isinstance(node.op, ast.USub)
-                                                                       else +operand)
-        if isinstance(node, ast.BoolOp):
-            items = [value(v) for v in node.values]
-            return all(items) if isinstance(node.op, ast.And) else any(items)
-        if isinstance(node, ast.BinOp):
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Add):
-                return left + right
-            if isinstance(node.op, ast.Sub):
-                return left - right
-            if isinstance(node.op, ast.Mult):
-                return left * right
-            return left / right if right else math.inf
-        if isinstance(node, ast.Compare):
-            left = value(node.left)
-            for op, comparator in zip(node.ops, node.comparators):
-                right = value(comparator)
-                ok = {ast.Lt: left < right, ast.LtE: left <= right, ast.Gt: left > right,
-                      ast.GtE: left >= right, ast.Eq: left == right, ast.NotEq: left != right}[type(op)]
-                if not ok:
-                    return False
-                left = right
-            return True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-            function: Any = _FUNCTIONS[node.func.id]
-            return function(*[value(a) for a in node.args])
-        raise ValueError(type(node).__name__)
-
-    return bool(value(tree))
-
-
-# -- placeholders ---------------------------------------------------------------------------------
-
-
-def fill_url(template: str, host: str, address: str) -> str:
-    """``template`` with ``{host}`` and ``{address}`` URL-encoded."""
-    return template.replace("{host}", urllib.parse.quote(host, safe="")).replace(
-        "{address}", urllib.parse.quote(address, safe=""))
-
-
-def fill_promql(template: str, host: str, address: str) -> str:
-    """``template`` with ``{host}`` and ``{address}`` escaped for a PromQL double-quoted string."""
-    return template.replace("{host}", _promql_escape(host)).replace("{address}", _promql_escape(address))
-
-
-def _promql_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-_ENV = re.compile(r"\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def with_env(text: str, *, strict: bool = True) -> str:
-    """``text`` with each ``{env:NAME}`` replaced by this machine's environment variable NAME, so a token
-    stays out of fabric.yaml (and out of the suite recorded on the hosts).
-
-    :raises ValueError: a variable is not set (with ``strict``; else it is left empty).
-    """
-    def value(match: re.Match[str]) -> str:
-        name = match.group(1)
-        if name not in os.environ and strict:
-            raise ValueError(f"environment variable {name} (in headers) is not set on this machine")
-        return os.environ.get(name, "")
-
-    return _ENV.sub(value, text)
 
 
 def _number(value: object) -> bool:
@@ -422,54 +306,3 @@ class MetricCheck(Check):
         if answer in ("y", "yes"):
             return _verdict("green", latest.expected, latest.observed, "inconclusive; accepted at the terminal")
         return _verdict("red", latest.expected, latest.observed, "inconclusive; refused at the terminal")
-
-
-def prometheus_value(document: Any) -> Optional[float]:
-    """The one number of a Prometheus instant query's answer (None: empty result or NaN).
-
-    :raises ValueError: an error answer, or more than one series (aggregate them, e.g. ``sum(...)``).
-    """
-    if not isinstance(document, dict) or document.get("status") != "success":
-        error = document.get("error") if isinstance(document, dict) else None
-        raise ValueError(f"Prometheus answered: {error or snippet(json.dumps(document), 120)}")
-    data = document.get("data") or {}
-    kind, result = data.get("resultType"), data.get("result")
-    if kind == "scalar":
-        sample = result
-    elif kind == "vector":
-        if not result:
-            return None
-        if len(result) > 1:
-            raise ValueError(f"the query gave {len(result)} series, not one; aggregate them (e.g. sum(...))")
-        sample = result[0].get("value")
-    else:
-        raise ValueError(f"the query gave a {kind}, not a vector or scalar (an instant query, without [range])")
-    if not isinstance(sample, list) or len(sample) != 2:
-        raise ValueError(f"unexpected sample {snippet(json.dumps(sample), 60)}")
-    value = float(sample[1])
-    return None if math.isnan(value) else value
-
-
-def _get_json(url: str, headers: Mapping[str, str]) -> Any:
-    request = urllib.request.Request(url, headers=dict(headers))
-    try:
-        with urllib.request.urlopen(request, timeout=QUERY_SECONDS) as response:  # noqa: S310 - http(s) only
-            return json.loads(response.read(16 * 1024 * 1024))
-    except urllib.error.HTTPError as error:
-        try:  # Prometheus says what is wrong with a query in its JSON answer
-            said = json.loads(error.read(64 * 1024)).get("error")
-        except Exception:  # noqa: BLE001 - no JSON: the status alone
-            said = None
-        if said:
-            raise ValueError(f"HTTP {error.code}: {snippet(str(said), 160)}") from None
-        raise
-
-
-def _why(error: BaseException) -> str:
-    if isinstance(error, urllib.error.HTTPError):
-        return f"HTTP {error.code} {error.reason}"
-    if isinstance(error, urllib.error.URLError):
-        return f"{error.reason}"
-    if isinstance(error, json.JSONDecodeError):
-        return f"not JSON ({error.msg})"
-    return str(error) or type(error).__name__
