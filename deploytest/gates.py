@@ -23,7 +23,7 @@ from .config import VerifySettings
 from .errors import ChecksFailed
 
 if TYPE_CHECKING:
-    from .flow import Rollout
+    from .rollout import Rollout
 
 #: How often ``confirm_url`` is asked.
 POLL_SECONDS = 2.0
@@ -111,7 +111,7 @@ class Background:
 
 def soak(run: Rollout, names: list[str], seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> None:
     """Re-verify ``names`` (one look each time) every ``verify.interval`` for ``seconds``; any red fails."""
-    from .flow import summary
+    from .rollout import summary
 
     interval = max(run.settings.verify.interval, 0.5)
     run.console.stage(f"soak: re-verifying {', '.join(names)} for {seconds:g}s")

@@ -8,8 +8,8 @@ import os
 import time
 from typing import Optional, Sequence
 
+from . import inspection, steps
 from . import plan as plans
-from . import steps
 from .audit import log_line
 from .checks.runner import Audit, HostReport, run_checks
 from .config import Settings
@@ -24,7 +24,6 @@ from .errors import (
     UsageError,
     fab_command,
 )
-from .flow import Rollout
 from .hosts import Target, in_parallel
 from .lock import LockInfo, LockOwner, force_unlock
 from .remote import run_script
@@ -32,6 +31,7 @@ from .report import RunReport
 from .report_json import write_document, write_json
 from .report_junit import write_junit, write_run_junit
 from .report_text import render, render_transitions
+from .rollout import Rollout
 from .source import pack_source
 from .state import COMPLETE, HostState, new_release_id
 from .verifiers import suite_verifier
@@ -167,7 +167,7 @@ def _read_states(targets: Sequence[Target], settings: Settings,
     console.set_hosts([t.name for t in targets])
     states: dict[str, HostState] = {}
     lost: dict[str, BaseException] = {}
-    for target, result in in_parallel(targets, lambda t: steps.inspect(t, settings),
+    for target, result in in_parallel(targets, lambda t: inspection.inspect(t, settings),
                                       limit=settings.rollout.parallel):
         if isinstance(result, BaseException):
             lost[target.name] = result

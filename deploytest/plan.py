@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
+from . import inspection
 from . import steps as step_scripts
 from .checks.attempt import Probes
 from .checks.runner import first_limits
@@ -140,10 +141,10 @@ def _host_plan(settings: Settings, state: HostState, package: Package, owner: Lo
     if baseline is not None:
         steps = [Step("lock", (f"lock      {settings.state_dir}/lock, in one session with the baseline:"
                                f" {len(baseline.jobs)} checks against what is live",),
-                      step_scripts.script_for_probe_and_inspect(settings, owner, baseline))]
+                      inspection.script_for_probe_and_inspect(settings, owner, baseline))]
     else:
         steps = [Step("lock", (f"lock      {settings.state_dir}/lock",),
-                      step_scripts.script_for_inspect_and_lock(settings, owner))]
+                      inspection.script_for_inspect_and_lock(settings, owner))]
     says = [f"upload    {package.files} files ({package.size // 1024 + 1} KB) as one archive into {base}"
             if package.data is not None else f"clone     {package.origin} at {package.label} into {base}"]
     says += [f"share     {base}/{path} -> {settings.shared_dir}/{path}" for path in settings.shared]

@@ -308,8 +308,8 @@ def _skipped(report: pytest.TestReport) -> str:
 
 def live_release(settings: Settings) -> Callable[[Target], Optional[str]]:
     """How ``deploytest_release`` learns the release live on a host: read its ``current`` link."""
+    from .inspection import script_for_current
     from .state import live_id
-    from .steps import script_for_current
 
     def read(target: Target) -> Optional[str]:
         result = target.run(script_for_current(settings), timeout=30)

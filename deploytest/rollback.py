@@ -18,10 +18,12 @@ from . import steps
 from .checks.runner import VerifyReport
 from .config import with_suite
 from .errors import ConfigError, NeedsHuman, UsageError
-from .flow import Heartbeat, Rollout, preflight, take_locks, way_back
+from .flow import preflight, take_locks
+from .heal import way_back
 from .hosts import Target, in_parallel
 from .lock import Journal, script_for_clear_journal
 from .report_text import render
+from .rollout import Heartbeat, Rollout
 from .state import rollback_target
 from .verifiers import suite_verifier
 

@@ -26,13 +26,13 @@ from .config import Settings
 from .console import Console
 from .errors import DeploytestError, Refused, UsageError, exit_code_for
 from .executor import CoordinatedTask, HostsContext, split_refusal
-from .flow import Rollout
 from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, Target
 from .report import RunReport, refused_run
 from .report_json import write_document
 from .report_junit import write_run_junit
 from .rollback import rollback as rollback_task
+from .rollout import Rollout
 from .ssh import targets_for
 
 

@@ -15,9 +15,10 @@ import pytest
 from deploytest import config as config_module
 from deploytest.console import Console
 from deploytest.errors import NEEDS_HUMAN, REFUSED, NeedsHuman, Refused, RolledBack
-from deploytest.flow import Rollout, deploy_and_verify
+from deploytest.flow import deploy_and_verify
 from deploytest.hosts import LocalTarget
 from deploytest.records import parse_record
+from deploytest.rollout import Rollout
 
 
 def settings_for(tmp_path: Path, **extra: Any) -> config_module.Settings:
@@ -223,20 +224,21 @@ def test_python_verify_functions_each_get_their_own_window_and_errors_are_red(tm
 
 def test_the_heartbeat_renews_the_runs_locks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from deploytest import flow
+    from deploytest import rollout as rollouts
 
-    monkeypatch.setattr(flow, "HEARTBEAT_SECONDS", 0.2)
+    monkeypatch.setattr(rollouts, "HEARTBEAT_SECONDS", 0.2)
     settings = settings_for(tmp_path)
     out = io.StringIO()
     rollout = Rollout(settings, [LocalTarget()], Console(out, out))
     flow.preflight(rollout)
     lock = tmp_path / "app" / ".deploytest" / "lock"
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
-    with flow.Heartbeat(rollout):
+    with rollouts.Heartbeat(rollout):
         deadline = time.monotonic() + 10
         while time.time() - lock.stat().st_mtime > 60 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert time.time() - lock.stat().st_mtime < 60
-    flow.release_locks(rollout, rollout.locked)
+    rollouts.release_locks(rollout, rollout.locked)
     assert not lock.exists()
 
 

@@ -248,8 +248,8 @@ def test_confirm_at_the_prompt_goes_on_only_on_yes(tmp_path: Path) -> None:
     from deploytest import gates
     from deploytest.console import Console
     from deploytest.errors import ChecksFailed
-    from deploytest.flow import Rollout
     from deploytest.hosts import LocalTarget
+    from deploytest.rollout import Rollout
 
     settings = load({"deploy_to": str(tmp_path / "srv"),
                      "rollout": {"batches": [1, "100%"], "confirm": "after_canary"}})

@@ -13,10 +13,11 @@ import pytest
 from deploytest import plan as plans
 from deploytest.config import load
 from deploytest.console import Console
-from deploytest.flow import Rollout, deploy_and_verify
+from deploytest.flow import deploy_and_verify
 from deploytest.hosts import LocalTarget
 from deploytest.lock import LockOwner
 from deploytest.oncall import dry_run
+from deploytest.rollout import Rollout
 from deploytest.source import Package
 from deploytest.state import HostState, ReleaseInfo
 

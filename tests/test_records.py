@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import testbed
 
-from deploytest import records, shell, steps
+from deploytest import inspection, records, shell, steps
 from deploytest.config import Settings
 from deploytest.hosts import LocalTarget
 from deploytest.lock import (
@@ -114,7 +114,7 @@ def legacy_host(deploy_to: Path, token: str) -> None:
 def test_a_host_of_the_earlier_format_keeps_its_rollback_targets_and_journal(tmp_path: Path) -> None:
     settings = Settings(deploy_to=str(tmp_path / "app"))
     legacy_host(tmp_path / "app", "c" * 32)
-    state = steps.inspect(LocalTarget(), settings)
+    state = inspection.inspect(LocalTarget(), settings)
     assert [(r.id, r.state, r.label, r.who) for r in state.releases] == [
         ("1", VERIFIED, "label 1", "old@box"), ("2", VERIFIED, "label 2", "old@box"),
         ("3", COMPLETE, "label 3", "old@box"), ("4", BAD, "label 4", "old@box")]
@@ -142,7 +142,7 @@ def test_a_lock_and_journal_of_the_earlier_format_are_released_by_their_token(tm
 
     legacy_host(tmp_path / "again", "d" * 32)
     again = Settings(deploy_to=str(tmp_path / "again"))
-    seen = steps.inspect(LocalTarget(), again).lock
+    seen = inspection.inspect(LocalTarget(), again).lock
     assert seen is not None
     removed = force_unlock(LocalTarget(), again, "me@here", seen=seen)
     assert removed is not None and (removed.user, removed.token, removed.release) == ("old", "d" * 32, "3")
@@ -158,7 +158,7 @@ def test_a_dead_rollout_of_the_earlier_format_is_taken_over(tmp_path: Path) -> N
     legacy_host(tmp_path / "app", "c" * 32)
     owner = LockOwner.new()
     acquire_lock(LocalTarget(), settings, owner, journal=Journal.begin(owner, "", "3"), takeover="c" * 32)
-    state = steps.inspect(LocalTarget(), settings)
+    state = inspection.inspect(LocalTarget(), settings)
     assert state.lock is not None and state.lock.token == owner.token
     assert state.journal is not None and state.journal.rollout == owner.token and state.journal.previous == "3"
 
@@ -175,7 +175,7 @@ def test_hostile_values_round_trip_over_ssh(ssh_host: testbed.TestBed) -> None:
         value = "al'ice \"$(touch /tmp/dt-pwned)\" `id` \\ back\\nslash\nnew line\ttab = ünïcödé"
         owner = LockOwner(user=value, host=value, pid=4242, started=value, token="ab" * 16, release=value)
         acquire_lock(target, settings, owner, journal=Journal.begin(owner, "20261125100001", None))
-        state = steps.inspect(target, settings)
+        state = inspection.inspect(target, settings)
         assert state.lock is not None and (state.lock.user, state.lock.host, state.lock.started) == \
             (value, value, value)
         assert state.journal is not None and state.journal.who == f"{value}@{value}"

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from deploytest import steps
+from deploytest import inspection, steps
 from deploytest.config import GitSource, Settings
 from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
 from deploytest.hosts import LocalTarget, Reply, RunResult
@@ -63,7 +63,7 @@ def settings_for(tmp_path: Path, **kw: Any) -> Settings:
 
 def deploy(target: LocalTarget, settings: Settings, owner: LockOwner, rid: str | None = None) -> str:
     """The whole happy path on one host, the way the rollout drives it."""
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     rid = rid or new_release_id(state.release_ids)
     package = pack_source(settings)
     acquire_lock(target, settings, owner)
@@ -92,7 +92,7 @@ def test_prepare_switch_rollback(tmp_path: Path, target: CountingTarget) -> None
     assert live_link(settings) == f"{settings.releases_dir}/{second}"
     assert Path(settings.current, "VERSION").read_text() == "2\n"
 
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.live == second and state.previous == first and state.lock is None
     assert [r.state for r in state.releases] == [VERIFIED, VERIFIED]
     assert state.releases[1].who == owner.who and len(state.releases[1].label) == 12
@@ -112,7 +112,7 @@ def test_a_deploy_is_four_sessions(tmp_path: Path, target: CountingTarget) -> No
     package = pack_source(settings)
     calls = []
     for step in (
-        lambda: steps.inspect_and_lock(target, settings, owner),
+        lambda: inspection.inspect_and_lock(target, settings, owner),
         lambda: prepare(target, settings, "20260101000000", package, owner.who, build=True, owner=owner),
         lambda: steps.switch_and_restart(target, settings, "20260101000000"),
         lambda: steps.finish(target, settings, owner, {"event": "deploy"}),
@@ -131,19 +131,19 @@ def test_the_journal_is_written_with_the_lock_and_names_the_release_before_it_is
     settings = settings_for(tmp_path)
     first = deploy(target, settings, LockOwner.new())
     owner = LockOwner.new()
-    state, taken = steps.inspect_and_lock(target, settings, owner)
+    state, taken = inspection.inspect_and_lock(target, settings, owner)
     assert taken == "locked" and state.lock is None and state.live == first
     journal = Path(settings.state_dir, "journal")
     header = parse_record(journal.read_text())
     assert (header["rollout"], header["release"], header["previous"]) == (owner.token, "", first)
     assert header["pid"] == str(owner.pid) and header["who"] == owner.who
-    assert steps.inspect(target, settings).journal.release == ""  # type: ignore[union-attr]
+    assert inspection.inspect(target, settings).journal.release == ""  # type: ignore[union-attr]
     prepare(target, settings, "29990101000000", pack_source(settings), owner.who, build=True,
                     owner=owner)
-    named = steps.inspect(target, settings).journal
+    named = inspection.inspect(target, settings).journal
     assert named is not None and named.release == "29990101000000" and named.steps == ("prepared",)
     other = LockOwner.new()
-    again, held = steps.inspect_and_lock(target, settings, other)
+    again, held = inspection.inspect_and_lock(target, settings, other)
     assert held == "held" and again.lock is not None and again.lock.token == owner.token
     assert parse_record(journal.read_text())["rollout"] == owner.token  # untouched
 
@@ -154,7 +154,7 @@ def test_prepare_with_build_is_one_session_and_complete(tmp_path: Path, target: 
     package = pack_source(settings)
     prepare(target, settings, "1", package, "me", build=True)
     assert target.calls == 1
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.releases[0].state == COMPLETE
     assert Path(settings.releases_dir, "1", "BUILT").read_text() == "built\n"
 
@@ -178,7 +178,7 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
     settings = settings_for(tmp_path, keep_releases=5)
     owner = LockOwner.new()
     ids = [deploy(target, settings, owner) for _ in range(6)]
-    assert steps.inspect(target, settings).release_ids == ids[1:]  # each finish cleaned up
+    assert inspection.inspect(target, settings).release_ids == ids[1:]  # each finish cleaned up
     # the 7th goes live, fails verification and is rolled back: marked bad
     seventh = new_release_id(ids)
     package = pack_source(settings)
@@ -191,7 +191,7 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
     stale = new_release_id(ids + [seventh])
     prepare(target, settings, stale, package, owner.who)
 
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert [r.state for r in state.releases][-2:] == [BAD, PREPARING]
     assert rollback_target(state) == ids[-2]
     with pytest.raises(UsageError, match="is bad"):
@@ -200,7 +200,7 @@ def test_seven_deploys_keep_five_good(tmp_path: Path, target: CountingTarget) ->
         steps.switch(target, settings, stale)
 
     removed = steps.finish(target, settings, owner, None).removed
-    after = steps.inspect(target, settings)
+    after = inspection.inspect(target, settings)
     assert removed == (seventh, stale)
     assert after.release_ids == ids[1:]
     assert all(r.good for r in after.releases) and len(after.releases) == 5
@@ -216,7 +216,7 @@ def test_cleanup_keeps_old_live_and_its_rollback_target(tmp_path: Path, target: 
     steps.switch(target, settings, ids[1])  # rollback --to an old one
     removed = steps.finish(target, settings, owner, None).removed
     assert removed == (ids[2],)
-    assert steps.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
+    assert inspection.inspect(target, settings).release_ids == [ids[0], ids[1], ids[3], ids[4]]
 
 
 def test_remove_release_refuses_the_live_one(tmp_path: Path, target: CountingTarget) -> None:
@@ -235,7 +235,7 @@ def test_unknown_directories_are_left_alone(tmp_path: Path, target: CountingTarg
     owner = LockOwner.new()
     for _ in range(3):
         deploy(target, settings, owner)
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert "handmade" in state.release_ids and state.release("handmade").state == "unknown"  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="unknown"):
         steps.switch(target, settings, "handmade")
@@ -312,14 +312,14 @@ def test_finish_runs_a_discard_first_in_the_same_session(tmp_path: Path, target:
     steps.finish(target, settings, owner, {"event": "deploy", "outcome": "rolled back"}, cleanup=False,
                    first=[steps.script_for_discard(settings, rid, bad=False)])
     assert target.calls == before + 1
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.release_ids == [first] and state.lock is None
     # a discard that is refused (the live release) stops the finish: the lock stays, nothing is logged
     acquire_lock(target, settings, owner)
     with pytest.raises(UsageError, match="is live"):
         steps.finish(target, settings, owner, {"event": "deploy", "outcome": "x"}, cleanup=False,
                        first=[steps.script_for_discard(settings, first, bad=False)])
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.lock is not None and state.release_ids == [first]
     assert state.last_event is not None and state.last_event.get("outcome") == "rolled back"
 
@@ -365,7 +365,7 @@ def test_prepare_refuses_an_existing_release(tmp_path: Path, target: CountingTar
     prepare(target, settings, "1", package, "me", build=True)
     with pytest.raises(UsageError, match="already exists"):
         prepare(target, settings, "1", package, "me")
-    assert steps.inspect(target, settings).releases[0].state == COMPLETE
+    assert inspection.inspect(target, settings).releases[0].state == COMPLETE
 
 
 # -- the lock ------------------------------------------------------------------------------------
@@ -416,8 +416,8 @@ def test_lock_held_names_the_holder(tmp_path: Path, target: CountingTarget) -> N
         "local: locked by alice@laptop (pid 4242) since 2026-11-25T10:00:01Z; nothing was changed."
         " If that deploy is dead: fab unlock"
     )
-    assert steps.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
-    info = force_unlock(target, settings, who="bob@desk", seen=steps.inspect(target, settings).lock)
+    assert inspection.inspect(target, settings).lock.holder == "alice@laptop (pid 4242)"  # type: ignore[union-attr]
+    info = force_unlock(target, settings, who="bob@desk", seen=inspection.inspect(target, settings).lock)
     assert info is not None and info.user == "alice"
     assert force_unlock(target, settings) is None
     last = Path(settings.state_dir, "log.jsonl").read_text().splitlines()[-1]
@@ -446,7 +446,7 @@ def test_finish_cleans_logs_and_unlocks_in_one_session(tmp_path: Path, target: C
     assert result.unlocked and result.removed == ()
     events = [json.loads(line) for line in Path(settings.state_dir, "log.jsonl").read_text().splitlines()]
     assert len(events) == 4 and all("when" in e for e in events) and "password" not in events[-1]
-    assert steps.inspect(target, settings).release_ids == ids[1:]
+    assert inspection.inspect(target, settings).release_ids == ids[1:]
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -463,7 +463,7 @@ def test_tarball_source(tmp_path: Path, target: CountingTarget) -> None:
     assert package.label == hashlib.sha256(archive.read_bytes()).hexdigest()[:12]
     rid = deploy(target, settings, LockOwner.new())
     assert Path(settings.releases_dir, rid, "VERSION").read_text() == "1\n"
-    assert steps.inspect(target, settings).releases[0].label == package.label
+    assert inspection.inspect(target, settings).releases[0].label == package.label
 
 
 def test_tarball_escaping_the_release_is_refused(tmp_path: Path) -> None:
@@ -501,7 +501,7 @@ def test_git_source(tmp_path: Path, target: CountingTarget) -> None:
     assert prepare(target, settings, "1", package, "me", build=True) == head[:12]
     tagged = dataclasses.replace(settings, source=GitSource(str(repo), "v1"))
     assert prepare(target, tagged, "2", pack_source(tagged), "me", build=True) == v1[:12]
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert [(r.label, r.revision) for r in state.releases] == [(head[:12], head), (v1[:12], v1)]
     assert Path(settings.releases_dir, "2", "VERSION").read_text() == "1\n"
     assert not Path(settings.releases_dir, "2", ".git").exists()
@@ -580,7 +580,7 @@ def test_relative_current_link_from_another_tool_is_understood(tmp_path: Path,
     a, b = deploy(target, settings, owner), deploy(target, settings, owner)
     os.unlink(settings.current)
     os.symlink(f"releases/{a}", settings.current)  # how some tools link
-    assert steps.inspect(target, settings).live == a
+    assert inspection.inspect(target, settings).live == a
     assert steps.switch(target, settings, b) == a
     assert live_link(settings) == f"{settings.releases_dir}/{b}"  # ours are absolute
     # an absolute link keeps working from anywhere, e.g. when deploy_to is reached through a symlink
@@ -596,7 +596,7 @@ def test_current_that_is_a_directory_is_not_replaced(tmp_path: Path, target: Cou
     prepare(target, settings, "1", pack_source(settings), "me", build=True)
     with pytest.raises(RemoteCommandFailed, match="not a symlink"):
         steps.switch(target, settings, "1")
-    assert "not a symlink" in (preflight_problem(steps.inspect(target, settings), 1) or "")
+    assert "not a symlink" in (preflight_problem(inspection.inspect(target, settings), 1) or "")
 
 
 def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingTarget) -> None:
@@ -609,7 +609,7 @@ def test_hostile_values_do_not_reach_the_shell(tmp_path: Path, target: CountingT
     prepare(target, settings, "1", package, who=nasty, build=True)
     steps.switch(target, settings, "1")
     steps.finish(target, settings, LockOwner.new(), {"event": nasty})
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.live == "1" and state.releases[0].who == nasty and state.releases[0].label == nasty
     assert state.last_event is not None and state.last_event["event"] == nasty
     assert not marker.exists() and not Path("pwned").exists()
@@ -635,7 +635,7 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     rid = new_release_id([first])
     with pytest.raises(CommandTimeout):  # the step's process group is stopped (TERM, then KILL)
         prepare(target, slow, rid, pack_source(slow), "me", build=True, timeout=1)
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     if state.release(rid) is not None:  # killed before its own clean-up could run
         assert state.release(rid).state == PREPARING  # type: ignore[union-attr]
         with pytest.raises(UsageError, match="preparing"):
@@ -643,7 +643,7 @@ def test_interrupted_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
         with pytest.raises(UsageError, match="preparing"):
             rollback_target(state, rid)
         assert steps.finish(target, settings, owner, None).removed == (rid,)
-    assert steps.inspect(target, settings).release(rid) is None
+    assert inspection.inspect(target, settings).release(rid) is None
     assert live_link(settings).endswith(first)
 
 
@@ -657,7 +657,7 @@ def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
     killer = dataclasses.replace(settings, build_hooks=("kill -KILL 0",))  # the whole step at once
     with pytest.raises(Exception):  # noqa: B017 - the session dies; what it raises does not matter here
         prepare(target, killer, rid, pack_source(killer), "me", build=True, timeout=10)
-    state = steps.inspect(target, settings)
+    state = inspection.inspect(target, settings)
     assert state.release(rid) is not None and state.release(rid).state == PREPARING  # type: ignore[union-attr]
     with pytest.raises(UsageError, match="preparing"):
         steps.switch(target, settings, rid)
@@ -712,10 +712,10 @@ def test_wrong_sudo_password_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     settings = settings_for(tmp_path, sudo=True)
     target = LocalTarget()
     with pytest.raises(RemoteCommandFailed, match="sudo failed: .*password is required"):
-        steps.inspect(target, settings)
+        inspection.inspect(target, settings)
     target.sudo_password = "wrong"  # type: ignore[attr-defined]
     with pytest.raises(RemoteCommandFailed, match="sudo failed: sudo: 1 incorrect password attempt"):
-        steps.inspect(target, settings)
+        inspection.inspect(target, settings)
 
 
 @pytest.mark.testbed  # root (or sudo without a password), as in CI

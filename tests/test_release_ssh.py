@@ -10,7 +10,7 @@ from typing import Any, Callable
 import pytest
 import testbed
 
-from deploytest import steps
+from deploytest import inspection, steps
 from deploytest.config import Settings
 from deploytest.errors import LockHeld, RemoteCommandFailed
 from deploytest.hosts import in_parallel
@@ -62,7 +62,7 @@ def test_rollout_on_three_hosts_uses_one_release_id(make_hosts: MakeHosts, tmp_p
         # an older release on web2 only: the new id must still be newer on every host
         prepare(hosts[1], settings, "20990101000000", package, "earlier", build=True)
         before = {h.name: h.sessions() for h in bed.hosts}
-        states = dict(in_parallel(hosts, lambda t: steps.inspect(t, settings)))
+        states = dict(in_parallel(hosts, lambda t: inspection.inspect(t, settings)))
         rid = new_release_id(i for s in states.values() for i in s.release_ids)  # type: ignore[union-attr]
         assert rid == "20990101000001"
 
@@ -124,7 +124,7 @@ def test_disk_full_during_upload(make_hosts: MakeHosts, tmp_path: Path) -> None:
         assert error.step == "upload" and error.exit_code == 1
         assert "no space left on device under /srv/app" in error.detail
         assert "release 2 was removed and current was not changed" in error.detail
-        state = steps.inspect(target, small)  # the connection is fine afterwards
+        state = inspection.inspect(target, small)  # the connection is fine afterwards
         # with the disk completely full, finish still releases the lock (the log line is a warning)
         owner = LockOwner.new()
         acquire_lock(target, small, owner)

@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from deploytest import lock, prepare, shell, steps
+from deploytest import inspection, lock, prepare, shell, steps
 from deploytest import plan as plans
 from deploytest.checks import parse_checks
 from deploytest.checks.attempt import Probes
@@ -98,9 +98,9 @@ def _composed(step: plans.Step) -> bool:
 
 #: One builder per script_for_* (and the plan): given settings, every variant of the script.
 BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
-    "steps.script_for_inspect": lambda s: iter([steps.script_for_inspect(s)]),
-    "steps.script_for_current": lambda s: iter([steps.script_for_current(s)]),
-    "steps.script_for_inspect_and_lock": lambda s: iter([steps.script_for_inspect_and_lock(s, owner())]),
+    "inspection.script_for_inspect": lambda s: iter([inspection.script_for_inspect(s)]),
+    "inspection.script_for_current": lambda s: iter([inspection.script_for_current(s)]),
+    "inspection.script_for_inspect_and_lock": lambda s: iter([inspection.script_for_inspect_and_lock(s, owner())]),
     "steps.script_for_mark_bad": lambda s: iter([steps.script_for_mark_bad(s, RID)]),
     "steps.script_for_mark_verified": lambda s: iter([steps.script_for_mark_verified(s, RID)]),
     "steps.script_for_switch": lambda s: iter([steps.script_for_switch(s, RID)]),
@@ -115,8 +115,8 @@ BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
                                                for logs in (True, False) for cleanup in (True, False)]),
     "steps.script_for_log": lambda s: iter([steps.script_for_log(s, EVENT)]),
     "steps.script_for_answered_log": lambda s: iter([steps.script_for_answered_log(s)]),
-    "steps.script_for_probe_and_inspect": lambda s: iter([  # the probes' own script, then one of the library
-        steps.script_for_probe_and_inspect(s, who, Probes.of(PROBED, [10.0] * len(PROBED)))
+    "inspection.script_for_probe_and_inspect": lambda s: iter([  # the probes' own script, then one of the library
+        inspection.script_for_probe_and_inspect(s, who, Probes.of(PROBED, [10.0] * len(PROBED)))
         for who in (owner(), None)]),
     "prepare.script_for_prepare": lambda s: iter([
         prepare.script_for_prepare(s, RID, package, HOSTILE, build=build, owner=who)
@@ -153,7 +153,7 @@ SCRIPTS = dict(every_script())
 
 
 def test_every_script_builder_is_covered() -> None:
-    modules: dict[str, ModuleType] = {"steps": steps, "prepare": prepare, "lock": lock}
+    modules: dict[str, ModuleType] = {"steps": steps, "inspection": inspection, "prepare": prepare, "lock": lock}
     found = {f"{prefix}.{name}" for prefix, module in modules.items()
              for name, fn in inspect.getmembers(module, inspect.isfunction)
              if name.startswith("script_for_") and fn.__module__ == module.__name__}

@@ -15,8 +15,9 @@ from deploytest.checks.attempt import Probes
 from deploytest.checks.runner import Audit, HostReport, run_checks
 from deploytest.config import Settings, VerifySettings
 from deploytest.hosts import LocalTarget, Reply, RunResult
+from deploytest.inspection import probe_and_inspect
 from deploytest.lock import LockOwner
-from deploytest.steps import probe_and_inspect, script_for_answered_log
+from deploytest.steps import script_for_answered_log
 
 
 class Counting(LocalTarget):
