@@ -13,29 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from counting import CountingTarget
 
 from deploytest import inspection, steps
 from deploytest.config import GitSource, Settings
 from deploytest.errors import ConfigError, LockHeld, RemoteCommandFailed, UsageError
-from deploytest.hosts import LocalTarget, Reply, RunResult
+from deploytest.hosts import LocalTarget
 from deploytest.lock import LockOwner, acquire_lock, force_unlock, release_lock
 from deploytest.prepare import prepare
 from deploytest.records import parse_record
 from deploytest.source import check_tarball, pack_source
 from deploytest.state import BAD, COMPLETE, PREPARING, VERIFIED, new_release_id, preflight_problem, rollback_target
-
-
-class CountingTarget(LocalTarget):
-    """The local machine, counting sessions (calls to run)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            reply: Reply | None = None) -> RunResult:
-        self.calls += 1
-        return super().run(script, stdin=stdin, timeout=timeout, reply=reply)
 
 
 @pytest.fixture

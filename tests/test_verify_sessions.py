@@ -8,27 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from counting import CountingTarget
 
 from deploytest.audit import log_line
 from deploytest.checks import parse_checks
 from deploytest.checks.attempt import Probes
 from deploytest.checks.runner import Audit, HostReport, run_checks
 from deploytest.config import Settings, VerifySettings
-from deploytest.hosts import LocalTarget, Reply, RunResult
 from deploytest.inspection import probe_and_inspect
 from deploytest.lock import LockOwner
 from deploytest.steps import script_for_answered_log
-
-
-class Counting(LocalTarget):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
-            reply: Reply | None = None) -> RunResult:
-        self.calls += 1
-        return super().run(script, stdin=stdin, timeout=timeout, reply=reply)
 
 
 def audit(settings: Settings, alone: list[str]) -> Audit:
@@ -49,13 +38,13 @@ def test_the_audit_line_goes_in_the_last_attempts_session(tmp_path: Path) -> Non
     # red on the first attempt, green on the second
     checks = parse_checks([{"command": {"run": f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter};"
                                                f" test $n -ge 1"}}])
-    target, alone = Counting(), []
+    target, alone = CountingTarget(), []
     report = run_checks([target], checks, VerifySettings(timeout=20, interval=0.2), audit=audit(settings, alone))
     assert report.ok and target.calls == 2 and alone == []  # two attempts, two sessions, nothing more
     assert [e["ok"] for e in log(settings)] == [True]  # logged once, with the final verdict
 
     red = parse_checks([{"command": {"run": "false"}}])
-    target = Counting()
+    target = CountingTarget()
     report = run_checks([target], red, VerifySettings(timeout=0, interval=0.2), audit=audit(settings, alone))
     assert not report.ok and target.calls == 1 and alone == []
     assert [e["ok"] for e in log(settings)] == [True, False]
@@ -65,7 +54,7 @@ def test_an_audit_the_session_could_not_carry_is_logged_alone(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings(deploy_to=str(tmp_path / "app"))
     checks = parse_checks([{"command": {"run": "true"}}])
-    target, alone = Counting(), []
+    target, alone = CountingTarget(), []
     # a host whose probes cannot run (no usable temporary directory): the script ends before its frames
     monkeypatch.setenv("TMPDIR", str(tmp_path / "missing"))
     report = run_checks([target], checks, VerifySettings(timeout=0, interval=0.2), audit=audit(settings, alone))
@@ -80,7 +69,7 @@ def test_the_baseline_probes_go_with_the_preflights_inspection(tmp_path: Path) -
     checks = parse_checks([{"file": {"path": str(deploy_to / "current" / "VERSION"), "contains": "1.0"}},
                            {"command": {"run": "echo '@@dt locked'; echo '@@dt fail\tx\ty'"}}])
     probes = Probes.of(checks, [10.0, 10.0])
-    target = Counting()
+    target = CountingTarget()
     state, taken, probed = probe_and_inspect(target, settings, LockOwner.new(), probes)
     assert probed is None and target.calls == 1  # nothing live: no probe ran
 
