@@ -193,7 +193,9 @@ def _lock(run: Rollout, names: Sequence[str], *, journal: bool = True,
 def _refuse_if_failed(run: Rollout, next_step: str = "") -> None:
     if not run.failed:
         return
-    release_locks(run, run.locked)
+    # ours where taken, and wherever an answer came back unread (a lock is released by its token only)
+    unread = [n for n in run.failed if n not in run.lost and n not in run.locked and n in run.names]
+    release_locks(run, run.locked + unread)
     lines = [f"  {host}: {why}" for host, why in run.failed.items()]
     raise Refused(
         "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),

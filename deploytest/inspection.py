@@ -9,6 +9,7 @@ import dataclasses
 from .checks.attempt import Probes, after_frames, probes_first
 from .checks.base import ProbeOutput
 from .config import Settings
+from .errors import RemoteCommandFailed
 from .hosts import Target
 from .lock import LockInfo, LockOwner, lock_after_inspect_body
 from .remote import parse_marks, raise_for, run_script
@@ -61,8 +62,15 @@ def inspect(target: Target, settings: Settings, *, timeout: float | None = None)
     :raises RemoteCommandFailed: the script could not run (e.g. sudo refused).
     :raises HostUnreachable: from the target.
     """
-    result, _marks = run_script(target, settings, script_for_inspect(settings), "inspect", timeout=timeout)
+    result, marks = run_script(target, settings, script_for_inspect(settings), "inspect", timeout=timeout)
+    _complete(target, marks)
     return dataclasses.replace(parse_state(target.name, settings, result.stdout), local=target.is_local)
+
+
+def _complete(target: Target, marks: dict[str, list[str]]) -> None:
+    """The inspection's answer came back whole: a host whose state is half read is never judged."""
+    if not {"exists", "writable", "free", "current"} <= set(marks):
+        raise RemoteCommandFailed(target.name, "inspect", "the host's state came back incomplete")
 
 
 def inspect_and_lock(target: Target, settings: Settings, owner: LockOwner) -> tuple[HostState, str]:
@@ -101,6 +109,7 @@ def probe_and_inspect(target: Target, settings: Settings, owner: LockOwner | Non
 
 def _inspected_and_locked(target: Target, settings: Settings, stdout: str,
                           marks: dict[str, list[str]]) -> tuple[HostState, str]:
+    _complete(target, marks)
     state = dataclasses.replace(parse_state(target.name, settings, stdout), local=target.is_local)
     if "locked" in marks:
         return state, "locked"

@@ -153,6 +153,11 @@ def _stop_remote(transport: paramiko.Transport, err: list[bytes]) -> None:
         pass
 
 
+#: How long a session waits, after its command ended, for the rest of an output that some process it
+#: left behind keeps open (a daemon started without redirecting its stdout) before it stops reading.
+OUTPUT_GRACE_SECONDS = 2.0
+
+
 def _drain(
     channel: paramiko.Channel,
     started: float,
@@ -164,11 +169,13 @@ def _drain(
     out: list[bytes] = []
     err: list[bytes] = []
     failure: BaseException | None = None
+    quiet_since: float | None = None  # the command ended and nothing came since, nor the end of its output
     try:
         while True:
+            arrived = len(out) + len(err)
             while channel.recv_ready():
                 out.append(channel.recv(65536))
-            if reply is not None and reply.due(b"".join(out)):
+            if reply is not None and len(out) > arrived and reply.due(b"".join(out)):
                 answer, reply = reply.answer, None
                 try:
                     channel.sendall(answer(b"".join(out).decode("utf-8", "replace")))
@@ -179,10 +186,20 @@ def _drain(
                 channel.shutdown_write()
             while channel.recv_stderr_ready():
                 err.append(channel.recv_stderr(65536))
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            idle = not channel.recv_ready() and not channel.recv_stderr_ready()
+            if channel.closed and idle:
                 break
-            if channel.closed and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
+            # sshd sends the exit status as soon as the command ends, ahead of output the channel's
+            # window still holds back: read on to the end of the output (EOF), or until a process the
+            # command left behind has kept it open for OUTPUT_GRACE_SECONDS without a byte.
+            if channel.exit_status_ready() and idle:
+                if channel.eof_received:
+                    break
+                now = time.monotonic()
+                if len(out) + len(err) > arrived or quiet_since is None:
+                    quiet_since = now
+                elif now - quiet_since > OUTPUT_GRACE_SECONDS:
+                    break
             if not transport.is_active():
                 raise HostUnreachable(name, "connection lost while the command ran")
             if _CANCEL.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -274,3 +275,32 @@ def test_what_a_host_prints_cannot_drive_the_terminal(tmp_path: Path) -> None:
     shown = io.StringIO()
     Console(shown, shown).error(info.value.render())
     assert "^[[2Jwiped" in shown.getvalue() and "\x1b" not in shown.getvalue()
+
+
+class _CutsThePreflightShort(LocalTarget):
+    """The local machine, whose first preflight answer comes back without the inspection's lines (as
+    a session that stopped reading early once did), though its script ran whole: the lock taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cut = False
+
+    def run(self, script: str, *, stdin: bytes | None = None, timeout: float | None = None,
+            reply: Any = None) -> Any:
+        result = super().run(script, stdin=stdin, timeout=timeout, reply=reply)
+        if not self.cut and "@@dt writable" in result.stdout and "@@dt locked" in result.stdout:
+            self.cut = True
+            return dataclasses.replace(result, stdout=result.stdout[:result.stdout.index("@@dt exists")])
+        return result
+
+
+def test_a_preflight_answer_that_came_back_incomplete_refuses_and_leaves_no_lock(tmp_path: Path) -> None:
+    run(settings_for(tmp_path))  # something live: the preflight takes the lock in its own session
+    settings = settings_for(tmp_path)
+    out = io.StringIO()
+    with pytest.raises(Refused) as info:
+        deploy_and_verify(Rollout(settings, [_CutsThePreflightShort()], Console(out, out)))
+    assert info.value.exit_code == REFUSED
+    assert "the host's state came back incomplete" in info.value.message, out.getvalue()
+    state = tmp_path / "app" / ".deploytest"
+    assert not (state / "lock").exists() and not (state / "journal").exists()  # taken, then given back

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -305,3 +306,36 @@ def test_a_reply_answers_a_running_local_script() -> None:
     from deploytest.hosts import LocalTarget
 
     _converse(LocalTarget())
+
+
+def test_a_session_that_prints_a_lot_loses_none_of_it(ssh_host: Any) -> None:
+    """sshd sends the exit status as soon as the command ends, ahead of output still held back by the
+    channel's window: a session must read to the end of the output, not stop at the exit status
+    (the preflight once lost a host's inspection behind 128 KiB of a baseline probe's output)."""
+    target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
+    try:
+        # all of it written at the very end, then the command ends: the exit status overtakes it
+        script = "x=$(head -c 400000 /dev/zero | tr '\\0' x); printf '%s\\n' \"$x\"; echo last"
+        for _ in range(40):
+            result = target.run(script)
+            assert (result.exit_code, len(result.stdout)) == (0, 400006), len(result.stdout)
+            assert result.stdout.endswith("\nlast\n")
+    finally:
+        target.close()
+
+
+def test_a_process_left_holding_the_output_costs_a_session_little(ssh_host: Any) -> None:
+    """A command that leaves a process behind with its stdout open (a daemon started carelessly) ends
+    its session once that output has been quiet for ssh.OUTPUT_GRACE_SECONDS, not when the process ends."""
+    from deploytest import ssh
+
+    target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
+    try:
+        started = time.monotonic()
+        result = target.run("sleep 20 & echo started")
+        took = time.monotonic() - started
+        assert result.stdout == "started\n" and result.exit_code == 0
+        assert took < ssh.OUTPUT_GRACE_SECONDS + 8, took  # not the 20 s the sleep holds it open
+    finally:
+        target.run("pkill -x sleep || true")
+        target.close()
