@@ -172,10 +172,10 @@ def _drain(
     quiet_since: float | None = None  # the command ended and nothing came since, nor the end of its output
     try:
         while True:
-            arrived = len(out) + len(err)
+            arrived, printed = len(out) + len(err), len(out)
             while channel.recv_ready():
                 out.append(channel.recv(65536))
-            if reply is not None and len(out) > arrived and reply.due(b"".join(out)):
+            if reply is not None and len(out) > printed and reply.due(b"".join(out)):
                 answer, reply = reply.answer, None
                 try:
                     channel.sendall(answer(b"".join(out).decode("utf-8", "replace")))

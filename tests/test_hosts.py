@@ -267,7 +267,7 @@ def test_a_refused_connection_is_not_tried_again(tmp_path: Path) -> None:
         target.run("true")
 
 
-CONVERSE = """IFS= read -r first; echo "got $first"; echo ready
+CONVERSE = """IFS= read -r first; echo warming up >&2; sleep 0.3; echo "got $first"; echo ready
 IFS= read -r answer || true; echo "answered $answer"; IFS= read -r more && echo "more $more"; echo done
 """
 
@@ -279,7 +279,7 @@ def _converse(target: Any) -> None:
         seen.append(out)
         return b"verdict: green\n"
 
-    result = target.run(CONVERSE, stdin=b"hello\n", reply=Reply("ready", answer))
+    result = target.run(CONVERSE, stdin=b"hello\n", reply=Reply("ready", answer), timeout=20)
     assert seen == ["got hello\nready\n"]  # called once, with what the script had printed
     assert result.stdout == "got hello\nready\nanswered verdict: green\ndone\n"  # stdin closed after it
 
@@ -291,7 +291,7 @@ def _converse(target: Any) -> None:
         raise ValueError("judge bug")
 
     with pytest.raises(ValueError, match="judge bug"):  # after the script ended on its closed stdin
-        target.run(CONVERSE, stdin=b"x\n", reply=Reply("ready", broken))
+        target.run(CONVERSE, stdin=b"x\n", reply=Reply("ready", broken), timeout=20)
 
 
 def test_a_reply_answers_a_running_script_in_the_same_session(ssh_host: Any) -> None:
