@@ -19,7 +19,7 @@ from .checks.runner import VerifyReport, run_checks
 from .config import VerifySettings
 from .errors import ChecksFailed, DeploytestError, HostKeyError, NeedsHuman, Refused, UsageError
 from .heal import roll_back, tolerate
-from .hosts import Target
+from .hosts import Target, in_parallel
 from .lock import Journal, acquire_lock
 from .prepare import run_prepare
 from .report_text import explain, result_line
@@ -88,6 +88,9 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
 
     def check(target: Target) -> HostState:
         try:
+            opened = ahead.get(target.name)
+            if opened is not None:  # the handshake made while the first host went alone failed
+                raise opened
             target.open()
         except HostKeyError as error:
             key_steps.append(f"{target.name}: {error.next_step}")
@@ -120,7 +123,9 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
         # The first host in name order goes alone: two deploys racing for the same hosts meet at its
         # lock, so exactly one of them goes on to lock the rest (in parallel).
         first, *rest = sorted(run.names)
+        ahead = _open_ahead(run, rest)  # the others' handshakes meanwhile: they are most of the wait
         run.states = run.each([first], "preflight", check)
+        ahead.wait()
         taking[0] = lock and first in run.locked and first not in run.failed
         run.states.update(run.each(rest, "preflight", check))
         if lock and not run.failed and first not in run.locked:
@@ -142,6 +147,34 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
     for name, state in run.states.items():
         live = state.live or "nothing live yet"
         console.host(name, "preflight", f"ok (live: {live}, {state.free_mb} MB free)")
+
+
+class _OpenAhead(threading.Thread):
+    """Opens connections in the background; what failed, by host name (``get``), once ``wait`` returned."""
+
+    def __init__(self, targets: Sequence[Target], limit: int) -> None:
+        super().__init__(name="deploytest-open-ahead", daemon=True)
+        self.targets, self.limit = targets, limit
+        self.failed: dict[str, BaseException] = {}
+
+    def run(self) -> None:
+        for target, result in in_parallel(self.targets, lambda t: t.open(), limit=self.limit):
+            if isinstance(result, BaseException):
+                self.failed[target.name] = result
+
+    def wait(self) -> None:
+        while self.is_alive():  # in slices, so Ctrl-C reaches this thread
+            self.join(0.2)
+
+    def get(self, name: str) -> BaseException | None:
+        return self.failed.get(name)
+
+
+def _open_ahead(run: Rollout, names: Sequence[str]) -> _OpenAhead:
+    """Start opening the named hosts' connections (at most ``rollout.parallel`` at once)."""
+    ahead = _OpenAhead(run.pick(names), run.settings.rollout.parallel)
+    ahead.start()
+    return ahead
 
 
 def collect_tests(run: Rollout) -> None:
