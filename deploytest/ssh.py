@@ -96,7 +96,7 @@ class SSHTarget(Target):
             raise HostUnreachable(self.name, "connection lost")
         try:
             channel = transport.open_session(timeout=_DEFAULT_CONNECT_TIMEOUT)
-            channel.exec_command("/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + script))
+            _exec(channel, "/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + script))
             if stdin:
                 channel.sendall(stdin)
             if reply is None:
@@ -115,6 +115,26 @@ class SSHTarget(Target):
             err.decode("utf-8", "replace"),
             time.monotonic() - started,
         )
+
+
+def _exec(channel: paramiko.Channel, command: str) -> None:
+    """Start ``command`` on the channel without waiting for sshd's answer (a round trip per session):
+    the input follows at once, as OpenSSH's client sends it, and a refusal closes the channel, which
+    reads as "connection lost while the command ran". Paramiko's own ``exec_command`` (which waits)
+    where its channel lacks the parts this needs."""
+    send = getattr(channel.transport, "_send_user_message", None)
+    pending = getattr(channel, "_event_pending", None)
+    if send is None or pending is None or not isinstance(getattr(channel, "remote_chanid", None), int):
+        channel.exec_command(command)
+        return
+    message = paramiko.Message()
+    message.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    message.add_int(channel.remote_chanid)
+    message.add_string("exec")
+    message.add_boolean(True)
+    message.add_string(command)
+    pending()
+    send(message)
 
 
 # sshd runs each command in a session of its own; the first stderr line names its process group, so

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import fabric
+import paramiko
 import pytest
 import testbed
 from project import hello_bed
@@ -339,3 +342,59 @@ def test_a_process_left_holding_the_output_costs_a_session_little(ssh_host: Any)
     finally:
         target.run("pkill -x sleep || true")
         target.close()
+
+
+class _RefusesCommands(paramiko.ServerInterface):
+    """An SSH server (paramiko's) that lets anyone in and opens sessions, but runs no command."""
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: Any) -> int:
+        return paramiko.AUTH_SUCCESSFUL
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: Any, command: bytes) -> bool:
+        return False
+
+
+def test_a_command_the_server_refuses_is_an_error_at_once(ssh_host: Any, tmp_path: Path) -> None:
+    # The command goes out without waiting for sshd's answer (a round trip per session saved): a
+    # refusal must still end the run at once, not leave it waiting for output until its time-out.
+    host_key = paramiko.RSAKey.generate(2048)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        transport = paramiko.Transport(conn)
+        transport.add_server_key(host_key)
+        transport.start_server(server=_RefusesCommands())
+        channel = transport.accept(10)  # held open: a refusal is all the client gets
+        done.wait(30)
+        if channel is not None:
+            channel.close()
+        transport.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    known = tmp_path / "known_hosts"
+    known.write_text(testbed.known_hosts_line("127.0.0.1", port, f"ssh-rsa {host_key.get_base64()}") + "\n")
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host refuser\n    HostName 127.0.0.1\n    Port {port}\n    User root\n"
+                      f"    IdentityFile {ssh_host.client_key}\n    IdentitiesOnly yes\n"
+                      f"    UserKnownHostsFile {known}\n    StrictHostKeyChecking yes\n")
+    target = connect("refuser", fabric.Config(runtime_ssh_path=str(config)))
+    started = time.monotonic()
+    try:
+        with pytest.raises(HostUnreachable):
+            target.run("echo hi", stdin=b"some input\n", timeout=60)
+        assert time.monotonic() - started < 10
+    finally:
+        done.set()
+        target.close()
+        listener.close()
