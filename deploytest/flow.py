@@ -20,7 +20,7 @@ from .config import VerifySettings
 from .errors import ChecksFailed, DeploytestError, HostKeyError, NeedsHuman, Refused, UsageError
 from .heal import roll_back, tolerate
 from .hosts import Target, in_parallel
-from .lock import Journal, acquire_lock
+from .lock import PARKED_LEASE_SECONDS, Journal, acquire_lock
 from .prepare import run_prepare
 from .report_text import explain, result_line
 from .rollout import Heartbeat, Rollout, few, log_event, package_mb, release_locks, some, summary
@@ -58,6 +58,7 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
                 else:
                     go_live(run, stage, verify=verify)
                     gates.after_batch(run, list(stage.hosts), stage.number, stage.of)  # soak, confirm, analysis
+                    run.park(stage.hosts)  # a fleet: their connections close until the finish
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)
@@ -78,6 +79,8 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
     console, settings = run.console, run.settings
     console.set_hosts(run.names)
     console.stage(f"preflight ({len(run.targets)} host{'s' if len(run.targets) != 1 else ''})")
+    if run.parks:  # the locks of hosts whose batch is done are renewed rarely: they say so
+        run.owner = dataclasses.replace(run.owner, lease=PARKED_LEASE_SECONDS)
     need_mb = settings.min_free_mb + package_mb(run.package)
     refused: list[HostState] = []
     key_steps: list[str] = []
@@ -336,8 +339,14 @@ def finish(run: Rollout) -> None:
     run.outcome = "verified" if plan.verify else "deployed"
     event = log_event(run, "deploy", run.outcome)
     # the plan's finish: mark it verified and record its suite (when verified), clean up, log, unlock
-    done = run.each([n for n in run.locked if n not in run.tolerated], "finish",
-                    lambda t: steps.run_finish(t, settings, plan.script(t.name, "finish"), event))
+
+    def finish_host(target: Target) -> steps.FinishResult:
+        try:
+            return steps.run_finish(target, settings, plan.script(target.name, "finish"), event)
+        finally:
+            run.park([target.name])  # a fleet: no connection stays open past its host's last step
+
+    done = run.each([n for n in run.locked if n not in run.tolerated], "finish", finish_host)
     for name, result in done.items():
         run.console.host(name, "finish", f"live on {run.release_id}; {result.describe()}",
                          "green" if result.unlocked and not result.warnings else "yellow")

@@ -27,6 +27,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
         cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else reason_of(error)
         run.console.stage(f"failed: {cause}; rolling back")
         run.outcome = "rolled back"
+        run.unpark(run.names)  # every host may be worked on from here: none is closed under a step
         stuck: dict[str, str] = {}
 
         def back(target: Target) -> steps.Switched:

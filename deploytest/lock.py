@@ -29,6 +29,10 @@ from .shell import Body, script
 HEARTBEAT_SECONDS = 15.0
 #: A lock whose last heartbeat is older than this is stale: its rollout is gone.
 STALE_AFTER_SECONDS = 60
+#: A rollout of more hosts than ``rollout.parallel`` closes a host's connection once its batch is done
+#: (no thread per host outlives its batch) and renews that host's lock only every half of this: its
+#: locks say so (``lease``), and stay live this long without a heartbeat.
+PARKED_LEASE_SECONDS = 600
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class LockInfo:
     token: str = ""
     release: str = ""
     age: int | None = None
+    lease: int = 0  # seconds the lock stays live without a heartbeat, when longer than STALE_AFTER_SECONDS
 
     @property
     def holder(self) -> str:
@@ -59,7 +64,7 @@ class LockInfo:
         """Why this lock is stale (its rollout is gone), or None while it is live (pure but for the pid)."""
         if self.looks_dead():
             return "its process is no longer running"
-        if self.age is not None and self.age > STALE_AFTER_SECONDS:
+        if self.age is not None and self.age > max(STALE_AFTER_SECONDS, self.lease):
             return f"no heartbeat for {_duration(self.age)}"
         return None
 
@@ -97,6 +102,7 @@ class LockInfo:
             token=str(data.get("token", "")),
             release=str(data.get("release", "") or ""),
             age=age,
+            lease=records.number(data.get("lease")),
         )
 
 
@@ -135,8 +141,11 @@ class LockOwner(LockInfo):
 
     def to_record(self) -> str:
         """The lock file's content."""
-        return records.format_record({"user": self.user, "host": self.host, "pid": self.pid,
-                                      "started": self.started, "token": self.token, "release": self.release})
+        fields: dict[str, object] = {"user": self.user, "host": self.host, "pid": self.pid,
+                                     "started": self.started, "token": self.token, "release": self.release}
+        if self.lease:
+            fields["lease"] = self.lease
+        return records.format_record(fields)
 
 
 def _check_token(token: str) -> str:

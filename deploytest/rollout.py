@@ -18,7 +18,7 @@ from .config import Settings, VerifySettings
 from .console import Console
 from .errors import DeploytestError, HostUnreachable, fab_command
 from .hosts import Target, in_parallel
-from .lock import HEARTBEAT_SECONDS, LockOwner, heartbeat, release_lock
+from .lock import HEARTBEAT_SECONDS, PARKED_LEASE_SECONDS, LockOwner, heartbeat, release_lock
 from .source import Package
 from .state import HostState
 from .verifiers import Verifier, suite_verifier
@@ -59,6 +59,31 @@ class Rollout:
     probed: dict[str, list[ProbeOutput]] = field(default_factory=dict)  # their outputs, by host
     notifier: Optional[Any] = None  # notify: the webhooks told of started/done/rolled_back (deploytest.notify)
     background: Optional[Any] = None  # rollout.analysis: background (deploytest.gates.Background)
+    parked: dict[str, float] = field(default_factory=dict)  # connection closed after its batch -> lock renewed at
+    parking: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def parks(self) -> bool:
+        """True when this rollout closes a host's connection once its batch is done (and the host's lock
+        carries :data:`PARKED_LEASE_SECONDS`): a fleet of more hosts than ``rollout.parallel``."""
+        return len(self.targets) > self.settings.rollout.parallel
+
+    def park(self, names: Sequence[str]) -> None:
+        """Close the named hosts' connections, where this rollout parks (see :attr:`parks`); a later step
+        on one of them opens it again."""
+        if not self.parks:
+            return
+        for target in self.pick(names):
+            with self.parking:
+                if target.name in self.locked:
+                    self.parked[target.name] = time.monotonic()
+                target.close()
+
+    def unpark(self, names: Sequence[str]) -> None:
+        """The named hosts are about to be worked on: the heartbeat no longer closes their connections."""
+        with self.parking:
+            for name in names:
+                self.parked.pop(name, None)
 
     def fab(self, task: str, hosts: Sequence[str]) -> str:
         """The command an operator types to run ``task`` on ``hosts`` of this run."""
@@ -72,6 +97,7 @@ class Rollout:
     def verify(self, names: Sequence[str], settings: VerifySettings, only: Sequence[str] = ()) -> VerifyReport:
         """Verify the named hosts now (checks and tests limited to ``only`` when given)."""
         verifier = self.verifier or suite_verifier(self.settings, parallel=self.settings.rollout.parallel)
+        self.unpark(names)
         return verifier(self.pick(names), settings, list(only))
 
     @property
@@ -96,6 +122,7 @@ class Rollout:
 
         def counted(target: Target) -> T:
             try:
+                self.unpark([target.name])  # worked on: the heartbeat leaves its connection alone
                 return fn(target)
             finally:
                 with lock:
@@ -134,8 +161,17 @@ class Heartbeat:
     def _beat(self) -> None:
         run = self.run
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            in_parallel(run.pick(list(run.locked)), lambda t: heartbeat(t, run.settings, run.owner),
-                        limit=run.settings.rollout.parallel)
+            now = time.monotonic()
+            due = [n for n in run.locked if n not in run.parked or now - run.parked[n] > PARKED_LEASE_SECONDS / 2]
+            in_parallel(run.pick(due), self._renew, limit=run.settings.rollout.parallel)
+
+    def _renew(self, target: Target) -> None:
+        run = self.run
+        heartbeat(target, run.settings, run.owner)
+        with run.parking:
+            if target.name in run.parked:  # opened for this alone (no step has taken it since): closed again
+                run.parked[target.name] = time.monotonic()
+                target.close()
 
 
 def release_locks(run: Rollout, names: Sequence[str]) -> None:
