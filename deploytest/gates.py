@@ -51,8 +51,9 @@ def after_batch(run: Rollout, batch: list[str], number: int, batches: int) -> No
 class Background:
     """``rollout.analysis: background``: the checks of the batches already green, one look every
     ``verify.interval`` while later batches go live. A red look is kept and raised (as ChecksFailed)
-    at the next gate, between batches, so the flow rolls back everything switched so far; the thread
-    ends once the run is no longer pending."""
+    at the next gate, between batches, so the flow rolls back everything switched so far; each gate
+    first waits for a look that took in every batch added before it (however fast the batch between
+    went live); the thread ends once the run is no longer pending."""
 
     def __init__(self, run: Rollout) -> None:
         self.run = run
@@ -61,7 +62,9 @@ class Background:
         self.red_hosts: dict[str, str] = {}
         self.red_reports: list[HostReport] = []
         self.looks = 0
-        self._lock = threading.Lock()
+        self._added = 0  # add() calls so far
+        self._looked = 0  # add() calls the last finished look took in
+        self._lock = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="deploytest-analysis", daemon=True)
         self._thread.start()
@@ -70,20 +73,32 @@ class Background:
         """Watch these hosts too (a batch that just turned green)."""
         with self._lock:
             self.names += [n for n in names if n not in self.names]
+            self._added += 1
 
     def _watch(self) -> None:
         run = self.run
         interval = max(run.settings.verify.interval, 0.5)
         only = [c.name for c in run.settings.checks]
+        try:
+            self._looks(interval, only)
+        finally:
+            with self._lock:
+                self._lock.notify_all()
+
+    def _looks(self, interval: float, only: list[str]) -> None:
+        run = self.run
         while not self._stop.wait(interval) and run.outcome == "pending":
             with self._lock:
-                names = list(self.names)
+                names, added = list(self.names), self._added
             try:
                 report = run.verify(names, VerifySettings(0, interval), only)
             except Exception as error:  # noqa: BLE001 - the watcher must not die silently
                 self.red = f"could not verify {', '.join(names)}: {error}"
                 return
             self.looks += 1
+            with self._lock:
+                self._looked = added
+                self._lock.notify_all()
             red = [h for h in report.hosts if not h.ok]
             if red and run.outcome == "pending":
                 self.red_reports = red
@@ -93,7 +108,11 @@ class Background:
                 return
 
     def check(self) -> None:
-        """:raises ChecksFailed: a look at an earlier batch was red (its hosts then count as failed)."""
+        """Wait for a look at every batch added so far, then
+        :raises ChecksFailed: a look at an earlier batch was red (its hosts then count as failed)."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._looked >= self._added or self.red is not None
+                                or self._stop.is_set() or not self._thread.is_alive())
         if self.red is not None:
             self._stop.set()
             run = self.run
