@@ -58,7 +58,8 @@ def deploy_and_verify(run: Rollout, *, verify: bool = True) -> Rollout:
                 else:
                     go_live(run, stage, verify=verify)
                     gates.after_batch(run, list(stage.hosts), stage.number, stage.of)  # soak, confirm, analysis
-                    run.park(stage.hosts)  # a fleet: their connections close until the finish
+                    if stage.number < stage.of:  # a fleet: their connections close until the finish (the
+                        run.park(stage.hosts)    # last batch's go on to it, and close after it)
         except BaseException as error:  # a red check, a failing hook, a lost host, Ctrl-C
             roll_back(run, error)
         finish(run)

@@ -30,8 +30,8 @@ HEARTBEAT_SECONDS = 15.0
 #: A lock whose last heartbeat is older than this is stale: its rollout is gone.
 STALE_AFTER_SECONDS = 60
 #: A rollout of more hosts than ``rollout.parallel`` closes a host's connection once its batch is done
-#: (no thread per host outlives its batch) and renews that host's lock only every half of this: its
-#: locks say so (``lease``), and stay live this long without a heartbeat.
+#: (the last batch's after their finish; no thread per host outlives its batch) and renews that host's
+#: lock only every half of this: its locks say so (``lease``), and stay live this long without a heartbeat.
 PARKED_LEASE_SECONDS = 600
 
 

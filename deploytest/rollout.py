@@ -64,8 +64,9 @@ class Rollout:
 
     @property
     def parks(self) -> bool:
-        """True when this rollout closes a host's connection once its batch is done (and the host's lock
-        carries :data:`PARKED_LEASE_SECONDS`): a fleet of more hosts than ``rollout.parallel``."""
+        """True when this rollout closes a host's connection once its batch is done (the last batch's:
+        once its finish is done), and the host's lock carries :data:`PARKED_LEASE_SECONDS`: a fleet of
+        more hosts than ``rollout.parallel``."""
         return len(self.targets) > self.settings.rollout.parallel
 
     def park(self, names: Sequence[str]) -> None:
