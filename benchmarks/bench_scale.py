@@ -25,8 +25,10 @@ key checking) and the hosts named by address on ``-H``, not a thousand ``Host`` 
 
 Run: ``PYTHONPATH=. python benchmarks/bench_scale.py --hosts 1000`` (as root; a few minutes on a
 2-core machine); prints a reStructuredText simple table. ``--timeout`` kills a run that takes longer
-(default 600 s); ``--parallel`` and ``--batches`` set the rollout; ``--deploys`` is how many
-deploys run in a row over the same fleet (default 2), one column each.
+(default 600 s); ``--parallel``, ``--batches`` and ``--prepare`` set the rollout; ``--deploys`` is how
+many deploys run in a row over the same fleet (default 2), one column each; ``--canary-fails`` makes
+the last one a broken release that its canary stops (``--prepare all`` against ``per_batch``: what a
+failed canary costs the fleet); ``--payload-kb`` adds random bytes to the release.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ LIMIT_WORDS = ["Too many open files", "filedescriptor out of range", "MaxStartup
 SSHD_LIMIT_WORDS = ["drop connection", "beginning MaxStartups throttling", "exceeded MaxStartups"]
 
 
-def write_project(root: Path, version: str, parallel: int, batches: List[Any]) -> None:
-    """fabfile.py and fabric.yaml deploying ``release/`` (VERSION and one script), two checks."""
+def write_project(root: Path, version: str, parallel: int, batches: List[Any], prepare: str = "all",
+                  broken: bool = False, payload_kb: int = 0) -> None:
+    """fabfile.py and fabric.yaml deploying ``release/`` (VERSION and one script, and ``payload_kb`` of
+    random bytes), two checks; a ``broken`` release's VERSION is not ``version``, so its checks are red."""
     source = root / "release"
     source.mkdir(parents=True, exist_ok=True)
-    (source / "VERSION").write_text(version + "\n")
+    (source / "VERSION").write_text(("broken" if broken else version) + "\n")
     (source / "app.sh").write_text("#!/bin/sh\necho app\n")
+    if payload_kb:
+        (source / "payload.bin").write_bytes(os.urandom(payload_kb * 1024))
     write_fabric_project(root, {
         "app": "app",
         "deploy_to": DEPLOY_TO,
@@ -78,8 +84,8 @@ def write_project(root: Path, version: str, parallel: int, batches: List[Any]) -
             {"file": {"path": f"{DEPLOY_TO}/current/VERSION", "contains": version}},
             {"command": {"run": f"cat {DEPLOY_TO}/current/VERSION", "exit": 0, "stdout": version}},
         ],
-        "verify": {"timeout": 30, "interval": 1},
-        "rollout": {"batches": batches, "max_fail": 0, "parallel": parallel},
+        "verify": {"timeout": 3 if broken else 30, "interval": 1},  # red is red: no need to wait long
+        "rollout": {"batches": batches, "max_fail": 0, "parallel": parallel, "prepare": prepare},
     })
 
 
@@ -110,10 +116,12 @@ def limit_lines(text: str, words: List[str], most: int = 5) -> List[str]:
 
 
 def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args: argparse.Namespace,
-                batches: List[Any]) -> Dict[str, Any]:
-    """One ``fab deploy-and-verify`` of release ``version`` over the whole fleet, measured."""
+                batches: List[Any], broken: bool = False) -> Dict[str, Any]:
+    """One ``fab deploy-and-verify`` of release ``version`` over the whole fleet, measured (``broken``:
+    a release whose checks are red, which the canary must stop)."""
     project = work / name.replace(" ", "-")
-    write_project(project, version, args.parallel, batches)
+    previous = {h.name: live_version(h) for h in bed.hosts}
+    write_project(project, version, args.parallel, batches, args.prepare, broken, args.payload_kb)
     ssh_config = work / "ssh_config"
     fleet_ssh_config(bed, ssh_config)
     usage = Usage()
@@ -133,6 +141,8 @@ def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args:
         "fab_last_sample": usage.timeline[-1] if usage.timeline else None,
         "host_cpu_s": host_cpu_s, "floor_s": floor, "sessions": (min(sessions), max(sessions)),
         "hosts_on_new_release": sum(1 for h in bed.hosts if live_version(h) == version),
+        "hosts_as_before": sum(1 for h in bed.hosts if live_version(h) == previous[h.name]),
+        "broken": broken,
         "fab_limit_lines": limit_lines(run.output, LIMIT_WORDS),
         "sshd_limit_lines": [f"{h.name}: {line}" for h in bed.hosts
                              for line in limit_lines(h.log_text(), SSHD_LIMIT_WORDS, 1)][:5],
@@ -142,7 +152,7 @@ def deploy_once(bed: testbed.TestBed, work: Path, name: str, version: str, args:
     print(f"[{name}] fab exit {run.codes[0]} in {run.seconds:.1f}s (floor {floor:.1f}s), "
           f"{f['hosts_on_new_release']}/{n} on {version}; peak {usage.threads} threads, {usage.fds} fds; "
           f"last lines:\n{tail}", file=sys.stderr)
-    if run.codes != [0] or f["hosts_on_new_release"] != n:
+    if not _as_expected(f, n):
         kept = Path(tempfile.gettempdir()) / f"bench-scale-{name.replace(' ', '-')}-{os.getpid()}.txt"
         kept.write_text(run.output)
         f["fab_output"] = str(kept)
@@ -165,6 +175,12 @@ def main() -> int:
                         help="deploys in a row over the same fleet, one column each (default 2: the first"
                              " deploy, then a second one, which has a baseline to record and a release to"
                              " keep for a rollback)")
+    parser.add_argument("--prepare", choices=["all", "per_batch"], default="all",
+                        help="rollout.prepare (default all: every host before the canary)")
+    parser.add_argument("--canary-fails", action="store_true",
+                        help="the last deploy's release is broken: its canary fails and it is rolled back")
+    parser.add_argument("--payload-kb", type=int, default=0,
+                        help="random bytes added to the release, in KiB (default 0)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
     problem = testbed.check_requirements(netns=True)
@@ -174,6 +190,8 @@ def main() -> int:
     if args.deploys < 1:
         parser.error("--deploys: at least 1")
     runs = ["first deploy", "second deploy", *[f"deploy {k}" for k in range(3, args.deploys + 1)]][:args.deploys]
+    if args.canary_fails:
+        runs[-1] += " (canary fails)"
     batches = json.loads(args.batches)
     fd_limit = raise_fd_limit()
     cores = os.cpu_count() or 1
@@ -198,7 +216,8 @@ def main() -> int:
               "processes", file=sys.stderr)
         try:
             for k, name in enumerate(runs, 1):
-                results[name] = deploy_once(bed, work, name, f"{k}.0", args, batches)
+                broken = args.canary_fails and k == len(runs)
+                results[name] = deploy_once(bed, work, name, f"{k}.0", args, batches, broken)
         finally:
             started = time.perf_counter()
             bed.close()
@@ -210,9 +229,10 @@ def main() -> int:
         if re.search(rf"{testbed.NETNS_PREFIX}{re.escape(testbed.RUN_TOKEN)}", line))
     b = bed_figures
     print()
-    print(f"``fab deploy-and-verify`` of a minimal release (2 files, no hooks, 2 checks) to {n} hosts, "
-          f"rollout batches {json.dumps(batches)}, parallel {args.parallel}; {cores} CPUs shared by fab "
-          f"and all hosts; fab's open-file limit {fd_limit}")
+    payload = f" and {args.payload_kb} KiB of random bytes" if args.payload_kb else ""
+    print(f"``fab deploy-and-verify`` of a minimal release (2 files{payload}, no hooks, 2 checks) to {n} hosts, "
+          f"rollout batches {json.dumps(batches)}, prepare {args.prepare}, parallel {args.parallel}; "
+          f"{cores} CPUs shared by fab and all hosts; fab's open-file limit {fd_limit}")
     print()
     blank = [""] * (len(runs) - 1)
     rows = [
@@ -240,6 +260,7 @@ def main() -> int:
         lambda f: f"{f['fab_peak_fds']} / {f['fab_last_sample'][2] if f['fab_last_sample'] else '-'}")
     row("sessions per host, min-max", lambda f: "{}-{}".format(*f["sessions"]))
     row("hosts on the new release", lambda f: f"{f['hosts_on_new_release']} of {n}")
+    row("hosts on the release they had", lambda f: f"{f['hosts_as_before']} of {n}")
     row("limit hit (fab output)", lambda f: "; ".join(sorted(set(f["fab_limit_lines"])))[:160] or "none")
     row("limit hit (sshd logs)", lambda f: "; ".join(f["sshd_limit_lines"])[:160] or "none")
     print(simple_table(["measure"] + runs, rows))
@@ -248,7 +269,15 @@ def main() -> int:
     for name in runs:
         print(yaml.safe_dump({f"{name}: threads_timeline (s, threads, fds)": results[name]["threads_timeline"]},
                              default_flow_style=True, width=200), file=sys.stderr)
-    return 0 if all(f["exit"] == 0 and f["hosts_on_new_release"] == n for f in results.values()) else 1
+    return 0 if all(_as_expected(f, n) for f in results.values()) else 1
+
+
+def _as_expected(f: Dict[str, Any], n: int) -> bool:
+    """Every host on the new release (exit 0), or, for a broken release, rolled back: exit 1 and every
+    host on the release it had."""
+    if f["broken"]:
+        return bool(f["exit"] == 1 and f["hosts_as_before"] == n)
+    return bool(f["exit"] == 0 and f["hosts_on_new_release"] == n)
 
 
 if __name__ == "__main__":
