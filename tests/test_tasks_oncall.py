@@ -28,14 +28,19 @@ def deploy(project: Project, hosts: List[str], version: str) -> None:
 
 
 def killed_deploy(project: Project, bed: Any, hosts: List[str]) -> int:
-    """Start a deploy whose build takes a while, SIGKILL fab while it holds every lock; its pid."""
+    """Start a deploy whose build takes a while, SIGKILL fab while it builds (every lock held, every
+    journal naming the release); its pid."""
     project.config["hooks"]["build"] = ["sleep 2.75"]
     project.write(project.config)
     proc = project.start("deploy", hosts=hosts)
     deadline = time.monotonic() + 30
-    while not all(locked(h) for h in bed.hosts) and time.monotonic() < deadline and proc.poll() is None:
+
+    def building(host: Any) -> bool:
+        return locked(host) and host.sh(f"grep -q '^release=.' {DEPLOY_TO}/.deploytest/journal").returncode == 0
+
+    while not all(building(h) for h in bed.hosts) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    assert all(locked(h) for h in bed.hosts), "the deploy never held every lock"
+    assert all(building(h) for h in bed.hosts), "the deploy never held every lock with its release made"
     proc.kill()
     proc.communicate(timeout=30)
     project.config["hooks"]["build"] = ["python3 -m py_compile hello.py"]
