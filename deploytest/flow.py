@@ -92,9 +92,8 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
 
     def check(target: Target) -> HostState:
         try:
-            opened = ahead.get(target.name)
-            if opened is not None:  # the handshake made while the first host went alone failed
-                raise opened
+            if target.name in ahead.failed:  # the handshake made while the first host went alone failed
+                raise ahead.failed[target.name]
             target.open()
         except HostKeyError as error:
             key_steps.append(f"{target.name}: {error.next_step}")
@@ -154,7 +153,7 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
 
 
 class _OpenAhead(threading.Thread):
-    """Opens connections in the background; what failed, by host name (``get``), once ``wait`` returned."""
+    """Opens connections in the background; what failed, by host name (``failed``), once ``wait`` returned."""
 
     def __init__(self, targets: Sequence[Target], limit: int) -> None:
         super().__init__(name="deploytest-open-ahead", daemon=True)
@@ -169,9 +168,6 @@ class _OpenAhead(threading.Thread):
     def wait(self) -> None:
         while self.is_alive():  # in slices, so Ctrl-C reaches this thread
             self.join(0.2)
-
-    def get(self, name: str) -> BaseException | None:
-        return self.failed.get(name)
 
 
 def _open_ahead(run: Rollout, names: Sequence[str]) -> _OpenAhead:

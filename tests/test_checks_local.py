@@ -552,3 +552,20 @@ def test_pytest_plugin_missing_ssh_config_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert proc.stderr.strip() == f"ERROR: --deploytest-ssh-config: no such file: {missing}"
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_script_frames_are_right_where_ulimit_does_not_work() -> None:
+    # Some shells cannot limit a file's size: the output readers then keep the cap with head(1) and
+    # drain the rest, so a probe is neither blocked nor cut short and its exit status stays its own.
+    jobs = [
+        ProbeJob(0, "head -c 300000 /dev/zero; echo done >&2; exit 3", 5, 1000),
+        ProbeJob(1, "echo hi; echo err >&2", 5, 1000),
+    ]
+    nonce = new_nonce()
+    script = "ulimit() { return 1; }\n" + build_script(jobs, {}, nonce)  # a shell whose ulimit fails
+    proc = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=30)
+    frames = parse_frames(proc.stdout, nonce, jobs)
+    assert (frames[0].exit_code, frames[0].truncated, frames[0].stdout) == (3, True, b"\0" * 1000)
+    assert frames[0].stderr == b"done\n" and not frames[0].stopped
+    assert (frames[1].exit_code, frames[1].stdout, frames[1].stderr) == (0, b"hi\n", b"err\n")
+    assert len(proc.stdout) < 10_000  # only about the cap was kept and sent back, not the 300 KB

@@ -278,6 +278,29 @@ def test_no_room_for_the_release_is_refused_before_anything_changes(three: Dict[
         assert wait_served(host, "ok 1.0") == "ok 1.0"
 
 
+def test_a_host_that_does_not_answer_is_refused_before_anything_changes(three: Dict[str, Any]) -> None:
+    # Not the first host: its connection is opened while the first host goes alone, and its refusal
+    # must still stop the rollout before anything changes anywhere.
+    project, bed, hosts = three["project"], three["bed"], three["hosts"]
+    deploy(project, hosts, "1.0")
+    before = snapshot(bed)
+    gone = bed.hosts[2]
+    gone.stop_sshd()
+    try:
+        project.set_version("2.0")
+        proc = project.fab("deploy-and-verify", hosts=hosts)
+    finally:
+        gone.start_sshd()
+    text = output(proc)
+    assert proc.returncode == 2, text
+    assert "Traceback" not in text
+    assert f"{gone.name}: preflight:" in proc.stderr and "nothing was changed" in proc.stderr, proc.stderr
+    assert proc.stderr.count(f"{gone.name}: preflight:") == 1, proc.stderr
+    assert_clean(bed, before)  # no lock, no journal, no release on any host
+    for host in bed.hosts:
+        assert wait_served(host, "ok 1.0") == "ok 1.0"
+
+
 def test_disk_filling_up_during_upload_rolls_back_cleanly(three: Dict[str, Any]) -> None:
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     small = bed.hosts[1]
