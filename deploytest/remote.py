@@ -10,7 +10,7 @@ from __future__ import annotations
 from .config import Settings
 from .errors import RemoteCommandFailed, UsageError
 from .hosts import RunResult, Target
-from .shell import quote
+from .shell import from_descriptor, quote
 
 MARK = "@@dt"
 """Prefix of the control lines deploytest's scripts print on stdout."""
@@ -34,15 +34,17 @@ def wrap_sudo(script: str) -> str:
     """``script`` run as root through ``sudo``; the first stdin line is the password (may be empty).
 
     Without a password sudo must not be asked for one (``sudo -n``); with one, it is fed through
-    ``sudo -S`` (which reads it byte by byte, so the rest of stdin reaches the script untouched).
+    ``sudo -S`` (which reads it byte by byte, so the rest of stdin reaches the script untouched), with
+    ``-k`` so that sudo always reads it: credentials sudo cached since ``sudo -n true`` failed (another
+    session whose parent pid matched) would leave the password line in the script's input.
     Whatever happens, stdin is read to its end, so an upload never stalls on a refused sudo.
     """
-    inner = quote(script)
+    inner = quote(from_descriptor(script))
     return (
         "IFS= read -r dt_pw || dt_pw=''\n"
         f"if sudo -n true 2>/dev/null; then sudo -n -- /bin/sh -c {inner}; rc=$?\n"
         'elif [ -z "$dt_pw" ]; then echo "sudo: a password is required (set sudo.password)" >&2; rc=95\n'
-        f"else {{ printf '%s\\n' \"$dt_pw\"; cat; }} | sudo -S -p '' -- /bin/sh -c {inner}; rc=$?; fi\n"
+        f"else {{ printf '%s\\n' \"$dt_pw\"; cat; }} | sudo -S -k -p '' -- /bin/sh -c {inner}; rc=$?; fi\n"
         "cat >/dev/null 2>&1; exit $rc\n"
     )
 

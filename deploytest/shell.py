@@ -12,6 +12,7 @@ Names starting with ``dt_`` are reserved for functions: a script's variables are
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 from typing import TYPE_CHECKING, Mapping, Tuple
 
@@ -277,3 +278,22 @@ def chain(*scripts: str) -> str:
     """Scripts run one after another in ONE round trip, each in a subshell of its own (its ``exit``
     ends only itself); the first that fails ends the whole, with its exit status and its marks."""
     return "".join(f"(\n{one}\n) || exit $?\n" for one in scripts)
+
+
+def from_descriptor(text: str) -> str:
+    """``text`` run by a fresh ``/bin/sh`` that reads it from a descriptor (a here-document), so the
+    processes of the script, and every subshell it forks, show ``/bin/sh /dev/fd/3`` in ``ps``, not
+    the whole script: a ``process`` check lists every command line on the host, and with the script in
+    each of its own subshells' command lines that list grew by the script's size per subshell
+    (hundreds of kilobytes for six checks), to upload and to read past. Standard input is left to the
+    script. Where ``/dev/fd`` is missing the script runs in this shell, as it would with ``sh -c``.
+    """
+    end = "DT_END_" + secrets.token_hex(8)
+    while end in text:  # never, short of a forged script; then another end line
+        end = "DT_END_" + secrets.token_hex(8)
+    body = text if text.endswith("\n") else text + "\n"
+    return (
+        f"exec 3<<'{end}'\nexec 3<&-\n{body}{end}\n"
+        "if [ -r /dev/fd/3 ]; then exec /bin/sh /dev/fd/3; fi\n"
+        'eval "$(cat <&3)"\n'
+    )

@@ -84,6 +84,34 @@ def test_one_session_per_attempt(ssh_host: TestBed, http_app: HttpApp) -> None:
     assert host.wait_sessions(before + attempts) - before == attempts == report.hosts[0].sessions
 
 
+def test_a_process_check_among_many_sees_the_whole_process_table(ssh_host: TestBed) -> None:
+    """The probes' own shells must not fill the process list a ``process`` check reads: with the whole
+    attempt's script in each of their command lines, 40 probes running side by side made that list
+    several megabytes, cut at the check's 1 MiB, and the process looked for (started last, listed last)
+    was not seen."""
+    host = ssh_host[0]
+    marker = f"sleep 7{os.getpid()}.5"
+    # the marker gets the host's highest pid (ps lists by pid: it comes last), the probes low ones
+    host.sh(f"echo 59999 >/proc/sys/kernel/ns_last_pid; nohup {marker} >/dev/null 2>&1 </dev/null &"
+            " echo 300 >/proc/sys/kernel/ns_last_pid", check=True)
+    target = target_for(ssh_host, host.name)
+    checks = parse_checks(
+        [{"command": {"run": f"sleep 1; echo {'x' * 400}", "name": f"slow {i}"}} for i in range(40)]
+        + [{"process": {"pattern": marker.replace(".", "[.]"), "count": 1, "name": "marker"}}]
+    )
+    try:
+        report = run_checks([target], checks, VerifySettings(timeout=0))
+        (marker_result,) = [r for r in report.hosts[0].results if r.name == "marker"]
+        assert marker_result.ok, marker_result.verdict
+        assert report.ok, report_text.render(report)
+        # and what the shells of a session show in ps is short: not the script
+        shown = target.run("ps -o args= -p $$; (ps -o args= -p $$ -p $PPID)").stdout
+        assert "ps -o args" not in shown and len(shown) < 200, shown
+    finally:
+        target.close()
+        host.sh(f"pkill -f '{marker}' || true")
+
+
 def test_hanging_check_cannot_hang_the_run(ssh_host: TestBed) -> None:
     host = ssh_host[0]
     target = target_for(ssh_host, host.name)

@@ -267,3 +267,32 @@ def test_the_shell_and_python_read_a_current_link_alike(tmp_path: Path, link: st
     assert (out or None) == live_id(local, settings)
     expected = "20261125100000" if local.rstrip("/").startswith((f"{deploy_to}/releases/2", "releases/2")) else None
     assert live_id(local, settings) == expected, link
+
+
+def test_a_script_runs_from_a_descriptor_with_its_input_untouched() -> None:
+    """What a session sends: the script's shells show a short command line (not the script), the
+    script reads the session's input, and the descriptor is not left to what the script runs."""
+    body = ("read -r line; echo \"got=$line\"\n"
+            "tr '\\0' ' ' </proc/$$/cmdline; echo; (tr '\\0' ' ' </proc/self/cmdline; echo)\n"
+            "[ ! -e /proc/$$/fd/3 ] && echo fd3-closed; rest=$(cat); echo \"rest=$rest\"\n"
+            + "# padding past a pipe's size\n" * 400 + "echo end\n")
+    sent = shell.from_descriptor(body)
+    result = subprocess.run(["/bin/sh", "-c", sent], input="first\nsecond\n", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "got=first" and lines[-2:] == ["rest=second", "end"], result.stdout
+    assert lines[1].strip() == lines[2].strip() == "/bin/sh /dev/fd/3", result.stdout
+    assert "fd3-closed" in lines
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck:
+        check = subprocess.run([shellcheck, "-s", "sh", "-f", "gcc", "-"], input=sent, capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout
+
+
+def test_a_script_holding_the_end_line_gets_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["a" * 16, "b" * 16])
+    monkeypatch.setattr(shell.secrets, "token_hex", lambda n: next(tokens))
+    sent = shell.from_descriptor(f"echo one\ncat <<'X'\nDT_END_{'a' * 16}\nX\necho two\n")
+    assert f"<<'DT_END_{'b' * 16}'" in sent
+    result = subprocess.run(["/bin/sh", "-c", sent], capture_output=True, text=True)
+    assert result.stdout == f"one\nDT_END_{'a' * 16}\ntwo\n", result.stdout + result.stderr

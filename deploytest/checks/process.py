@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from .base import Check, ProbeOutput, Verdict, key_values, snippet
+from .base import Check, ProbeOutput, Verdict, key_values, size_text, snippet
 from .schema import Field
 
 _SSHD_CONNECTION = re.compile(r"^sshd(-session)?: \S+( \[priv\]| \[net\]|@)")
@@ -106,4 +106,8 @@ class ProcessCheck(Check):
         observed = f"{len(found)} process{'es' if len(found) != 1 else ''}" + (
             f" (pid {pids})" if found else ""
         )
+        if output.truncated and not (ok and high is None):
+            # a cut list proves "at least" and nothing else: the rest may hold more (or the one sought)
+            return Verdict(False, self.expectation(), f"{observed} in the first"
+                           f" {size_text(self.capture_bytes())} of the process list (cut there: the rest unseen)")
         return Verdict(ok, self.expectation(), observed)
