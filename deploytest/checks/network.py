@@ -158,17 +158,21 @@ class PortCheck(Check):
         proto = str(self.params["proto"])
         port = int(self.params["port"])
         flag = "t" if proto == "tcp" else "u"
+        # ss asks the kernel for this port's sockets alone (netlink), and only ss tells an IPv6-only
+        # socket on :: ("[::]:port") from a dual-stack one ("*:port"). Reading /proc/net/tcp walks
+        # every socket of the host (slow on a busy one): only where ss is missing or fails.
         lines = [
-            "found=0",
-            f"for f in /proc/net/{proto} /proc/net/{proto}6; do",
-            '  if [ -r "$f" ]; then found=1; echo "== $f";'
+            f"if command -v ss >/dev/null 2>&1 && echo '== ss' && ss -Hln{flag} 'sport = :{port}' 2>/dev/null"
+            "; then :; else",
+            "  found=0",
+            f"  for f in /proc/net/{proto} /proc/net/{proto}6; do",
+            '    if [ -r "$f" ]; then found=1; echo "== $f";'
             f" grep -E '^ *[0-9]+: [0-9A-F]+:{port:04X} ' \"$f\"; fi",
-            "done",
-            # Only ss tells an IPv6-only socket on :: ("[::]:port") from a dual-stack one ("*:port").
-            f"if command -v ss >/dev/null 2>&1; then echo '== ss'; ss -Hln{flag} 2>/dev/null"
-            f" | awk '$4 ~ /:{port}$/'",
-            f'elif [ "$found" = 0 ]; then echo "== netstat"; netstat -ln{flag}; fi',
-            'echo "bindv6only=$(cat /proc/sys/net/ipv6/bindv6only 2>/dev/null)"',
+            "  done",
+            f'  if [ "$found" = 0 ]; then echo "== netstat"; netstat -ln{flag}; fi',
+            "fi",
+            "v6=; read -r v6 </proc/sys/net/ipv6/bindv6only 2>/dev/null",
+            'echo "bindv6only=$v6"',
         ]
         address = self.params.get("address")
         if address is not None and _literal(str(address)) is None:
