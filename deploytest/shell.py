@@ -41,14 +41,25 @@ HELPERS: dict[str, str] = {
 """,
     # The host state format (see deploytest.records): KEY=VALUE lines, the value with backslash, newline,
     # tab and carriage return escaped as \\ \n \t \r (what printf %b decodes); the last KEY= line wins.
+    # A value with nothing to escape (printable ASCII, no backslash: nearly every one) is written by
+    # the shell alone; the others go through sed and awk. dt_get reads with the shell alone.
     "dt_put": r"""dt_put() {
+  case $2 in
+    *\\*|*[![:print:]]*) ;;
+    *) printf '%s=%s\n' "$1" "$2"; return 0;;
+  esac
   printf '%s=' "$1"
   printf '%s.\n' "$2" | sed -e 's/\\/\\\\/g' -e "s/$(printf '\t')/\\\\t/g" -e "s/$(printf '\r')/\\\\r/g" \
     | awk 'NR > 1 { printf "%s", "\\n" } { printf "%s", $0 } END { print "" }' | sed 's/[.]$//'
 }
 """,
     "dt_get": r"""dt_get() {
-  get_v=$(sed -n "s/^$2=//p" -- "$1" 2>/dev/null | tail -n 1)
+  get_v=''
+  if [ -f "$1" ] && [ -r "$1" ]; then
+    while IFS= read -r get_l || [ -n "$get_l" ]; do
+      case $get_l in "$2"=*) get_v=${get_l#"$2"=};; esac
+    done 2>/dev/null <"$1"
+  fi
   printf '%b' "$get_v"
 }
 """,
