@@ -65,13 +65,13 @@ class FileCheck(Check):
         lines = [
             f"p={quote(self.params['path'])}",
             'if [ -L "$p" ]; then echo link=1; echo "target=$(readlink -- "$p")";'
-            " stat -c 'lmode=%a lowner=%U luid=%u lgroup=%G lgid=%g' -- \"$p\" 2>/dev/null | tr ' ' '\\n';"
+            " stat -c 'lmode=%a\nlowner=%U\nluid=%u\nlgroup=%G\nlgid=%g' -- \"$p\" 2>/dev/null;"
             " else echo link=0; fi",
             'if [ -d "$p" ]; then echo type=dir; elif [ -f "$p" ]; then echo type=file;'
             ' elif [ -e "$p" ]; then echo type=other; elif [ -L "$p" ]; then echo type=broken;'
             " else echo type=absent; exit 0; fi",
-            "stat -L -c 'mode=%a owner=%U uid=%u group=%G gid=%g size=%s' -- \"$p\" 2>/dev/null"
-            " | tr ' ' '\\n'",
+            # one fact a line: stat prints the format's newlines as they are (no tr, one process less)
+            "stat -L -c 'mode=%a\nowner=%U\nuid=%u\ngroup=%G\ngid=%g\nsize=%s' -- \"$p\" 2>/dev/null",
         ]
         for key, database in (("owner", "passwd"), ("group", "group")):
             name = self.params.get(key)
