@@ -654,10 +654,11 @@ def test_hard_killed_prepare_is_never_live_and_cleaned_up(tmp_path: Path, target
 
 
 FAKE_SUDO = """#!/bin/sh
-# stand-in for sudo: -n fails unless FAKE_SUDO_NOPASS=1; -S reads the password from stdin
+# stand-in for sudo: -n fails unless FAKE_SUDO_NOPASS=1; -S reads the password from stdin (-k: it
+# caches nothing anyway)
 nopass=0; ask=0
 while [ $# -gt 0 ]; do
-  case $1 in -n) nopass=1; shift;; -S) ask=1; shift;; -p) shift 2;; --) shift; break;; *) break;; esac
+  case $1 in -n) nopass=1; shift;; -S) ask=1; shift;; -k) shift;; -p) shift 2;; --) shift; break;; *) break;; esac
 done
 if [ $nopass = 1 ] && [ "${FAKE_SUDO_NOPASS:-0}" != 1 ]; then
   echo "sudo: a password is required" >&2; exit 1
