@@ -10,7 +10,7 @@ from __future__ import annotations
 from .config import Settings
 from .errors import RemoteCommandFailed, UsageError
 from .hosts import RunResult, Target
-from .shell import from_descriptor, quote
+from .shell import quote
 
 MARK = "@@dt"
 """Prefix of the control lines deploytest's scripts print on stdout."""
@@ -39,7 +39,7 @@ def wrap_sudo(script: str) -> str:
     session whose parent pid matched) would leave the password line in the script's input.
     Whatever happens, stdin is read to its end, so an upload never stalls on a refused sudo.
     """
-    inner = quote(from_descriptor(script))
+    inner = quote(script)
     return (
         "IFS= read -r dt_pw || dt_pw=''\n"
         f"if sudo -n true 2>/dev/null; then sudo -n -- /bin/sh -c {inner}; rc=$?\n"

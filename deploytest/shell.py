@@ -294,10 +294,12 @@ def chain(*scripts: str) -> str:
 def from_descriptor(text: str) -> str:
     """``text`` run by a fresh ``/bin/sh`` that reads it from a descriptor (a here-document), so the
     processes of the script, and every subshell it forks, show ``/bin/sh /dev/fd/3`` in ``ps``, not
-    the whole script: a ``process`` check lists every command line on the host, and with the script in
-    each of its own subshells' command lines that list grew by the script's size per subshell
-    (hundreds of kilobytes for six checks), to upload and to read past. Standard input is left to the
-    script. Where ``/dev/fd`` is missing the script runs in this shell, as it would with ``sh -c``.
+    the whole script. For the probes' harness (:mod:`deploytest.checks.script`): a ``process`` check
+    lists every command line on the host, and with the script in the command line of each subshell
+    the harness forks, that list grew by the script's size per subshell (hundreds of kilobytes for
+    six checks; past its 1 MiB cap with 40). Standard input is left to the script. Where ``/dev/fd``
+    is missing the script runs in this shell, as it would with ``sh -c``. Not for the steps: a
+    here-document may need a temporary file (bash before 5.1), and a step must run on a full disk.
     """
     end = "DT_END_" + secrets.token_hex(8)
     while end in text:  # never, short of a forged script; then another end line

@@ -23,7 +23,6 @@ from invoke.config import Config
 from .errors import HostKeyError, HostUnreachable, UsageError
 from .host_keys import _lookup_name, secure
 from .hosts import _CANCEL, Cancelled, CommandTimeout, LocalTarget, Reply, RunResult, Target, _not_cancelled, host_list
-from .shell import from_descriptor
 
 _DEFAULT_CONNECT_TIMEOUT = 10
 
@@ -98,7 +97,7 @@ class SSHTarget(Target):
             raise HostUnreachable(self.name, "connection lost")
         try:
             channel = transport.open_session(timeout=_DEFAULT_CONNECT_TIMEOUT)
-            _exec(channel, "/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + from_descriptor(script)))
+            _exec(channel, "/bin/sh -c " + shlex.quote(_ANNOUNCE_GROUP + script))
             if stdin:
                 channel.sendall(stdin)
             if reply is None:

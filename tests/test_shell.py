@@ -118,6 +118,8 @@ BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
     "inspection.script_for_probe_and_inspect": lambda s: iter([  # the probes' own script, then one of the library
         inspection.script_for_probe_and_inspect(s, who, Probes.of(PROBED, [10.0] * len(PROBED)))
         for who in (owner(), None)]),
+    # the probes' harness as written (sent from a descriptor, in whose here-document no checker looks)
+    "checks.Probes (the harness)": lambda s: iter([Probes.of(PROBED, [10.0] * len(PROBED)).script]),
     "prepare.script_for_prepare": lambda s: iter([
         prepare.script_for_prepare(s, RID, package, HOSTILE, build=build, owner=who)
         for package in packages().values() for build in (True, False) for who in (owner(), None)]),
@@ -158,7 +160,7 @@ def test_every_script_builder_is_covered() -> None:
              for name, fn in inspect.getmembers(module, inspect.isfunction)
              if name.startswith("script_for_") and fn.__module__ == module.__name__}
     assert found | {"plan.make", "plan.make finish, lock with the baseline (chained)",
-                    "steps.finish (chained)"} == set(BUILDERS)
+                    "steps.finish (chained)", "checks.Probes (the harness)"} == set(BUILDERS)
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
@@ -239,7 +241,7 @@ def test_values_need_plain_names() -> None:
 def test_no_script_is_cut_or_hand_assembled() -> None:
     # every script starts with the prelude once: none is two scripts glued together
     for name, text in SCRIPTS.items():
-        if ":sudo" in name or "chained" in name:
+        if ":sudo" in name or "chained" in name or "harness" in name:
             continue
         if "probe_and_inspect" in name:  # the probes' own script (in a subshell), then one of the library
             text = text.split("\n); fi\n", 1)[1]

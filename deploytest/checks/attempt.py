@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..hosts import CommandTimeout, Reply, RunResult, Target
-from ..shell import quote
+from ..shell import from_descriptor, quote
 from .base import Check, ProbeOutput
 from .script import NO_TMPDIR, ProbeJob, build_script, new_nonce, parse_frames, secret_stdin
 
@@ -81,7 +81,7 @@ def probes_first(probes: Probes, current: str, rest: str) -> str:
     :func:`after_frames`). A probe's output travels encoded in its frame: it cannot pass for
     ``rest``'s lines.
     """
-    return f"if [ -L {quote(current)} ]; then (\n{probes.script}\n); fi\n{rest}"
+    return f"if [ -L {quote(current)} ]; then (\n{from_descriptor(probes.script)}\n); fi\n{rest}"
 
 
 def after_frames(stdout: str, probes: Probes) -> str:
@@ -105,7 +105,8 @@ def run_probes(target: Target, checks: Sequence[Check], limits: Sequence[float],
     if answer is not None:
         reply = Reply(probes.end, lambda out: answer(probes.outputs(out, "no frame came back")))
     try:
-        result = target.run(probes.script + tail, stdin=probes.stdin, timeout=probes.limit, reply=reply)
+        result = target.run(f"(\n{from_descriptor(probes.script)}) || exit $?\n{tail}", stdin=probes.stdin,
+                            timeout=probes.limit, reply=reply)
     except CommandTimeout:
         return probes.timed_out()
     return probes.read(result)
