@@ -171,21 +171,6 @@ def test_a_fleets_worth_of_open_descriptors_does_not_break_a_session(ssh_host: A
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_connection_sends_small_messages_at_once(ssh_host: Any) -> None:
-    """A session's small messages go out without waiting for the last one's acknowledgement
-    (TCP_NODELAY): with Nagle's algorithm, the host's delayed acknowledgement adds about 40 ms (or a
-    round trip) to every session."""
-    target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
-    try:
-        target.open()
-        sock = target.connection.client.get_transport().sock
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-        assert target.run("echo fine").stdout.strip() == "fine"
-    finally:
-        target.close()
-
-
 def test_known_hosts_is_parsed_once_per_version_of_the_file(tmp_path: Path) -> None:
     from deploytest.host_keys import _known_hosts
 
