@@ -298,3 +298,16 @@ def test_a_script_holding_the_end_line_gets_another(monkeypatch: pytest.MonkeyPa
     assert f"<<'DT_END_{'b' * 16}'" in sent
     result = subprocess.run(["/bin/sh", "-c", sent], capture_output=True, text=True)
     assert result.stdout == f"one\nDT_END_{'a' * 16}\ntwo\n", result.stdout + result.stderr
+
+
+def test_a_script_from_a_descriptor_still_runs_where_dev_fd_is_missing() -> None:
+    """Without /dev/fd (a bare /dev: only null here) the script runs in the shell itself, input and all."""
+    body = "read -r line; echo \"got=$line\"\n" + "# padding past a pipe's size\n" * 400 + "echo end\n"
+    sent = shell.from_descriptor(body)
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         'mount -t tmpfs none /dev && mknod -m 666 /dev/null c 1 3 && [ ! -e /dev/fd ] && exec sh -c "$1"',
+         "sh", sent],
+        input="first\n", capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "got=first\nend\n", result.stdout + result.stderr

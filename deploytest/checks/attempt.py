@@ -52,6 +52,12 @@ class Probes:
                    max(limits, default=MIN_PROBE_SECONDS) + SESSION_SLACK_SECONDS)
 
     @property
+    def sent(self) -> str:
+        """The script as a session runs it: from a descriptor (see :func:`~deploytest.shell.from_descriptor`),
+        so the harness's shells do not carry the script in their command lines."""
+        return from_descriptor(self.script)
+
+    @property
     def end(self) -> str:
         """The line the script prints once every frame is out."""
         return f"DT{self.nonce} end"
@@ -81,7 +87,7 @@ def probes_first(probes: Probes, current: str, rest: str) -> str:
     :func:`after_frames`). A probe's output travels encoded in its frame: it cannot pass for
     ``rest``'s lines.
     """
-    return f"if [ -L {quote(current)} ]; then (\n{from_descriptor(probes.script)}\n); fi\n{rest}"
+    return f"if [ -L {quote(current)} ]; then (\n{probes.sent}\n); fi\n{rest}"
 
 
 def after_frames(stdout: str, probes: Probes) -> str:
@@ -105,7 +111,7 @@ def run_probes(target: Target, checks: Sequence[Check], limits: Sequence[float],
     if answer is not None:
         reply = Reply(probes.end, lambda out: answer(probes.outputs(out, "no frame came back")))
     try:
-        result = target.run(f"(\n{from_descriptor(probes.script)}) || exit $?\n{tail}", stdin=probes.stdin,
+        result = target.run(f"(\n{probes.sent}) || exit $?\n{tail}", stdin=probes.stdin,
                             timeout=probes.limit, reply=reply)
     except CommandTimeout:
         return probes.timed_out()
