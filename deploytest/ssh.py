@@ -77,8 +77,16 @@ class SSHTarget(Target):
             transport = self.connection.client.get_transport()
             if transport is not None:
                 _detect_dead_peer(transport.sock)
+                if isinstance(transport.sock, socket.socket):
+                    transport.sock.settimeout(IDLE_POLL_SECONDS)
 
     def close(self) -> None:
+        transport = self.connection.client.get_transport() if self.connection.is_connected else None
+        if transport is not None and isinstance(transport.sock, socket.socket):
+            try:  # wakes the connection's reader thread at once, however long its poll
+                transport.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         try:
             self.connection.close()
         except Exception:  # noqa: BLE001 - closing a dead connection may raise anything
@@ -277,6 +285,10 @@ def _detect_dead_peer(sock: object) -> None:
             pass
 
 
+#: How often an open connection's reader thread wakes up while nothing arrives. Paramiko polls its
+#: socket every 0.1 s: 100 idle connections cost 34 ms of CPU a second on this machine, taken from the
+#: busy ones. :meth:`SSHTarget.close` shuts the socket down first, so the thread still ends at once.
+IDLE_POLL_SECONDS = 2.0
 #: Handshakes in flight at once from this process: enough to open a fleet quickly, few enough that
 #: key exchanges on a busy control machine (each costs CPU on both ends) do not run past their time-outs.
 HANDSHAKES_AT_ONCE = 32
