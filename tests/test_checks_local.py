@@ -569,3 +569,25 @@ def test_script_frames_are_right_where_ulimit_does_not_work() -> None:
     assert frames[0].stderr == b"done\n" and not frames[0].stopped
     assert (frames[1].exit_code, frames[1].stdout, frames[1].stderr) == (0, b"hi\n", b"err\n")
     assert len(proc.stdout) < 10_000  # only about the cap was kept and sent back, not the 300 KB
+
+
+def test_script_outputs_come_back_in_one_stream_cut_apart_by_their_sizes() -> None:
+    # Every output travels in one encoded stream (one encoder for the attempt) and is cut apart by the
+    # sizes listed before it; a stream that does not add up to them gives no output, never one probe's
+    # bytes as another's.
+    jobs = [
+        ProbeJob(0, "printf 'first'; printf 'e0' >&2", 5, 1000),
+        ProbeJob(1, "true", 5, 1000),
+        ProbeJob(2, "printf 'third'; exit 2", 5, 1000),
+    ]
+    nonce = new_nonce()
+    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs, {}, nonce)], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.stdout.count(f"DT{nonce} data ") == 1
+    frames = parse_frames(proc.stdout, nonce, jobs)
+    assert [(f.exit_code, f.stdout, f.stderr) for f in (frames[0], frames[1], frames[2])] == [
+        (0, b"first", b"e0"), (0, b"", b""), (2, b"third", b"")]
+    head, _, _ = proc.stdout.partition(f"DT{nonce} data ")
+    assert parse_frames(head, nonce, jobs) == {}  # cut before the data: nothing
+    sizes = re.sub(r"^(\s*)5 2\.o$", r"\g<1>4 2.o", proc.stdout, flags=re.M)
+    assert sizes != proc.stdout and parse_frames(sizes, nonce, jobs) == {}  # sizes that do not add up

@@ -4,12 +4,13 @@ The script starts the probes side by side, each writing to its own files in a pr
 directory (never to the session), waits for them, then prints frames::
 
     DT<nonce> <index> <exit> <timed-out> <encoding> <stopped>   one per probe
-    DT<nonce> <index> o                               then its stdout, base64 (or hex) lines
-    DT<nonce> <index> e                               then its stderr, likewise
-    DT<nonce> sizes                                   then ``wc -c`` of every output file
+    DT<nonce> sizes                                   then ``wc -c`` of every output file kept
+    DT<nonce> data                                    then those files, one after another, as one
+                                                      base64 (or hex) stream, cut apart by the sizes
     DT<nonce> end
 
-Encoded lines hold no spaces, so no probe output, however hostile, can forge or break a frame.
+Encoded lines hold no spaces, so no probe output, however hostile, can forge or break a frame. One
+stream for every output costs one encoder for the attempt, not one per output.
 A probe runs with the session's own umask and no limit of deploytest's: only its capture is bounded.
 Its stdout and stderr go through pipes to writers limited (``ulimit -f``) to just over its cap, so "cut"
 is known exactly; what comes after is read and dropped, so the probe's exit status stays its own, up to
@@ -108,17 +109,15 @@ _dt_run() {
     if [ -s "$_dt_f" ] && [ "$(cat "$_dt_f")" -ge __DRAIN__ ]; then _dt_s=1; fi; done
   echo "$_dt_rc $_dt_t $_dt_s" >"$_dt_d/$1.x"
 }
-_dt_body() {  # what was kept, a little past the cap (the reader cuts it and knows it was cut)
-  if [ -s "$1" ]; then
-    if [ "$_dt_enc" = b ]; then base64 "$1"; else od -An -v -tx1 "$1"; fi
-  fi
-}
 _dt_emit() {
   _dt_x=-1; _dt_t=0; _dt_s=0
   if [ -s "$_dt_d/$1.x" ]; then read -r _dt_x _dt_t _dt_s <"$_dt_d/$1.x"; fi
   echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_enc $_dt_s"
-  echo "DT$_dt_n $1 o"; _dt_body "$_dt_d/$1.o"
-  echo "DT$_dt_n $1 e"; _dt_body "$_dt_d/$1.e"
+}
+_dt_data() {  # $@: the output files, in the order of their sizes; what was kept, a little past the cap
+  echo "DT$_dt_n sizes"; wc -c -- "$@" 2>/dev/null
+  echo "DT$_dt_n data $_dt_enc"
+  if [ "$_dt_enc" = b ]; then cat -- "$@" 2>/dev/null | base64; else od -An -v -tx1 -- "$@" 2>/dev/null; fi
 }
 """.replace("__DRAIN__", str(DRAIN_BYTES))
 
@@ -157,7 +156,7 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     for job in jobs:
         lines.append(f"_dt_emit {job.index}")
     files = " ".join(f"{job.index}.o {job.index}.e" for job in jobs)
-    lines.append(f'echo "DT$_dt_n sizes"; (cd "$_dt_d" && wc -c {files} 2>/dev/null); echo "DT$_dt_n end"')
+    lines.append(f'(cd "$_dt_d" && _dt_data {files}); echo "DT$_dt_n end"')
     return "\n".join(lines) + "\n"
 
 
@@ -185,48 +184,57 @@ _SIZE = re.compile(r"^\s*(\d+)\s+(\d+)\.([oe])$")
 
 
 def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int, ProbeOutput]:
-    """Probe outputs by index from the script's standard output; a missing frame is left out."""
+    """Probe outputs by index from the script's standard output; a missing frame is left out.
+
+    The outputs are cut from the data stream by the sizes listed before it; a stream that does not
+    add up to those sizes (cut short) gives no output at all, never one probe's bytes as another's.
+    """
     by_index = {job.index: job for job in jobs}
     marker = f"DT{nonce}"
     heads: dict[int, tuple[int, bool, str, bool]] = {}
-    bodies: dict[tuple[int, str], list[str]] = {}
-    sizes: dict[tuple[int, str], int] = {}
-    section: tuple[int, str] | None = None
-    in_sizes = False
+    sizes: list[tuple[tuple[int, str], int]] = []
+    data: list[str] | None = None
+    encoding = ""
+    section = ""
     for line in stdout.splitlines():
         fields = line.split(" ")
         if fields[0] == marker:
-            section, in_sizes = None, False
-            if fields[1:] == ["sizes"]:
-                in_sizes = True
+            section = ""
+            if fields[1:] == ["sizes"] and not sizes and data is None:
+                section = "sizes"
+            elif len(fields) == 3 and fields[1] == "data" and data is None:
+                section, encoding, data = "data", fields[2], []
             elif len(fields) == 6 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
                 heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4], fields[5] == "1"))
-            elif len(fields) == 3 and fields[1].isdigit() and fields[2] in ("o", "e"):
-                section = (int(fields[1]), fields[2])
-                if section in bodies:
-                    section = None  # a second frame for the same output is not ours
-                else:
-                    bodies[section] = []
-        elif in_sizes:
+        elif section == "sizes":
             match = _SIZE.match(line)
             if match:
-                sizes[(int(match.group(2)), match.group(3))] = int(match.group(1))
-        elif section is not None:
-            bodies[section].append(line)
+                sizes.append(((int(match.group(2)), match.group(3)), int(match.group(1))))
+        elif section == "data" and data is not None:
+            data.append(line)
+    if data is None:
+        return {}
+    blob = _decode(encoding, data)
+    if len(blob) != sum(size for _, size in sizes):
+        return {}
+    kept: dict[tuple[int, str], bytes] = {}
+    at = 0
+    for key, size in sizes:
+        kept[key] = blob[at:at + size]
+        at += size
     out: dict[int, ProbeOutput] = {}
-    for index, (exit_code, timed_out, encoding, stopped) in heads.items():
+    for index, (exit_code, timed_out, _encoding, stopped) in heads.items():
         job = by_index.get(index)
         if job is None:
             continue
-        stdout_bytes = _decode(encoding, bodies.get((index, "o"), []))[: job.cap]
-        stderr_bytes = _decode(encoding, bodies.get((index, "e"), []))[: job.cap]
-        truncated = sizes.get((index, "o"), 0) > job.cap or sizes.get((index, "e"), 0) > job.cap
+        stdout_bytes = kept.get((index, "o"), b"")
+        stderr_bytes = kept.get((index, "e"), b"")
         out[index] = ProbeOutput(
             exit_code=exit_code,
-            stdout=stdout_bytes,
-            stderr=stderr_bytes,
+            stdout=stdout_bytes[: job.cap],
+            stderr=stderr_bytes[: job.cap],
             timed_out=timed_out,
-            truncated=truncated,
+            truncated=len(stdout_bytes) > job.cap or len(stderr_bytes) > job.cap,
             stopped=stopped,
             seconds_limit=float(max(1, math.ceil(job.seconds))),
         )
