@@ -5,7 +5,7 @@ directory (never to the session), waits for them, then prints frames::
 
     DT<nonce> <index> <exit> <timed-out> <encoding> <stopped>   one per probe
     DT<nonce> sizes                                   then ``wc -c`` of every output file kept
-    DT<nonce> data                                    then those files, one after another, as one
+    DT<nonce> data <encoding>                         then those files, one after another, as one
                                                       base64 (or hex) stream, cut apart by the sizes
     DT<nonce> end
 
