@@ -172,16 +172,24 @@ def test_a_fleets_worth_of_open_descriptors_does_not_break_a_session(ssh_host: A
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_an_idle_connection_polls_rarely_and_its_thread_ends_at_once_when_closed(ssh_host: Any) -> None:
-    """Paramiko's reader thread wakes every 0.1 s on an idle connection (100 of them: 34 ms of CPU a
-    second); ours waits IDLE_POLL_SECONDS, and closing shuts the socket down so the thread still ends
-    at once, not a poll later."""
-    from deploytest.ssh import IDLE_POLL_SECONDS
+def test_an_open_connection_watches_its_peer_polls_rarely_and_ends_its_thread_when_closed(ssh_host: Any) -> None:
+    """TCP keepalive is on, so a silent host fails its session instead of hanging. Paramiko's reader
+    thread wakes every 0.1 s on an idle connection (100 of them: 34 ms of CPU a second); ours waits
+    IDLE_POLL_SECONDS, and closing shuts the socket down so the thread still ends at once, not a poll
+    later."""
+    from deploytest.ssh import DEAD_PEER_SECONDS, IDLE_POLL_SECONDS
 
     target = connect(ssh_host.hosts[0].name, ssh_host.fabric_config())
     assert target.run("true").exit_code == 0
     transport = target.connection.client.get_transport()
     assert transport is not None and transport.sock.gettimeout() == IDLE_POLL_SECONDS >= 1
+    sock = transport.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        interval = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)
+        probes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)
+        assert idle + interval * probes <= DEAD_PEER_SECONDS, (idle, interval, probes)
     target.close()
     transport.join(0.5)
     assert not transport.is_alive()
