@@ -287,7 +287,8 @@ def test_script_frames_are_robust_without_timeout_or_base64(tmp_path: Path) -> N
     )
     frames = parse_frames(proc.stdout, nonce, jobs)
     assert time.monotonic() - started < 20  # the 1s limit held: not the 1000s sleep, nor the 30s guard
-    assert re.search(rf"^DT{nonce} 0 5 0 h 0$", proc.stdout, re.M)  # hex frames: no base64 on this PATH
+    assert re.search(rf"^DT{nonce} 0 5 0 0$", proc.stdout, re.M)
+    assert re.search(rf"^DT{nonce} data h$", proc.stdout, re.M)  # hex: no base64 on this PATH
     assert (frames[0].exit_code, frames[0].stdout, frames[0].stderr) == (5, b"hi\n", b"err\n")
     assert frames[1].timed_out
     assert frames[2].truncated and frames[2].stdout == b"\0" * 100

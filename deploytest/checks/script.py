@@ -3,7 +3,7 @@
 The script starts the probes side by side, each writing to its own files in a private temporary
 directory (never to the session), waits for them, then prints frames::
 
-    DT<nonce> <index> <exit> <timed-out> <encoding> <stopped>   one per probe
+    DT<nonce> <index> <exit> <timed-out> <stopped>    one per probe
     DT<nonce> sizes                                   then ``wc -c`` of every output file kept
     DT<nonce> data <encoding>                         then those files, one after another, as one
                                                       base64 (or hex) stream, cut apart by the sizes
@@ -112,7 +112,7 @@ _dt_run() {
 _dt_emit() {
   _dt_x=-1; _dt_t=0; _dt_s=0
   if [ -s "$_dt_d/$1.x" ]; then read -r _dt_x _dt_t _dt_s <"$_dt_d/$1.x"; fi
-  echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_enc $_dt_s"
+  echo "DT$_dt_n $1 $_dt_x $_dt_t $_dt_s"
 }
 _dt_data() {  # $@: the output files, in the order of their sizes; what was kept, a little past the cap
   echo "DT$_dt_n sizes"; wc -c -- "$@" 2>/dev/null
@@ -191,7 +191,7 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
     """
     by_index = {job.index: job for job in jobs}
     marker = f"DT{nonce}"
-    heads: dict[int, tuple[int, bool, str, bool]] = {}
+    heads: dict[int, tuple[int, bool, bool]] = {}
     sizes: list[tuple[tuple[int, str], int]] = []
     data: list[str] | None = None
     encoding = ""
@@ -204,8 +204,8 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
                 section = "sizes"
             elif len(fields) == 3 and fields[1] == "data" and data is None:
                 section, encoding, data = "data", fields[2], []
-            elif len(fields) == 6 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
-                heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4], fields[5] == "1"))
+            elif len(fields) == 5 and fields[1].isdigit() and re.fullmatch(r"-?\d+", fields[2]):
+                heads.setdefault(int(fields[1]), (int(fields[2]), fields[3] == "1", fields[4] == "1"))
         elif section == "sizes":
             match = _SIZE.match(line)
             if match:
@@ -223,7 +223,7 @@ def parse_frames(stdout: str, nonce: str, jobs: Sequence[ProbeJob]) -> dict[int,
         kept[key] = blob[at:at + size]
         at += size
     out: dict[int, ProbeOutput] = {}
-    for index, (exit_code, timed_out, _encoding, stopped) in heads.items():
+    for index, (exit_code, timed_out, stopped) in heads.items():
         job = by_index.get(index)
         if job is None:
             continue
