@@ -3,6 +3,7 @@ supervisord, PostgreSQL, SQLite; "eventually"; hostile output; hanging probes; s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import io
 import json
@@ -592,3 +593,55 @@ def test_script_outputs_come_back_in_one_stream_cut_apart_by_their_sizes() -> No
     assert parse_frames(head, nonce, jobs) == {}  # cut before the data: nothing
     sizes = re.sub(r"^(\s*)5 2\.o$", r"\g<1>4 2.o", proc.stdout, flags=re.M)
     assert sizes != proc.stdout and parse_frames(sizes, nonce, jobs) == {}  # sizes that do not add up
+
+
+def test_a_probe_whose_text_bounds_its_output_writes_straight_to_its_files(tmp_path: Path) -> None:
+    # A direct probe has no readers: no cat(1) runs for it. Its ulimit is the backstop: were it to write
+    # past its cap anyway, the same bytes are kept and it is stopped there, not left to fill the disk.
+    log = tmp_path / "execs"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    real_cat = shutil.which("cat")
+    assert real_cat
+    (tools / "cat").write_text(f'#!/bin/sh\necho cat >>{log}\nexec {real_cat} "$@"\n')
+    (tools / "cat").chmod(0o755)
+    jobs = [
+        ProbeJob(0, "echo type=file; echo mode=644 >&2; exit 4", 5, 1000, direct=True),
+        ProbeJob(1, "head -c 300000 /dev/zero; echo after", 5, 1000, direct=True),
+        ProbeJob(2, "yes", 5, 1000, direct=True),
+    ]
+    nonce = new_nonce()
+    started = time.monotonic()
+    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs[:1], {}, nonce)], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}, timeout=30)
+    frames = parse_frames(proc.stdout, nonce, jobs[:1])
+    assert (frames[0].exit_code, frames[0].stdout, frames[0].stderr) == (4, b"type=file\n", b"mode=644\n")
+    assert log.read_text().splitlines() == ["cat"]  # the one data stream's, no reader's
+    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs, {}, nonce)], capture_output=True, text=True,
+                          timeout=30)
+    frames = parse_frames(proc.stdout, nonce, jobs)
+    assert time.monotonic() - started < 4  # "yes" was stopped at its cap, not at its 5s limit
+    assert frames[1].truncated and frames[1].stdout == b"\0" * 1000 and not frames[1].timed_out
+    assert frames[2].truncated and frames[2].stdout == b"y\n" * 500
+    assert len(proc.stdout) < 10_000  # only about the cap was kept and sent back
+    capture = [dataclasses.replace(job, direct=False) for job in jobs[:2]]  # the same bytes kept as a reader keeps
+    proc = subprocess.run(["/bin/sh", "-c", build_script(capture, {}, nonce)], capture_output=True, text=True,
+                          timeout=30)
+    assert [(f.stdout, f.truncated) for f in parse_frames(proc.stdout, nonce, capture).values()] == [
+        (frames[0].stdout, False), (frames[1].stdout, True)]
+
+
+def test_only_checks_whose_probe_bounds_its_output_write_straight_to_files() -> None:
+    bounded = {
+        "port": make_check("port", port=8000),
+        "file": make_check("file", path="/etc/hostname", contains="x"),
+        "symlink": make_check("file", path="/srv/app/current", type="symlink"),
+    }
+    unbounded = {
+        "file matches": make_check("file", path="/etc/hostname", matches="x"),
+        "http": make_check("http", url="http://127.0.0.1:1/"),
+        "command": make_check("command", run="echo hi"),
+        "process": make_check("process", pattern="sshd"),
+    }
+    assert [name for name, c in bounded.items() if not c.bounded_output()] == []
+    assert [name for name, c in unbounded.items() if c.bounded_output()] == []

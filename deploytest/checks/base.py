@@ -218,6 +218,12 @@ class Check(ABC):
         del last
         return verdicts[-1], False
 
+    def bounded_output(self) -> bool:
+        """True when the probe's own text keeps its output to a few lines, far under its cap (facts
+        from stat or a socket table): it then writes straight to its files on the host, without the
+        readers that cap and drain an output of unknown size (see :mod:`deploytest.checks.script`)."""
+        return False
+
     def capture_bytes(self) -> int:
         """How many bytes of its probe's stdout and stderr this check keeps and judges."""
         limit = self.params.get("max_output")

@@ -93,6 +93,9 @@ class FileCheck(Check):
             lines.append('if [ -f "$p" ]; then echo "--content--"; head -c 200 -- "$p"; fi')
         return "\n".join(lines)
 
+    def bounded_output(self) -> bool:
+        return not self._wants_content()  # facts a line each, and at most 200 bytes of content
+
     def judge(self, output: ProbeOutput) -> Verdict:
         head, _, content = output.stdout.partition(b"\n--content--\n")
         facts = key_values(head.decode("utf-8", "replace"))

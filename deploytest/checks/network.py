@@ -182,6 +182,9 @@ class PortCheck(Check):
         lines.append("exit 0")
         return "\n".join(lines)
 
+    def bounded_output(self) -> bool:
+        return True  # this port's sockets (a host without ss: its listeners), a line each
+
     def judge(self, output: ProbeOutput) -> Verdict:
         port = int(self.params["port"])
         proto = str(self.params["proto"])

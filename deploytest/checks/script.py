@@ -15,6 +15,11 @@ A probe runs with the session's own umask and no limit of deploytest's: only its
 Its stdout and stderr go through pipes to writers limited (``ulimit -f``) to just over its cap, so "cut"
 is known exactly; what comes after is read and dropped, so the probe's exit status stays its own, up to
 :data:`DRAIN_BYTES`, past which its output is closed and it is judged "stopped".
+
+A probe whose own text bounds its output to a few lines (``ProbeJob.direct``: deploytest's stat and
+socket-table probes) writes straight to its files instead, with no pipes and no readers: two processes
+and a few forks fewer each. The same ``ulimit -f`` is then its own, as a backstop: should it ever write
+past its cap, the kept bytes are the same, and the writer is stopped there rather than drained.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ NO_TMPDIR = 97
 # to $1.r. What the probe leaves running may hold its output open: one watcher for the whole script
 # (_dt_watch) stops a reader still reading a second or two after its probe ended (its pid is in
 # $1.o.k / $1.e.k, emptied when it is done; $1.o.stop tells the reader it was stopped).
+# A direct probe writes to $1.o and $1.e itself, limited to $8 blocks (see the module's docstring).
 _CAPTURE = r"""
 _dt_keep() {
   exec 4<&0  # the pipe, for the reader (a job started with & reads /dev/null)
@@ -55,14 +61,18 @@ _dt_keep() {
 }
 _dt_probe() {
   _dt_k=
-  if [ -n "$7" ]; then (umask "$4"; exec timeout -k 2 "$6" /bin/sh -c "$3" "dt-$5") & _dt_p=$!
+  if [ -n "$7" ]; then (umask "$4"; _dt_cap "$8"; exec timeout -k 2 "$6" /bin/sh -c "$3" "dt-$5") & _dt_p=$!
   else
-    (umask "$4"; exec /bin/sh -c "$3" "dt-$5") & _dt_p=$!
+    (umask "$4"; _dt_cap "$8"; exec /bin/sh -c "$3" "dt-$5") & _dt_p=$!
     /bin/sh -c 'sleep "$2"; : >"$1.t"; pkill -TERM -P "$3"; kill -TERM "$3"; sleep 2
       pkill -KILL -P "$3"; kill -KILL "$3"' dt-limit "$1" "$6" "$_dt_p" >/dev/null 2>&1 3>&- & _dt_k=$!
   fi
   wait "$_dt_p"; echo "$?" >"$1.r"
   if [ -n "$_dt_k" ]; then kill "$_dt_k"; fi
+}
+_dt_cap() {
+  if [ -n "$1" ]; then ulimit -f "$1" 2>/dev/null; fi
+  return 0
 }
 _dt_capture() {
   { { _dt_probe "$@" 2>&1 1>&3 3>&-; } | _dt_keep "$1.e" "$2" 3>&-; } 3>&1 | _dt_keep "$1.o" "$2"
@@ -99,7 +109,11 @@ if command -v base64 >/dev/null 2>&1; then _dt_enc=b; else _dt_enc=h; fi
 _dt_watch "$_dt_wl" </dev/null >/dev/null 2>&1 & _dt_w=$!
 _dt_run() {
   exec </dev/null 2>/dev/null  # never the session's input or output
-  _dt_capture "$_dt_d/$1" "$4" "$3" "$_dt_um" "$_dt_n" "$2" "$_dt_to"
+  if [ "$5" = d ]; then  # its own text bounds its output: straight to its files, no readers
+    _dt_probe "$_dt_d/$1" "$4" "$3" "$_dt_um" "$_dt_n" "$2" "$_dt_to" "$4" >"$_dt_d/$1.o" 2>"$_dt_d/$1.e"
+  else
+    _dt_capture "$_dt_d/$1" "$4" "$3" "$_dt_um" "$_dt_n" "$2" "$_dt_to"
+  fi
   _dt_rc=-1; if [ -s "$_dt_d/$1.r" ]; then read -r _dt_rc <"$_dt_d/$1.r"; fi
   _dt_t=0
   if [ -e "$_dt_d/$1.t" ]; then _dt_t=1
@@ -131,6 +145,8 @@ class ProbeJob:
     seconds: float
     cap: int
     secrets: tuple[str, ...] = ()
+    #: The probe's own text bounds its output well under the cap: it writes straight to its files.
+    direct: bool = False
 
 
 def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce: str) -> str:
@@ -148,7 +164,7 @@ def build_script(jobs: Sequence[ProbeJob], secret_env: Mapping[str, str], nonce:
     lines.append("set --  # the probes' pids, to wait for")
     for job in jobs:
         seconds = max(1, math.ceil(job.seconds))
-        run = f"_dt_run {job.index} {seconds} {quote(job.text)} {job.cap // 512 + 1}"
+        run = f"_dt_run {job.index} {seconds} {quote(job.text)} {job.cap // 512 + 1} {'d' if job.direct else 'c'}"
         if job.secrets:
             run = f"(export {' '.join(job.secrets)}; {run})"
         lines.append(f'{run} & set -- "$@" "$!"')
