@@ -17,7 +17,16 @@ from . import analysis, gates, inspection, notify, steps
 from . import plan as plans
 from .checks.runner import VerifyReport, run_checks
 from .config import VerifySettings
-from .errors import ChecksFailed, DeploytestError, HostKeyError, NeedsHuman, Refused, UsageError
+from .errors import (
+    ChecksFailed,
+    DeploytestError,
+    HostKeyError,
+    HostUnreachable,
+    NeedsHuman,
+    Refused,
+    UsageError,
+    fab_command,
+)
 from .heal import roll_back, tolerate
 from .hosts import Target, in_parallel
 from .lock import PARKED_LEASE_SECONDS, Journal, acquire_lock
@@ -89,26 +98,55 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
     guard = threading.Lock()
     deferred: list[str] = []  # first deploys: locked once every host passed, so a refusal leaves them as they were
     probes = run.baseline_probes if baseline else None
+    stranded: list[str] = []  # lost while their lock was being taken: they may hold it still
+
+    def first_locked(taken: str) -> None:  # the first host's lock is decided: the others may go
+        taking[0] = lock and taken == "locked"
+        decided.set()
 
     def check(target: Target) -> HostState:
+        if together and target.name == first:
+            try:
+                return examine(target)
+            finally:
+                decided.set()  # however it ended: the others go on, locking only if first_locked said so
+        return examine(target)
+
+    def examine(target: Target) -> HostState:
         try:
-            if target.name in ahead.failed:  # the handshake made while the first host went alone failed
+            if ahead is not None and target.name in ahead.failed:  # failed while the first host went alone
                 raise ahead.failed[target.name]
             target.open()
         except HostKeyError as error:
             key_steps.append(f"{target.name}: {error.next_step}")
             raise
+        finally:
+            if together and target.name != first:
+                decided.wait()
         taken = ""
-        if probes is not None:  # the baseline's look goes with the inspection: one round trip
-            state, taken, probed = inspection.probe_and_inspect(target, settings, run.owner if taking[0] else None,
-                                                           probes)
-            if probed is not None:
+        locking = taking[0] or (together and target.name == first)
+        try:
+            if together and target.name == first:  # its lock first, its baseline's look after it
+                assert probes is not None
+                state, taken, probed = inspection.lock_then_probe(target, settings, run.owner, probes, first_locked)
+                if probed is not None:
+                    with guard:
+                        run.probed[target.name] = probed
+            elif probes is not None:  # the baseline's look goes with the inspection: one round trip
+                state, taken, probed = inspection.probe_and_inspect(target, settings,
+                                                                    run.owner if locking else None, probes)
+                if probed is not None:
+                    with guard:
+                        run.probed[target.name] = probed
+            elif locking:
+                state, taken = inspection.inspect_and_lock(target, settings, run.owner)
+            else:
+                state = inspection.inspect(target, settings)
+        except HostUnreachable:
+            if locking:
                 with guard:
-                    run.probed[target.name] = probed
-        elif taking[0]:
-            state, taken = inspection.inspect_and_lock(target, settings, run.owner)
-        else:
-            state = inspection.inspect(target, settings)
+                    stranded.append(target.name)
+            raise
         if taken in ("locked", "deferred"):
             with guard:
                 (run.locked if taken == "locked" else deferred).append(target.name)
@@ -122,26 +160,36 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
             raise Refused(f"{target.name}: {problem}")
         return state
 
+    # The first host in name order goes alone: two deploys racing for the same hosts meet at its
+    # lock, so exactly one of them goes on to lock the rest (in parallel). With the baseline's probes,
+    # its session says so before its probes run, and the others go on then (``together``); their
+    # handshakes are made meanwhile either way: they are most of the wait.
+    first, *rest = sorted(run.names)
+    together = lock and probes is not None and bool(rest)
+    decided = threading.Event()
+    ahead: Optional[_OpenAhead] = None
     try:
-        # The first host in name order goes alone: two deploys racing for the same hosts meet at its
-        # lock, so exactly one of them goes on to lock the rest (in parallel).
-        first, *rest = sorted(run.names)
-        ahead = _open_ahead(run, rest)  # the others' handshakes meanwhile: they are most of the wait
-        run.states = run.each([first], "preflight", check)
-        ahead.wait()
-        taking[0] = lock and first in run.locked and first not in run.failed
-        run.states.update(run.each(rest, "preflight", check))
+        if together:
+            taking[0] = False  # until the first host's lock is taken
+            run.states = run.each([first, *rest], "preflight", check)
+        else:
+            decided.set()
+            ahead = _open_ahead(run, rest)
+            run.states = run.each([first], "preflight", check)
+            ahead.wait()
+            taking[0] = lock and first in run.locked and first not in run.failed
+            run.states.update(run.each(rest, "preflight", check))
         if lock and not run.failed and first not in run.locked:
             # a first deploy on the first host: every lock once every host passed, first host first
-            _lock(run, [first])
+            _lock(run, [first], stranded=stranded)
             if not run.failed:
-                _lock(run, [n for n in rest if n not in run.locked])
+                _lock(run, [n for n in rest if n not in run.locked], stranded=stranded)
         elif lock and not run.failed:
-            _lock(run, deferred)
+            _lock(run, deferred, stranded=stranded)
     except KeyboardInterrupt:
         run.failed.setdefault("local", "interrupted")
     hints = [preflight_hint(sorted(refused, key=lambda s: s.host)), *key_steps]
-    _refuse_if_failed(run, "; ".join(h for h in hints if h))
+    _refuse_if_failed(run, "; ".join(h for h in hints if h), stranded=stranded)
     run.states = {n: run.states[n] for n in run.names}  # in the order given
     run.release_id = new_release_id(
         rid for state in run.states.values() for rid in state.release_ids
@@ -211,25 +259,43 @@ def take_locks(run: Rollout, *, names: Optional[Sequence[str]] = None,
 
 
 def _lock(run: Rollout, names: Sequence[str], *, journal: bool = True,
-          takeover: Optional[dict[str, str]] = None) -> None:
+          takeover: Optional[dict[str, str]] = None, stranded: Optional[list[str]] = None) -> None:
     """Take the named hosts' locks in parallel (with this rollout's journal, unless ``journal`` is
-    False); refusals go to ``failed``."""
+    False); refusals go to ``failed``, and a host lost meanwhile to ``stranded`` as well."""
     def take(target: Target) -> None:
         started = Journal.begin(run.owner, run.release_id, run.states[target.name].live) \
             if journal else None
-        acquire_lock(target, run.settings, run.owner, journal=started,
-                             takeover=(takeover or {}).get(target.name, ""))
+        try:
+            acquire_lock(target, run.settings, run.owner, journal=started,
+                         takeover=(takeover or {}).get(target.name, ""))
+        except HostUnreachable:
+            if stranded is not None:
+                stranded.append(target.name)
+            raise
 
     run.locked += list(run.each(names, "lock", take))
 
 
-def _refuse_if_failed(run: Rollout, next_step: str = "") -> None:
+def _refuse_if_failed(run: Rollout, next_step: str = "", stranded: Sequence[str] = ()) -> None:
+    """Refuse (exit 2) when any host failed, releasing the locks taken; exit 3 when a host was lost
+    while its lock was being taken, so that it may hold it still (named, with what to run next)."""
     if not run.failed:
         return
     # ours where taken, and wherever an answer came back unread (a lock is released by its token only)
     unread = [n for n in run.failed if n not in run.lost and n not in run.locked and n in run.names]
     release_locks(run, run.locked + unread)
     lines = [f"  {host}: {why}" for host, why in run.failed.items()]
+    held = [n for n in run.names if n in stranded and n in run.lost]
+    if held:
+        one = len(held) == 1
+        raise NeedsHuman(
+            f"preflight failed; no release was made or switched on any host, but {few(held)} "
+            f"{'was' if one else 'were'} lost while {'its' if one else 'their'} lock was being taken and may "
+            f"hold it still:\n" + "\n".join(lines),
+            hosts=held,
+            next_step=f"{fab_command('status', held)} once {'it answers' if one else 'they answer'} "
+                      "(it names the one command that frees it, if any)",
+        )
     raise Refused(
         "preflight failed; nothing was changed on any host:\n" + "\n".join(lines),
         hosts=list(run.failed), next_step=next_step,

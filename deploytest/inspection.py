@@ -5,15 +5,16 @@ journal, free disk and writability (:func:`inspect`); with the lock taken in the
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from .checks.attempt import Probes, after_frames, probes_first
 from .checks.base import ProbeOutput
 from .config import Settings
 from .errors import RemoteCommandFailed
-from .hosts import Target
+from .hosts import Reply, Target
 from .lock import LockInfo, LockOwner, lock_after_inspect_body
 from .remote import parse_marks, raise_for, run_script
-from .shell import join, script
+from .shell import join, quote, script
 from .state import HostState, parse_state
 
 _INSPECT = r"""if [ -d "$D" ]; then printf '@@dt exists\t1\n'; else printf '@@dt exists\t0\n'; fi
@@ -107,17 +108,69 @@ def probe_and_inspect(target: Target, settings: Settings, owner: LockOwner | Non
                                                        if rest != result.stdout else None)
 
 
+def script_for_lock_then_probe(settings: Settings, owner: LockOwner, probes: Probes) -> str:
+    """Shell text of :func:`lock_then_probe`: the inspection and lock (on no input: the probes' secrets
+    wait for them), the line :func:`locked_line` once they are done, then the probes where something is
+    live and the lock script ran. It ends once its input does (the answer to that line has come, so the
+    session is never gone when it is sent), with the lock script's exit status."""
+    return (f"(\n{script_for_inspect_and_lock(settings, owner)}\n) </dev/null; dt_rc=$?\n"
+            f"echo {quote(locked_line(probes))}\n"
+            f'if [ "$dt_rc" = 0 ] && [ -L {quote(settings.current)} ]; then (\n{probes.sent}\n); fi\n'
+            'while read -r _; do :; done\n'
+            'exit "$dt_rc"\n')
+
+
+def locked_line(probes: Probes) -> str:
+    """The line between a :func:`lock_then_probe` session's inspection and its probes' frames."""
+    return f"DT{probes.nonce} inspected"
+
+
+def lock_then_probe(target: Target, settings: Settings, owner: LockOwner, probes: Probes,
+                    locked: Callable[[str], None]) -> tuple[HostState, str, list[ProbeOutput] | None]:
+    """:func:`inspect_and_lock`, then ``probes`` against what is live, in ONE round trip: the first
+    host's preflight, whose lock decides whether the others are locked too. ``locked`` hears the lock's
+    outcome (as :func:`inspect_and_lock` names it, or "" when none came) as soon as the host has it,
+    while the probes still run, so the other hosts need not wait for them. The probes look once the
+    lock is taken, where :func:`probe_and_inspect` looks before: either way, before anything changes.
+
+    :returns: as :func:`probe_and_inspect`.
+    """
+    line = locked_line(probes)
+    heard = [False]
+
+    def answer(out: str) -> bytes:
+        heard[0] = True
+        locked(_outcome(parse_marks(out.partition(f"\n{line}\n")[0])))
+        return b""
+
+    try:
+        result = target.run(script_for_lock_then_probe(settings, owner, probes), stdin=probes.stdin,
+                            reply=Reply(line, answer))
+    finally:
+        if not heard[0]:
+            locked("")
+    inspected, _, after = ("\n" + result.stdout).partition(f"\n{line}\n")
+    marks = parse_marks(inspected)
+    raise_for(target, settings, result, marks, "inspect")
+    state, taken = _inspected_and_locked(target, settings, inspected.removeprefix("\n"), marks)
+    return state, taken, probes.outputs(after, "no frame came back") if f"\n{probes.end}\n" in "\n" + after else None
+
+
+def _outcome(marks: dict[str, list[str]]) -> str:
+    for mark, taken in (("locked", "locked"), ("lockdeferred", "deferred"), ("held", "held")):
+        if mark in marks:
+            return taken
+    return marks.get("lockfail", [""])[0]
+
+
 def _inspected_and_locked(target: Target, settings: Settings, stdout: str,
                           marks: dict[str, list[str]]) -> tuple[HostState, str]:
     _complete(target, marks)
     state = dataclasses.replace(parse_state(target.name, settings, stdout), local=target.is_local)
-    if "locked" in marks:
-        return state, "locked"
-    if "lockdeferred" in marks:
-        return state, "deferred"
-    if "held" in marks:
+    taken = _outcome(marks)
+    if taken == "held":
         return dataclasses.replace(state, lock=state.lock or LockInfo.parse("\n".join(marks["held"]))), "held"
-    return state, marks.get("lockfail", ["the lock could not be taken"])[0]
+    return state, taken or "the lock could not be taken"
 
 
 def script_for_current(settings: Settings) -> str:

@@ -153,7 +153,7 @@ def test_a_link_cut_during_prepare(four: Dict[str, Any]) -> None:
     project, bed, hosts, r2 = four["project"], four["bed"], four["hosts"], four["r2"]
     proc = slow_rollout(project, hosts, 2)
     cut = bed.hosts[1]
-    wait_for(lambda: journal(cut), proc)
+    wait_for(lambda: journal(cut) and len(releases_on(cut)) == 3, proc)  # its prepare has begun
     cut.cut()
     try:
         out = proc.communicate(timeout=120)[0]
@@ -174,6 +174,37 @@ def test_a_link_cut_during_prepare(four: Dict[str, Any]) -> None:
     fixed = project.fab("rollback", hosts=[cut.name])
     assert fixed.returncode == 0, output(fixed)
     assert_all_back(bed, r2, r3, [], project)
+
+
+def test_the_first_host_lost_during_its_baseline_look_is_named_with_what_to_run(four: Dict[str, Any]) -> None:
+    # The first host takes its lock, then takes the baseline's look (the others go on meanwhile): lost
+    # during that look, it may hold its lock still. Not "nothing was changed" then: exit 3 names it, and
+    # status names the one command that settles it.
+    project, bed, hosts, r2 = four["project"], four["bed"], four["hosts"], four["r2"]
+    project.set_version("3.0")
+    project.config["checks"].append({"command": {"run": "sleep 4", "timeout": 10}})
+    project.write(project.config)
+    proc = project.start("deploy-and-verify", hosts=hosts)
+    cut = bed.hosts[0]
+    wait_for(lambda: journal(cut), proc)
+    cut.cut()
+    try:
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        cut.heal()
+    assert proc.returncode == 3, out
+    assert "Traceback" not in out and "nothing was changed" not in out, out
+    assert f"next: fab -H {cut.name} status once it answers" in out, out
+    for host in bed.hosts:
+        assert live(host) == r2 and len(releases_on(host)) == 2, host.name
+        assert journal(host) == (host is cut) and locked(host) == (host is cut), host.name
+    status = project.fab("status", hosts=hosts)
+    assert status.returncode == 3 and f"{cut.name}: INTERRUPTED" in output(status), output(status)
+    (command,) = re.findall(r"next: (fab .*?)\s{3}\(undoes it", output(status))
+    assert command == f"fab -H {cut.name} rollback", command
+    fixed = project.fab(*command.split()[3:], hosts=[cut.name])
+    assert fixed.returncode == 0, output(fixed)
+    assert_all_back(bed, r2, "none", [], project)
 
 
 def test_a_disk_that_fills_during_the_restart_leaves_no_lock_and_the_release_marked_bad(

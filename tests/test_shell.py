@@ -118,6 +118,8 @@ BUILDERS: dict[str, Callable[[Settings], Iterator[str]]] = {
     "inspection.script_for_probe_and_inspect": lambda s: iter([  # the probes' own script, then one of the library
         inspection.script_for_probe_and_inspect(s, who, Probes.of(PROBED, [10.0] * len(PROBED)))
         for who in (owner(), None)]),
+    "inspection.script_for_lock_then_probe": lambda s: iter([  # one of the library, then the probes' own script
+        inspection.script_for_lock_then_probe(s, owner(), Probes.of(PROBED, [10.0] * len(PROBED)))]),
     # the probes' harness as written (sent from a descriptor, in whose here-document no checker looks)
     "checks.Probes (the harness)": lambda s: iter([Probes.of(PROBED, [10.0] * len(PROBED)).script]),
     "prepare.script_for_prepare": lambda s: iter([
@@ -245,6 +247,8 @@ def test_no_script_is_cut_or_hand_assembled() -> None:
             continue
         if "probe_and_inspect" in name:  # the probes' own script (in a subshell), then one of the library
             text = text.split("\n); fi\n", 1)[1]
+        if "lock_then_probe" in name:  # one of the library (in a subshell), then the probes' own script
+            text = text.removeprefix("(\n").split("\n) </dev/null; ", 1)[0]
         assert text.startswith(shell.PRELUDE) and text.count(shell.PRELUDE) == 1, name
 
 

@@ -4,6 +4,7 @@ and the baseline's probes in the preflight's session."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from deploytest.checks import parse_checks
 from deploytest.checks.attempt import Probes
 from deploytest.checks.runner import Audit, HostReport, run_checks
 from deploytest.config import Settings, VerifySettings
-from deploytest.inspection import probe_and_inspect
+from deploytest.inspection import lock_then_probe, probe_and_inspect
 from deploytest.lock import LockOwner
 from deploytest.steps import script_for_answered_log
 
@@ -85,3 +86,35 @@ def test_the_baseline_probes_go_with_the_preflights_inspection(tmp_path: Path) -
     assert target.calls == 2, "the baseline opened a session of its own"
     host: HostReport = report.hosts[0]
     assert [r.ok for r in host.results] == [True, True] and host.sessions == 0
+
+
+def test_the_first_hosts_lock_is_told_before_its_baseline_probes_end(tmp_path: Path) -> None:
+    # The first host's preflight takes its lock, says so, then runs the baseline's probes, in one
+    # session: the other hosts go on once its lock is decided, not once its probes are done.
+    deploy_to = tmp_path / "app"
+    (deploy_to / "releases" / "1").mkdir(parents=True)
+    (deploy_to / "current").symlink_to(deploy_to / "releases" / "1")
+    settings = Settings(deploy_to=str(deploy_to))
+    state_dir = Path(settings.state_dir)
+    state_dir.mkdir()
+    # green only where the lock was already taken when the probe looked
+    checks = parse_checks([{"command": {"run": f"test -f {state_dir / 'lock'} && sleep 2"}}])
+    probes = Probes.of(checks, [10.0])
+    heard: list[tuple[str, float]] = []
+    target = CountingTarget()
+    state, taken, probed = lock_then_probe(target, settings, LockOwner.new(), probes,
+                                           lambda outcome: heard.append((outcome, time.monotonic())))
+    ended = time.monotonic()
+    assert target.calls == 1 and taken == "locked" and state.live == "1" and state.lock is None
+    assert [outcome for outcome, _ in heard] == ["locked"] and ended - heard[0][1] > 1.5  # told, then probed
+    assert probed is not None and probed[0].exit_code == 0
+
+    heard.clear()  # another deploy holds it now: told so
+    state, taken, _ = lock_then_probe(target, settings, LockOwner.new(), probes,
+                                      lambda outcome: heard.append((outcome, time.monotonic())))
+    assert taken == "held" and [outcome for outcome, _ in heard] == ["held"] and state.lock is not None
+
+    first = tmp_path / "new"  # a first deploy: the lock waits until every host passed; nothing is live
+    state, taken, probed = lock_then_probe(target, Settings(deploy_to=str(first)), LockOwner.new(), probes,
+                                           lambda outcome: heard.append((outcome, 0.0)))
+    assert taken == "deferred" and heard[-1] == ("deferred", 0.0) and probed is None and not first.exists()
