@@ -140,7 +140,7 @@ def lock_then_probe(target: Target, settings: Settings, owner: LockOwner, probes
 
     def answer(out: str) -> bytes:
         heard[0] = True
-        locked(_outcome(parse_marks(out.partition(f"\n{line}\n")[0])))
+        locked(_outcome(parse_marks(("\n" + out).partition(f"\n{line}\n")[0])))
         return b""
 
     try:
