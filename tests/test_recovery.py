@@ -51,6 +51,16 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout
         time.sleep(0.05)
 
 
+def cut_once(proc: subprocess.Popen[str], host: Any, condition: Callable[[], bool]) -> str:
+    """Cut ``host``'s network once ``condition`` holds, let the run end, heal it; the run's output."""
+    wait_for(condition, proc)
+    host.cut()
+    try:
+        return proc.communicate(timeout=120)[0]
+    finally:
+        host.heal()
+
+
 def kill_9(proc: subprocess.Popen[str]) -> None:
     proc.kill()
     proc.communicate(timeout=30)
@@ -153,12 +163,7 @@ def test_a_link_cut_during_prepare(four: Dict[str, Any]) -> None:
     project, bed, hosts, r2 = four["project"], four["bed"], four["hosts"], four["r2"]
     proc = slow_rollout(project, hosts, 2)
     cut = bed.hosts[1]
-    wait_for(lambda: journal(cut) and len(releases_on(cut)) == 3, proc)  # its prepare has begun
-    cut.cut()
-    try:
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        cut.heal()
+    out = cut_once(proc, cut, lambda: journal(cut) and len(releases_on(cut)) == 3)  # its prepare has begun
     assert proc.returncode == 3, out
     assert "Traceback" not in out and "paramiko" not in out.lower(), out
     assert cut.name in out
@@ -186,12 +191,7 @@ def test_the_first_host_lost_during_its_baseline_look_is_named_with_what_to_run(
     project.write(project.config)
     proc = project.start("deploy-and-verify", hosts=hosts)
     cut = bed.hosts[0]
-    wait_for(lambda: journal(cut), proc)
-    cut.cut()
-    try:
-        out = proc.communicate(timeout=120)[0]
-    finally:
-        cut.heal()
+    out = cut_once(proc, cut, lambda: journal(cut))
     assert proc.returncode == 3, out
     assert "Traceback" not in out and "nothing was changed" not in out, out
     assert f"next: fab -H {cut.name} status once it answers" in out, out
