@@ -645,3 +645,24 @@ def test_only_checks_whose_probe_bounds_its_output_write_straight_to_files() -> 
     }
     assert [name for name, c in bounded.items() if not c.bounded_output()] == []
     assert [name for name, c in unbounded.items() if c.bounded_output()] == []
+
+
+def test_a_reader_slow_to_get_the_cpu_is_left_to_finish(tmp_path: Path) -> None:
+    # On a busy host a probe's reader may wait seconds for the CPU after its probe ended. It still has
+    # the output to write: it is left to finish, not stopped as a reader that a process left behind
+    # keeps waiting on its pipe (test_daemon_holding_stdout_does_not_hang_the_run).
+    real_cat = shutil.which("cat")
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    # a reader (cat with no file) that runs for 2-3 s before it reads: busy, not asleep
+    (tools / "cat").write_text(
+        "#!/bin/sh\nif [ $# -eq 0 ]; then\n  read -r t _ </proc/uptime; t=${t%.*}; u=$t\n"
+        '  while [ "$u" -lt $((t + 3)) ]; do read -r u _ </proc/uptime; u=${u%.*}; done\nfi\n'
+        f'exec {real_cat} "$@"\n')
+    (tools / "cat").chmod(0o755)
+    jobs = [ProbeJob(0, "echo hello; echo there >&2", 10, 1000)]
+    nonce = new_nonce()
+    proc = subprocess.run(["/bin/sh", "-c", build_script(jobs, {}, nonce)], capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}, timeout=60)
+    frames = parse_frames(proc.stdout, nonce, jobs)
+    assert (frames[0].exit_code, frames[0].stdout, frames[0].stderr) == (0, b"hello\n", b"there\n")

@@ -46,8 +46,10 @@ NO_TMPDIR = 97
 # after is read and counted, not kept ($1.o.n), so the probe is neither blocked nor stopped and its
 # exit status is its own; past the drain bound the pipe closes (SIGPIPE). The probe's exit status goes
 # to $1.r. What the probe leaves running may hold its output open: one watcher for the whole script
-# (_dt_watch) stops a reader still reading a second or two after its probe ended (its pid is in
-# $1.o.k / $1.e.k, emptied when it is done; $1.o.stop tells the reader it was stopped).
+# (_dt_watch) stops a reader still there a second or two after its probe ended (its pid is in
+# $1.o.k / $1.e.k, emptied when it is done; $1.o.stop tells the reader it was stopped), once it is
+# asleep on its pipe: a reader that waits for the CPU (a busy host) has data yet to write, and is left
+# to finish; one asleep has written all it read, so stopping it loses nothing a leftover did not add.
 # A direct probe writes to $1.o and $1.e itself, limited to $8 blocks (see the module's docstring).
 _CAPTURE = r"""
 _dt_keep() {
@@ -85,11 +87,21 @@ _dt_watch() {  # $1: the seconds it may run
       [ -e "$_dt_r" ] || continue
       if [ ! -e "$_dt_r.w" ]; then : >"$_dt_r.w"; continue; fi
       for _dt_f in "${_dt_r%.r}.o" "${_dt_r%.r}.e"; do
-        if read -r _dt_c <"$_dt_f.k" 2>/dev/null && [ -n "$_dt_c" ]; then
+        if read -r _dt_c <"$_dt_f.k" 2>/dev/null && [ -n "$_dt_c" ] && _dt_waiting "$_dt_c"; then
           : >"$_dt_f.stop"; pkill -KILL -P "$_dt_c"; kill -KILL "$_dt_c"; fi
       done
     done
   done
+}
+_dt_waiting() {  # $1 and its children all sleep (S): the reader waits on an emptied pipe, not for the CPU
+  _dt_s=; { read -r _ _ _dt_s _ <"/proc/$1/stat"; } 2>/dev/null || return 0  # no /proc: by time alone
+  [ "$_dt_s" = S ] || return 1
+  _dt_ks=; { read -r _dt_ks <"/proc/$1/task/$1/children"; } 2>/dev/null
+  for _dt_kp in $_dt_ks; do
+    _dt_s=S; { read -r _ _ _dt_s _ <"/proc/$_dt_kp/stat"; } 2>/dev/null
+    [ "$_dt_s" = S ] || return 1
+  done
+  return 0
 }
 """.replace("__DRAIN__", str(DRAIN_BYTES))
 
