@@ -123,21 +123,15 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
         finally:
             if together and target.name != first:
                 decided.wait()
-        taken = ""
+        taken, probed = "", None
         locking = taking[0] or (together and target.name == first)
         try:
             if together and target.name == first:  # its lock first, its baseline's look after it
                 assert probes is not None
                 state, taken, probed = inspection.lock_then_probe(target, settings, run.owner, probes, first_locked)
-                if probed is not None:
-                    with guard:
-                        run.probed[target.name] = probed
             elif probes is not None:  # the baseline's look goes with the inspection: one round trip
                 state, taken, probed = inspection.probe_and_inspect(target, settings,
                                                                     run.owner if locking else None, probes)
-                if probed is not None:
-                    with guard:
-                        run.probed[target.name] = probed
             elif locking:
                 state, taken = inspection.inspect_and_lock(target, settings, run.owner)
             else:
@@ -147,6 +141,9 @@ def preflight(run: Rollout, *, lock: bool = True, resolving: bool = False, basel
                 with guard:
                     stranded.append(target.name)
             raise
+        if probed is not None:
+            with guard:
+                run.probed[target.name] = probed
         if taken in ("locked", "deferred"):
             with guard:
                 (run.locked if taken == "locked" else deferred).append(target.name)
