@@ -42,7 +42,7 @@ class Probes:
     @classmethod
     def of(cls, checks: Sequence[Check], limits: Sequence[float]) -> Probes:
         """The script of ``checks``, each probe bounded by its limit (seconds) on the host."""
-        jobs = tuple(ProbeJob(i, c.probe(), limit, c.capture_bytes(), tuple(c.secret_env()), c.bounded_output())
+        jobs = tuple(ProbeJob(i, c.probe(), limit, c.capture_bytes(), tuple(c.secret_env()), c.direct_output())
                      for i, (c, limit) in enumerate(zip(checks, limits)))
         secret_env: dict[str, str] = {}
         for check in checks:

@@ -218,10 +218,12 @@ class Check(ABC):
         del last
         return verdicts[-1], False
 
-    def bounded_output(self) -> bool:
-        """True when the probe's own text keeps its output to a few lines, far under its cap (facts
-        from stat or a socket table): it then writes straight to its files on the host, without the
-        readers that cap and drain an output of unknown size (see :mod:`deploytest.checks.script`)."""
+    def direct_output(self) -> bool:
+        """True when the probe may write straight to its files on the host, without the readers that
+        cap and drain an output of unknown size (see :mod:`deploytest.checks.script`). Only for
+        deploytest's own probe text, never a user's command, and only when the judge reads no more than
+        the first :meth:`capture_bytes` and no exit status of a writer stopped past them: a probe that
+        writes past its cap is then stopped there (its output kept and judged "cut"), not drained."""
         return False
 
     def capture_bytes(self) -> int:

@@ -93,8 +93,8 @@ class FileCheck(Check):
             lines.append('if [ -f "$p" ]; then echo "--content--"; head -c 200 -- "$p"; fi')
         return "\n".join(lines)
 
-    def bounded_output(self) -> bool:
-        return not self._wants_content()  # facts a line each, and at most 200 bytes of content
+    def direct_output(self) -> bool:
+        return True  # stat facts, and the content judged from its first max_output bytes ("cut" past them)
 
     def judge(self, output: ProbeOutput) -> Verdict:
         head, _, content = output.stdout.partition(b"\n--content--\n")

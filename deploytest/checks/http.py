@@ -163,8 +163,9 @@ class HttpCheck(Check):
                 "  f=$(mktemp) || exit 125",
                 f'  wget -q -S -O "$f" {" ".join(quote(o) for o in wget_opts)} "$u" 2>"$f.h"; rc=$?',
                 # wget -S prints each response's headers indented; one blank line between responses.
-                '  awk \'sub(/^  /, "") { if (/^HTTP\\//) { if (n++) print "" } print }\' "$f.h"',
-                "  printf '\\n'; cat \"$f\"; grep -v '^  ' \"$f.h\" >&2",
+                # in a subshell: stopped at the cap, it still leaves the files to remove
+                '  (awk \'sub(/^  /, "") { if (/^HTTP\\//) { if (n++) print "" } print }\' "$f.h"',
+                "   printf '\\n'; cat \"$f\"); grep -v '^  ' \"$f.h\" >&2",
                 '  rm -f "$f" "$f.h"; exit $rc',
                 "elif command -v python3 >/dev/null 2>&1; then",
                 "  echo tool=python3",
@@ -175,6 +176,9 @@ class HttpCheck(Check):
                 "fi",
             ]
         )
+
+    def direct_output(self) -> bool:
+        return True  # the first max_output bytes of the response are judged; a longer one is stopped there
 
     def judge(self, output: ProbeOutput) -> Verdict:
         first, _, raw = output.stdout.partition(b"\n")

@@ -182,7 +182,7 @@ class PortCheck(Check):
         lines.append("exit 0")
         return "\n".join(lines)
 
-    def bounded_output(self) -> bool:
+    def direct_output(self) -> bool:
         return True  # this port's sockets (a host without ss: its listeners), a line each
 
     def judge(self, output: ProbeOutput) -> Verdict:

@@ -76,6 +76,9 @@ class ProcessCheck(Check):
             " || ps -o pid,ppid,stat,user,args"
         )
 
+    def direct_output(self) -> bool:
+        return True  # a process list cut at max_output proves "at least" (judged so below), and no more
+
     def judge(self, output: ProbeOutput) -> Verdict:
         lines = output.text.splitlines()
         root = key_values("\n".join(lines[:1])).get("root", "0")

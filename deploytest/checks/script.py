@@ -16,10 +16,12 @@ Its stdout and stderr go through pipes to writers limited (``ulimit -f``) to jus
 is known exactly; what comes after is read and dropped, so the probe's exit status stays its own, up to
 :data:`DRAIN_BYTES`, past which its output is closed and it is judged "stopped".
 
-A probe whose own text bounds its output to a few lines (``ProbeJob.direct``: deploytest's stat and
-socket-table probes) writes straight to its files instead, with no pipes and no readers: two processes
-and a few forks fewer each. The same ``ulimit -f`` is then its own, as a backstop: should it ever write
-past its cap, the kept bytes are the same, and the writer is stopped there rather than drained.
+A probe of deploytest's own text whose judge reads only what is kept (``ProbeJob.direct``: the file,
+port, http and process probes; see :meth:`~deploytest.checks.base.Check.direct_output`) writes
+straight to its files instead, with no pipes and no readers: two processes and a few forks fewer each.
+The same ``ulimit -f`` is then its own: should it write past its cap, the kept bytes are the same, and
+the writer is stopped there rather than drained. A user's command never runs so: what it starts must
+not inherit the limit, and its exit status is judged.
 """
 
 from __future__ import annotations
@@ -157,7 +159,7 @@ class ProbeJob:
     seconds: float
     cap: int
     secrets: tuple[str, ...] = ()
-    #: The probe's own text bounds its output well under the cap: it writes straight to its files.
+    #: Written straight to its files, stopped at its cap (see the module's docstring).
     direct: bool = False
 
 
