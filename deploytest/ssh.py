@@ -76,6 +76,7 @@ class SSHTarget(Target):
                 raise HostUnreachable(self.name, _describe(exc)) from exc
             transport = self.connection.client.get_transport()
             if transport is not None:
+                _no_delay(transport.sock)  # also set before the handshake, unless a user's factory ran
                 _detect_dead_peer(transport.sock)
                 if isinstance(transport.sock, socket.socket):
                     transport.sock.settimeout(IDLE_POLL_SECONDS)
@@ -255,6 +256,27 @@ def _wait_readable(channel: paramiko.Channel, seconds: float) -> None:
     poller.poll(int(seconds * 1000))
 
 
+def _no_delay(sock: object) -> None:
+    """Send each SSH packet at once (``TCP_NODELAY``), as OpenSSH does for its sessions.
+
+    With Nagle's algorithm on, a packet that follows one the host has not acknowledged yet waits for
+    that acknowledgement, which the host delays (40 ms on Linux) while it has nothing to send back. A
+    new session's open request follows the previous session's close that way: every session after a
+    connection's first took 44-48 ms to open on an idle test host, 2.5 ms with this.
+    """
+    if isinstance(sock, socket.socket):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # not TCP (a Unix socket from a ProxyCommand helper)
+            pass
+
+
+def _transport(sock: Any, **kwargs: Any) -> paramiko.Transport:
+    """Paramiko's transport over ``sock``, with Nagle off from the handshake on (see :func:`_no_delay`)."""
+    _no_delay(sock)
+    return paramiko.Transport(sock, **kwargs)
+
+
 #: A host that stops answering (cable cut, kernel panic) is noticed within about this many seconds,
 #: even while a long command runs on it: the kernel's TCP keepalive probes go unanswered.
 DEAD_PEER_SECONDS = 12
@@ -350,6 +372,7 @@ def connect(host: str, config: Config | None = None, *, connect_timeout: float |
     connection = Connection(host, **kwargs)
     if connection.connect_timeout is None:
         connection.connect_timeout = int(connect_timeout or _DEFAULT_CONNECT_TIMEOUT)
+    connection.connect_kwargs.setdefault("transport_factory", _transport)
     return SSHTarget(secure(connection), name=host)
 
 
