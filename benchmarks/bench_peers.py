@@ -40,6 +40,11 @@ everything the tool ran on this machine (each run in its own cgroup: ``cpuacct.u
 no cgroup v1, ``wait4`` of the process); and whether every host ended on the right release
 (``current/VERSION`` in the tool's directory, and the app on port 8000 answering with it).
 
+Each timed run starts on a quiet machine: up to 10 s are spent waiting until less than 10 % of the
+CPU is busy, so what the run before left working (its last steps on the hosts) weighs on no one.
+With ``--rounds N`` the median of N runs is shown; ``--short-rounds M`` runs the rows of at most 10
+hosts M times instead (a few seconds long, they feel a passing slowdown of the machine most).
+
 Run: ``PYTHONPATH=. python benchmarks/bench_peers.py --hosts 1,10,100 --rtt 0,50`` (as root).
 """
 
@@ -70,6 +75,8 @@ SESSION_WORDS = "Starting session:"
 DEPLOY_TOOLS = ["deploytest", "ansible", "ansible+pipelining", "pyinfra", "fabric loop"]
 VERIFY_TOOLS = ["deploytest", "ansible", "ansible+pipelining", "pyinfra", "testinfra"]
 BIN = Path(sys.executable).parent
+#: Below this share of busy CPU (over a quarter second) the machine counts as quiet before a timed run.
+QUIET_BUSY = 0.10
 
 
 def deploy_to(tool: str) -> str:
@@ -402,6 +409,26 @@ def sessions(host: testbed.Host) -> int:
     return host.log_text().count(SESSION_WORDS)
 
 
+def cpu_busy(seconds: float) -> float:
+    """The share of this machine's CPU time spent busy over the next ``seconds`` (/proc/stat)."""
+    def sample() -> list[int]:
+        with open("/proc/stat") as fh:
+            return [int(x) for x in fh.readline().split()[1:]]
+    before = sample()
+    time.sleep(seconds)
+    delta = [b - a for a, b in zip(before, sample())]
+    total = sum(delta)
+    return 1 - (delta[3] + delta[4]) / total if total else 0.0  # idle + iowait
+
+
+def quiet(limit: float = 10.0) -> None:
+    """Wait (at most ``limit`` seconds) until the machine is idle: the run before (the tool's or the
+    untimed deploy's last steps on the hosts) does not weigh on the next tool's run."""
+    deadline = time.monotonic() + limit
+    while cpu_busy(0.25) > QUIET_BUSY and time.monotonic() < deadline:
+        pass
+
+
 def run_tool(cmd: List[str], cwd: Path, env: Dict[str, str], timeout: float) -> tuple[Run, float, float]:
     """Run one tool's command in its own cgroup: (run, CPU seconds, peak memory MiB)."""
     if not Cgroup.available():
@@ -510,6 +537,7 @@ class Bench:
     def _measure(self, tool: str, scenario: str, hosts: Sequence[testbed.Host], cmd: List[str], root: Path,
                  env: Dict[str, str], directory: str, version: str, app_too: bool) -> Result:
         before = [sessions(h) for h in hosts]
+        quiet()
         run, cpu, memory = run_tool(cmd, root, env, self.timeout)
         time.sleep(0.2)
         counts = [sessions(h) - b for h, b in zip(hosts, before)]
@@ -533,6 +561,9 @@ def main() -> int:
     parser.add_argument("--hosts", type=int_list, default=[1, 10, 100], help="host counts (default 1,10,100)")
     parser.add_argument("--rtt", default="0,50", help="round-trip times in ms (default 0,50)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per tool and row; the median is shown")
+    parser.add_argument("--short-rounds", type=int, default=0,
+                        help="runs per tool in rows of at most 10 hosts (default: --rounds): a few seconds"
+                             " long, they feel a passing slowdown of the machine most")
     parser.add_argument("--parallel", type=int, default=100,
                         help="parallelism of every tool that has one (default 100)")
     parser.add_argument("--scenarios", default="deploy,verify", help="deploy,verify (default both)")
@@ -574,7 +605,8 @@ def main() -> int:
                     return 1
                 for n in args.hosts:
                     hosts = bed.hosts[:n]
-                    for r in range(args.rounds):
+                    rounds = max(args.short_rounds, args.rounds) if n <= 10 else args.rounds
+                    for r in range(rounds):
                         if "deploy" in scenarios:
                             order = [t for t in DEPLOY_TOOLS if t in tools]
                             for tool in order[r % len(order):] + order[:r % len(order)]:
