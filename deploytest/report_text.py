@@ -91,14 +91,19 @@ def render_transitions(baseline: VerifyReport | None, after: VerifyReport, *, co
             why = _explain_or(item)
         label = item.label + (", REGRESSION" if item.regression else "")
         lines.append(f"{mark} {item.host} {item.check}: {label} ({why})")
+    # A check with nothing before it (a first deploy, a check added since) is counted as new, never
+    # as "still" anything: nothing was seen before.
     counts = {
         "turned green": sum(1 for t in found if t.label == "red -> green"),
         "regressions": sum(1 for t in found if t.regression),
-        "still red": sum(1 for t in found if t.label in ("still red", "new, red")),
-        "still green": sum(1 for t in found if t.label in ("still green", "new, green")),
+        "still red": sum(1 for t in found if t.label == "still red"),
+        "still green": sum(1 for t in found if t.label == "still green"),
+        "new and red": sum(1 for t in found if t.label == "new, red"),
+        "new and green": sum(1 for t in found if t.label == "new, green"),
         "unknown": sum(1 for t in found if t.label == "unreachable"),
     }
-    lines.append("changes: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k != "unknown"))
+    always = ("turned green", "regressions", "still red", "still green")
+    lines.append("changes: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n or k in always))
     return "\n".join(lines)
 
 

@@ -457,6 +457,11 @@ def test_report_files_and_transitions(http_app: HttpApp, tmp_path: Path) -> None
     assert "✔ local ready: red -> green (was 503, now 200)" in text
     assert "✔ local health: still green (200)" in text
     assert text.splitlines()[-1] == "changes: 1 turned green, 0 regressions, 0 still red, 1 still green"
+    # nothing before (a first deploy): counted as new, not as "still" anything
+    first = report_text.render_transitions(None, baseline)
+    assert "✘ local ready: new, red (" in first and "✔ local health: new, green (200)" in first
+    assert first.splitlines()[-1] == (
+        "changes: 0 turned green, 0 regressions, 0 still red, 0 still green, 1 new and red, 1 new and green")
     back = report_text.render_transitions(after, baseline)
     assert "✘ local ready: green -> red, REGRESSION (was 200; now expected status 200, got 503" in back
 
