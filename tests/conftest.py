@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List
@@ -13,6 +14,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import testbed  # noqa: E402
 from reports_check import _deploytest_reports_are_valid  # noqa: E402,F401 - every report a test writes is checked
+
+# Tests press Ctrl-C on the fab they start (SIGINT). A suite started in the background of a
+# non-interactive shell (``cmd &``, nohup, some CI runners) inherits SIGINT ignored, and so would
+# every fab it starts: Python then keeps it ignored and the "Ctrl-C" never arrives. A handled SIGINT
+# here is reset to the default in each child at exec, where Python makes it KeyboardInterrupt again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # ==================================================================================================
 # SSH test bed fixtures (tests/testbed.py): real OpenSSH servers to deploy to.
