@@ -12,7 +12,9 @@ code   meaning
 
 from __future__ import annotations
 
-from typing import Sequence
+import signal
+import threading
+from typing import Any, Callable, Sequence
 
 OK = 0
 FAILED = 1
@@ -98,6 +100,39 @@ class NeedsHuman(DeploytestError):
     """A rollback failed, or a host's state is unknown (exit 3)."""
 
     exit_code = NEEDS_HUMAN
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (a cancelled CI job, a service manager stopping fab): handled as Ctrl-C is."""
+
+
+# Set once a SIGTERM stopped this run, so that every message says which interruption it was.
+_TERMINATED = threading.Event()
+
+
+def interrupted() -> str:
+    """``interrupted (Ctrl-C)``, or ``interrupted (SIGTERM)`` once a SIGTERM stopped this run."""
+    return "interrupted (SIGTERM)" if _TERMINATED.is_set() else "interrupted (Ctrl-C)"
+
+
+def sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM stop this run as Ctrl-C does (stop the steps, roll back, release the locks);
+    return what undoes it. Only in the main thread, and only where SIGTERM has no handler yet: a
+    fabfile's own handler is left alone."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        return lambda: None
+    _TERMINATED.clear()
+
+    def stop(_signum: int, _frame: Any) -> None:
+        _TERMINATED.set()
+        raise Terminated()
+
+    def undo() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, stop)
+    return undo
 
 
 def fab_command(task: str, hosts: Sequence[str], *, local: bool = False) -> str:

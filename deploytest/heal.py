@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from . import steps
 from .checks.runner import HostReport, VerifyReport
 from .config import VerifySettings, with_suite
-from .errors import ConfigError, HostUnreachable, NeedsHuman, RolledBack
+from .errors import ConfigError, HostUnreachable, NeedsHuman, RolledBack, interrupted
 from .hosts import Target, in_parallel
 from .rollout import Rollout, few, log_event, reason_of, shielded_from_ctrl_c, summary
 from .verifiers import suite_verifier
@@ -24,7 +24,7 @@ def roll_back(run: Rollout, error: BaseException) -> None:
     settings = run.settings
     with shielded_from_ctrl_c(run.console):
         run.console.end_progress()
-        cause = "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else reason_of(error)
+        cause = interrupted() if isinstance(error, KeyboardInterrupt) else reason_of(error)
         run.console.stage(f"failed: {cause}; rolling back")
         run.outcome = "rolled back"
         run.unpark(run.names)  # every host may be worked on from here: none is closed under a step

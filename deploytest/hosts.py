@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence, TypeVar
 
-from .errors import HostKeyError, HostUnreachable
+from .errors import HostKeyError, HostUnreachable, interrupted
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -81,7 +81,7 @@ _CANCEL = threading.Event()
 
 def _not_cancelled(name: str) -> None:
     if _CANCEL.is_set():
-        raise Cancelled(f"{name}: interrupted (Ctrl-C)")
+        raise Cancelled(f"{name}: {interrupted()}")
 
 
 class Target(ABC):
@@ -161,7 +161,7 @@ class LocalTarget(Target):
                 except subprocess.TimeoutExpired:
                     data = None  # given once; communicate() goes on feeding it
                     if _CANCEL.is_set():
-                        raise Cancelled(f"{self.name}: interrupted (Ctrl-C)") from None
+                        raise Cancelled(f"{self.name}: {interrupted()}") from None
                     if timeout is not None and time.monotonic() - started > timeout:
                         raise CommandTimeout(f"{self.name}: command ran past {timeout}s") from None
         except BaseException:
@@ -200,7 +200,7 @@ class LocalTarget(Target):
                         failure = exc
                     _close(proc.stdin)
                 if _CANCEL.is_set():
-                    raise Cancelled(f"{self.name}: interrupted (Ctrl-C)")
+                    raise Cancelled(f"{self.name}: {interrupted()}")
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise CommandTimeout(f"{self.name}: command ran past {timeout}s")
                 time.sleep(0.01)

@@ -23,6 +23,7 @@ from .errors import (
     RemoteCommandFailed,
     UsageError,
     fab_command,
+    interrupted,
 )
 from .hosts import Target, in_parallel
 from .lock import LockInfo, LockOwner, force_unlock
@@ -283,7 +284,7 @@ def run_facts(run: Rollout, task: str, error: Optional[BaseException] = None) ->
 
     code = exit_code_for(error) if error is not None else OK
     message = (error.message if isinstance(error, DeploytestError) else
-               "interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
+               interrupted() if isinstance(error, KeyboardInterrupt) else
                f"internal error: {type(error).__name__}: {error}" if error is not None else None)
     blamed = set(getattr(error, "hosts", None) or [])
     after_ids = {run.release_id} if run.release_id and "," not in run.release_id else set()

@@ -35,7 +35,7 @@ from .checks.base import Check, ProbeOutput, Verdict
 from .checks.runner import CheckResult, HostReport, VerifyReport, unverified
 from .checks.schema import Field
 from .config import Settings, VerifySettings
-from .errors import ConfigError, HostUnreachable
+from .errors import ConfigError, HostUnreachable, interrupted
 from .hosts import Cancelled, Target, in_parallel
 from .pytest_sessions import _args, _ctrl_c, _imports_undone, _keep, _one_line, _reason_of, _sessions_quiet
 from .suite_files import workspace
@@ -246,7 +246,7 @@ class _HostSession:
                     final[item.nodeid] = self._result(item.nodeid, last[item.nodeid], attempts, started)
             if pending:
                 if _CANCEL.wait(self.settings.interval):
-                    self.cancelled = Cancelled(f"{self.target.name}: interrupted (Ctrl-C)")
+                    self.cancelled = Cancelled(f"{self.target.name}: {interrupted()}")
         self.results += [final[item.nodeid] for item in session.items if item.nodeid in final]
         return True
 

@@ -16,7 +16,7 @@ from .checks.base import ProbeOutput
 from .checks.runner import HostReport, VerifyReport
 from .config import Settings, VerifySettings
 from .console import Console
-from .errors import DeploytestError, HostUnreachable, fab_command
+from .errors import DeploytestError, HostUnreachable, fab_command, interrupted
 from .hosts import Target, in_parallel
 from .lock import HEARTBEAT_SECONDS, PARKED_LEASE_SECONDS, LockOwner, heartbeat, release_lock
 from .source import Package
@@ -223,28 +223,33 @@ def some(failed: dict[str, str], shown: int = 3) -> str:
 
 def reason_of(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted (Ctrl-C)"
+        return interrupted()
     if isinstance(error, DeploytestError):
         return error.message
     return f"{type(error).__name__}: {error}"
 
 
 class shielded_from_ctrl_c:
-    """While rolling back, a second Ctrl-C must not leave hosts half-done: say so and carry on."""
+    """While rolling back, a second Ctrl-C (or a SIGTERM) must not leave hosts half-done: say so and
+    carry on."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.previous: Any = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            def refuse(_signum: int, _frame: Any) -> None:
-                self.console.error("deploytest: rolling back; Ctrl-C ignored until the hosts are safe")
-            self.previous = signal.signal(signal.SIGINT, refuse)
+            def refuse(signum: int, _frame: Any) -> None:
+                what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+                self.console.error(f"deploytest: rolling back; {what} ignored until the hosts are safe")
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, refuse)
 
     def __exit__(self, *_exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            if handler is not None:  # None: not set from Python, nothing to put back
+                signal.signal(sig, handler)
+        self.previous = {}
 
 
 def few(names: Sequence[str], shown: int = 5) -> str:

@@ -20,7 +20,7 @@ import paramiko
 from fabric import Connection
 from invoke.config import Config
 
-from .errors import HostKeyError, HostUnreachable, UsageError
+from .errors import HostKeyError, HostUnreachable, UsageError, interrupted
 from .host_keys import _lookup_name, secure
 from .hosts import _CANCEL, Cancelled, CommandTimeout, LocalTarget, Reply, RunResult, Target, _not_cancelled, host_list
 
@@ -232,7 +232,7 @@ def _drain(
             if not transport.is_active():
                 raise HostUnreachable(name, "connection lost while the command ran")
             if _CANCEL.is_set():
-                raise Cancelled(f"{name}: interrupted (Ctrl-C)")
+                raise Cancelled(f"{name}: {interrupted()}")
             if timeout is not None and time.monotonic() - started > timeout:
                 raise CommandTimeout(f"{name}: command ran past {timeout}s")
             _wait_readable(channel, 0.05)

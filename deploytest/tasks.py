@@ -24,7 +24,7 @@ from . import config as config_module
 from . import notify, oncall
 from .config import Settings
 from .console import Console
-from .errors import DeploytestError, Refused, UsageError, exit_code_for
+from .errors import DeploytestError, Refused, UsageError, exit_code_for, interrupted, sigterm_as_interrupt
 from .executor import CoordinatedTask, HostsContext, split_refusal
 from .flow import deploy_and_verify as run_flow
 from .hosts import LocalTarget, Target
@@ -89,6 +89,7 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
             console = Console()
             targets: List[Target] = []
             name = body.__name__.replace("_", "-")
+            undo_sigterm = sigterm_as_interrupt()
             try:
                 try:
                     settings = settings_of(c, need_source=need_source, source=options.get("source"),
@@ -103,7 +104,7 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
                 console.error(f"deploytest: {error.render()}")
                 raise Exit(code=error.exit_code) from None
             except KeyboardInterrupt:
-                console.error("deploytest: interrupted")
+                console.error(f"deploytest: {interrupted()}")
                 raise Exit(code=exit_code_for(KeyboardInterrupt())) from None
             except Exception as error:  # noqa: BLE001 - a bug of ours: say so, with the way to see more
                 console.error(f"deploytest: internal error: {type(error).__name__}: {error}")
@@ -116,6 +117,7 @@ def on_hosts(*, need_source: bool = False) -> Callable[[Body], Callable[..., Non
             finally:
                 for target in targets:
                     target.close()
+                undo_sigterm()
             if code:
                 raise Exit(code=code)
 

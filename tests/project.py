@@ -124,15 +124,17 @@ def finish(proc: subprocess.Popen[str], timeout: float = 180) -> str:
     return out
 
 
-def interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60) -> str:
-    """Send SIGINT to ``proc`` once ``ready()`` is true; return all its output after it exits."""
+def interrupt_when(proc: subprocess.Popen[str], ready: Any, timeout: float = 60,
+                   sig: int = signal.SIGINT) -> str:
+    """Send ``sig`` (Ctrl-C's SIGINT unless told) to ``proc`` once ``ready()`` is true; return all its
+    output after it exits."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
             out = proc.communicate()[0]
             raise AssertionError(f"never became ready; fab exited {proc.returncode}:\n{out}")
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     return finish(proc, 120)
 
 

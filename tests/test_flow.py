@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -133,17 +134,22 @@ def test_host_cut_off_mid_verify_needs_a_human(five: Dict[str, Any]) -> None:
             assert not locked(host)
 
 
-def test_ctrl_c_during_verify_rolls_back_and_unlocks(five: Dict[str, Any]) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_during_verify_rolls_back_and_unlocks(five: Dict[str, Any], sig: int) -> None:
+    # SIGTERM: what a CI server sends when a job is cancelled; handled as Ctrl-C is
     project, bed = five["project"], five["bed"]
     project.write(hello_config(DEPLOY_TO, PORT, rollout={"batches": ["100%"], "max_fail": 0, "parallel": 10}))
     deploy_good(project, five["hosts"])
     before = {h.name: live(h) for h in bed.hosts}
     project.set_version("2.0", broken=True, verify_timeout=60)
     proc = project.start("deploy-and-verify", hosts=five["hosts"])
-    out = interrupt_when(proc, lambda: all(live(h) != before[h.name] for h in bed.hosts))
+    out = interrupt_when(proc, lambda: all(live(h) != before[h.name] for h in bed.hosts), sig=sig)
     assert proc.returncode == 1, out
+    assert "rolling back" in out, out
+    assert ("interrupted (SIGTERM)" in out) == (sig == signal.SIGTERM), out
     for host in bed.hosts:
         assert live(host) == before[host.name]
+        assert served(host) == "ok 1.0"
         assert not locked(host)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from typing import Any, Dict, List
 
@@ -214,9 +215,9 @@ def test_two_deploys_at_once_one_wins_the_other_names_the_holder(three: Dict[str
         assert wait_served(host, "ok 2.0") == "ok 2.0"
 
 
-def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
-    """Deploy with a build hook sleeping ``seconds``, Ctrl-C fab while the hook runs on every host;
-    check that nothing changed and return how long fab took to exit after the Ctrl-C."""
+def _interrupt_during_build(three: Dict[str, Any], seconds: float, sig: int = signal.SIGINT) -> float:
+    """Deploy with a build hook sleeping ``seconds``, Ctrl-C fab (or send it ``sig``) while the hook
+    runs on every host; check that nothing changed and return how long fab took to exit after it."""
     project, bed, hosts = three["project"], three["bed"], three["hosts"]
     deploy(project, hosts, "1.0")
     before = snapshot(bed)
@@ -235,10 +236,11 @@ def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
             sent.append(time.monotonic())
         return ready
 
-    out = interrupt_when(proc, building, timeout=30)
+    out = interrupt_when(proc, building, timeout=30, sig=sig)
     took = time.monotonic() - sent[0]
     assert proc.returncode == 1, out  # every host as it was: a clean failure, not "needs a human"
     assert "interrupted" in out.lower(), out
+    assert ("SIGTERM" in out) == (sig == signal.SIGTERM), out  # it says which it was
     assert "Traceback" not in out
     assert_clean(bed, before)
     for host in bed.hosts:
@@ -249,6 +251,12 @@ def _interrupt_during_build(three: Dict[str, Any], seconds: float) -> float:
 def test_ctrl_c_during_a_long_build_stops_it_and_leaves_everything_as_it_was(three: Dict[str, Any]) -> None:
     took = _interrupt_during_build(three, 30.25)
     assert took < 15, f"fab took {took:.1f}s to stop after Ctrl-C"  # it did not wait for the build
+
+
+def test_sigterm_during_a_long_build_stops_it_as_ctrl_c_does(three: Dict[str, Any]) -> None:
+    # what a CI server sends when a job is cancelled
+    took = _interrupt_during_build(three, 30.5, sig=signal.SIGTERM)
+    assert took < 15, f"fab took {took:.1f}s to stop after SIGTERM"
 
 
 def _fill_app(project: Project, megabytes: int, *, random: bool) -> None:
